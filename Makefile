@@ -1,0 +1,31 @@
+# The two Quick start commands of the README: `make run` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install install-test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q '.[test]'
+
+# The main job: tasksd in the foreground on the bundled examples (raw_exec enabled by contrib/examples.hcl).
+run: install
+	$(BIN)/tasksctl validate manifests/examples
+	$(BIN)/tasksd --config contrib/examples-config.hcl --tasks-dir manifests/examples
+
+# The console scripts the tests spawn (tasksd, tasksctl) are the installed ones, so packaging mistakes fail here.
+test: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/spawn.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The daemon: watch, work queue, state store, API, CLI wiring."""

@@ -1,0 +1,1 @@
+"""Desired vs observed -> actions. Planning is pure; executors call into `isolation`."""
