@@ -1,0 +1,155 @@
+"""What every backend shares: reading and writing cgroup files, and the TaskCgroup interface.
+
+Kernel cgroup files report errors on write(), not on open(), and a value must go in one write() call: values are
+written with a single os.write on an O_WRONLY descriptor (never O_CREAT, so a missing file is an error rather than
+a silently created regular file in a fake tree).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from .layout import UNIFIED, CgroupError
+from .limits import CgroupLimits, CgroupStats
+
+# Bounded retry step while the kernel finishes something we asked for (a kill emptying a group, a freeze taking
+# effect, zombies draining before rmdir). Never used to wait for a task's own behaviour.
+RETRY_STEP = 0.005
+
+
+def write_value(path: Path, value: str | int) -> None:
+    data = str(value).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    except OSError as e:
+        raise CgroupError(f"cannot open {path} for writing: {e.strerror}") from e
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        raise CgroupError(f"writing {value!r} to {path} failed: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
+def read_text(path: Path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def read_int(path: Path) -> int | None:
+    """An integer file; None when it is missing or holds "max"."""
+    try:
+        text = read_text(path).strip()
+    except FileNotFoundError:
+        return None
+    return None if text == "max" else int(text)
+
+
+def read_keyed(path: Path) -> dict[str, int]:
+    """A flat keyed file ("key value" per line: memory.events, cpu.stat, memory.oom_control); {} when missing."""
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        return {}
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def read_pids(procs: Path) -> set[int]:
+    """Members listed in a cgroup.procs file; a removed cgroup has none."""
+    try:
+        return {int(p) for p in read_text(procs).split()}
+    except FileNotFoundError:
+        return set()
+
+
+def kill_pids(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def rmdir_retrying(path: Path, deadline: float) -> None:
+    """rmdir a cgroup; EBUSY is retried until `deadline` because exited members can still be charged for a moment."""
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise CgroupError(f"cannot remove cgroup {path}: {e.strerror}") from e
+        time.sleep(RETRY_STEP)
+
+
+def unique_dirs(paths: dict[str, Path]) -> list[Path]:
+    """Each directory once (co-mounted v1 controllers share one), the v2 directory first."""
+    ordered = sorted(paths.items(), key=lambda kv: (kv[0] != UNIFIED, kv[0]))
+    out: list[Path] = []
+    for _, p in ordered:
+        if p not in out:
+            out.append(p)
+    return out
+
+
+class TaskCgroup(ABC):
+    """One task's cgroup, as a directory in each hierarchy the task joins (`paths`: hierarchy -> directory)."""
+
+    def __init__(self, name: str, paths: dict[str, Path]) -> None:
+        self.name = name
+        self.paths = dict(paths)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.paths!r})"
+
+    def procs_files(self) -> list[str]:
+        """cgroup.procs files a child writes "0" to before exec: plain strings, usable after fork without imports.
+
+        The v2 file comes first so that, on hybrid hosts, cgroup.kill covers the child from its first step.
+        """
+        return [str(d / "cgroup.procs") for d in unique_dirs(self.paths)]
+
+    def pids(self) -> set[int]:
+        """Live members (the kernel drops a process from cgroup.procs when it exits, before it is reaped)."""
+        found: set[int] = set()
+        for d in unique_dirs(self.paths):
+            found |= read_pids(d / "cgroup.procs")
+        return found
+
+    def exists(self) -> bool:
+        return any(d.is_dir() for d in self.paths.values())
+
+    @abstractmethod
+    def populated(self) -> bool: ...
+
+    @abstractmethod
+    def events_file(self) -> str | None: ...
+
+    @abstractmethod
+    def kill(self, timeout: float = 5.0) -> None: ...
+
+    @abstractmethod
+    def oom_kills(self) -> int: ...
+
+    @abstractmethod
+    def stats(self) -> CgroupStats: ...
+
+    @abstractmethod
+    def update(self, limits: CgroupLimits) -> None: ...
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """rmdir in every hierarchy. Idempotent. Members must be gone (call kill() first)."""
+        deadline = time.monotonic() + timeout
+        for d in unique_dirs(self.paths):
+            rmdir_retrying(d, deadline)
