@@ -1,0 +1,133 @@
+"""The public entry point: manifest files and text -> jobs and problems. Never raises on bad input."""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from manifests.build import build_jobs
+from manifests.hcl import parse_hcl
+from manifests.model import Job
+from manifests.problems import Problem
+from manifests.yaml_loader import parse_yaml
+
+MAX_MANIFEST_BYTES = 1024 * 1024  # manifests are small; a bigger file is a mistake or hostile
+HCL_SUFFIXES = (".hcl", ".nomad")
+YAML_SUFFIXES = (".yaml", ".yml")
+# Editor, package-manager and backup droppings that must never be read as manifests.
+_IGNORED_PATTERNS = ("*~", "*.swp", "*.swx", "4913", "*.bak", "*.dpkg-*", "*.rpmnew", "*.rpmsave")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    path: str
+    jobs: tuple[Job, ...]  # empty whenever errors is not: an invalid file yields no job to run
+    errors: tuple[Problem, ...]
+    warnings: tuple[Problem, ...]
+    content_hash: str  # sha256 of the bytes read, "" when the file could not be read
+    names: tuple[str, ...] = field(default=())  # job names found, even in an invalid file
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+
+def is_manifest_name(name: str) -> bool:
+    """The file filter shared by `tasksctl validate DIR` and the watcher."""
+    base = os.path.basename(name)
+    if not base or base.startswith("."):
+        return False
+    if any(fnmatch.fnmatchcase(base, p) for p in _IGNORED_PATTERNS):
+        return False
+    return base.endswith(HCL_SUFFIXES + YAML_SUFFIXES)
+
+
+def scan_dir(directory: str | os.PathLike[str]) -> list[Path]:
+    """Manifest files directly in `directory`, sorted; symlinks are followed (ConfigMap-style `..data` swaps)."""
+    out = []
+    for entry in os.scandir(directory):
+        if not is_manifest_name(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=True):
+                out.append(Path(entry.path))
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def detect_format(path: str, text: str) -> str:
+    lower = path.lower()
+    if lower.endswith(YAML_SUFFIXES):
+        return "yaml"
+    if lower.endswith(HCL_SUFFIXES):
+        return "hcl"
+    # stdin or an odd name: YAML manifests start with `job:`/`task:` (or a comment, a document marker).
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith(("#", "//")):
+            continue
+        return "yaml" if s == "---" or re.match(r"^[\w-]+\s*:(\s|$)", s) else "hcl"
+    return "hcl"
+
+
+def load_file(path: str | os.PathLike[str]) -> LoadResult:
+    p = str(path)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        return _failed(p, f"cannot read: {e.strerror or e}")
+    return load_bytes(data, p)
+
+
+def load_bytes(data: bytes, path: str = "<stdin>", fmt: str | None = None) -> LoadResult:
+    if len(data) > MAX_MANIFEST_BYTES:
+        return _failed(path, f"file is larger than {MAX_MANIFEST_BYTES // 1024} KiB; refusing to parse it")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return _failed(path, f"not UTF-8 text (byte {e.start})", digest)
+    return load_text(text, path, fmt, _digest=digest)
+
+
+def load_text(text: str, path: str = "<stdin>", fmt: str | None = None, *, _digest: str | None = None) -> LoadResult:
+    digest = _digest or hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    if len(text) > MAX_MANIFEST_BYTES:
+        return _failed(path, f"file is larger than {MAX_MANIFEST_BYTES // 1024} KiB; refusing to parse it", digest)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    fmt = fmt or detect_format(path, text)
+    if fmt not in ("hcl", "yaml"):
+        return _failed(path, f"unknown manifest format {fmt!r} (hcl or yaml)", digest)
+    try:
+        root, problems = parse_hcl(text) if fmt == "hcl" else parse_yaml(text)
+        jobs: list[Job] = []
+        if root is not None:
+            jobs = build_jobs(root, None if path == "<stdin>" else path, problems)
+    except RecursionError:
+        return _failed(path, "the manifest nests too deeply", digest)
+    except Exception as e:  # a parser bug must not take the daemon down; report it as a problem in this file
+        return _failed(path, f"internal error while reading the manifest: {type(e).__name__}: {e}", digest)
+    errors = tuple(_sorted(p for p in problems if p.is_error))
+    warnings = tuple(_sorted(p for p in problems if not p.is_error))
+    return LoadResult(
+        path=path,
+        jobs=() if errors else tuple(jobs),
+        errors=errors,
+        warnings=warnings,
+        content_hash=digest,
+        names=tuple(j.name for j in jobs),
+    )
+
+
+def _sorted(problems) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.column or 0))
+
+
+def _failed(path: str, message: str, digest: str = "") -> LoadResult:
+    return LoadResult(path=path, jobs=(), errors=(Problem(message),), warnings=(), content_hash=digest)
