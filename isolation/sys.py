@@ -1,0 +1,329 @@
+"""Kernel primitives Python 3.11 does not expose, called through libc with ctypes.
+
+Everything here may run in a freshly forked child of the single-threaded launcher just before execve: no threads,
+no logging, no imports at call time. Every failure is an OSError(errno, "<step>: <strerror>") so the launcher can
+report which step failed.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import platform
+import socket
+import struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Syscall numbers that differ per architecture (glibc has no wrapper for these, or only a recent one).
+# Numbers from 424 on are shared by every architecture (the unified syscall table).
+_SYSCALLS: dict[str, dict[str, int]] = {
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91},
+}
+_MACHINE = platform.machine()
+_NR = dict(_SYSCALLS.get(_MACHINE, {}))
+_NR.update(pidfd_open=434, close_range=436, landlock_create_ruleset=444, landlock_add_rule=445,
+           landlock_restrict_self=446)
+
+# unshare(2) / setns(2) namespace flags.
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# mount(2) flags.
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_SYNCHRONOUS = 16
+MS_REMOUNT = 32
+MS_MANDLOCK = 64
+MS_DIRSYNC = 128
+MS_NOSYMFOLLOW = 256
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_SILENT = 32768
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
+
+# umount2(2) flags.
+MNT_FORCE = 1
+MNT_DETACH = 2
+MNT_EXPIRE = 4
+UMOUNT_NOFOLLOW = 8
+
+# close_range(2) flags.
+CLOSE_RANGE_UNSHARE = 1 << 1
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+# prctl(2) options.
+PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
+PR_GET_KEEPCAPS = 7
+PR_SET_KEEPCAPS = 8
+PR_SET_NAME = 15
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_IS_SET = 1
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_LOWER = 3
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# pidfd ioctl (include/uapi/linux/pidfd.h): _IOWR(0xFF, 11, struct pidfd_info). The size is encoded in the request;
+# we pass the first published size (64 bytes), which already holds exit_code and which every kernel with the ioctl
+# accepts (the kernel copies min(user size, its size)).
+PIDFD_INFO_PID = 1 << 0
+PIDFD_INFO_CREDS = 1 << 1
+PIDFD_INFO_CGROUPID = 1 << 2
+PIDFD_INFO_EXIT = 1 << 3
+PIDFD_INFO_SIZE_VER0 = 64
+_IOC_READ_WRITE = 3
+PIDFD_GET_INFO = (_IOC_READ_WRITE << 30) | (PIDFD_INFO_SIZE_VER0 << 16) | (0xFF << 8) | 11
+# struct pidfd_info: u64 mask, u64 cgroupid, u32 pid tgid ppid ruid rgid euid egid suid sgid fsuid fsgid, s32 exit_code.
+_PIDFD_INFO = struct.Struct("=QQ11Ii")
+assert _PIDFD_INFO.size == PIDFD_INFO_SIZE_VER0
+
+# Interface flag ioctls for loopback_up (include/uapi/linux/sockios.h, if.h).
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+_c_str = ctypes.c_char_p
+_c_ulong = ctypes.c_ulong
+_c_long = ctypes.c_long
+
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.mount.argtypes = [_c_str, _c_str, _c_str, _c_ulong, ctypes.c_void_p]
+_libc.umount2.argtypes = [_c_str, ctypes.c_int]
+_libc.sethostname.argtypes = [_c_str, ctypes.c_size_t]
+_libc.ioctl.argtypes = [ctypes.c_int, _c_ulong, ctypes.c_void_p]
+_libc.syscall.restype = _c_long
+# prctl and syscall are variadic: every argument is passed as a full register-width integer.
+_libc.prctl.restype = ctypes.c_int
+
+
+def _fs(path: str | bytes | os.PathLike | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _fail(step: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{step}: {os.strerror(err)}")
+
+
+def _check(rc: int, step: str) -> int:
+    if rc < 0:
+        raise _fail(step)
+    return rc
+
+
+def syscall(name: str, *args: int) -> int:
+    """Call a raw syscall by name (numbers for x86_64 and aarch64); OSError(ENOSYS) when unknown here."""
+    nr = _NR.get(name)
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"{name}: no syscall number known for {_MACHINE}")
+    return _check(_libc.syscall(_c_long(nr), *(_c_long(a) for a in args)), name)
+
+
+# ---- namespaces, mounts, hostname ---------------------------------------------------------------------------
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace `fd` refers to (an open /proc/PID/ns/* file or a pidfd)."""
+    _check(_libc.setns(fd, nstype), f"setns({nstype:#x})")
+
+
+def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
+          data: str | None = None) -> None:
+    d = _fs(data)
+    rc = _libc.mount(_fs(source), _fs(target), _fs(fstype), flags, d)
+    _check(rc, f"mount {source} on {target} ({fstype}, flags {flags:#x})")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_fs(target), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    nr = _NR.get("pivot_root")
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: no syscall number known for {_MACHINE}")
+    new_b, old_b = _fs(new_root), _fs(put_old)
+    rc = _libc.syscall(_c_long(nr), _c_str(new_b), _c_str(old_b))
+    _check(rc, f"pivot_root({new_root}, {put_old})")
+
+
+def sethostname(name: str) -> None:
+    b = name.encode()
+    _check(_libc.sethostname(b, len(b)), f"sethostname({name})")
+
+
+def loopback_up() -> None:
+    """Bring `lo` up in the current network namespace (a new one starts with it down).
+
+    A plain socket ioctl: pyroute2 would fork the caller, which a launcher child must not do."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            req = struct.pack("16sh22x", b"lo", 0)
+            flags = struct.unpack("16sh22x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | _IFF_UP))
+    except OSError as e:
+        raise OSError(e.errno, f"bring lo up: {os.strerror(e.errno or 0)}") from None
+
+
+# ---- prctl --------------------------------------------------------------------------------------------------
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0, step: str = "") -> int:
+    rc = _libc.prctl(ctypes.c_int(option), _c_ulong(arg2), _c_ulong(arg3), _c_ulong(arg4), _c_ulong(arg5))
+    return _check(rc, step or f"prctl({option})")
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1, step="prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def get_no_new_privs() -> bool:
+    return bool(prctl(PR_GET_NO_NEW_PRIVS, step="prctl(PR_GET_NO_NEW_PRIVS)"))
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, int(on), step="prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def get_child_subreaper() -> bool:
+    out = ctypes.c_int(0)
+    rc = _libc.prctl(ctypes.c_int(PR_GET_CHILD_SUBREAPER), ctypes.byref(out), _c_ulong(0), _c_ulong(0), _c_ulong(0))
+    _check(rc, "prctl(PR_GET_CHILD_SUBREAPER)")
+    return bool(out.value)
+
+
+def set_pdeathsig(sig: int) -> None:
+    """Deliver `sig` to this process when its parent thread dies (0 clears; reset by execve of setuid files)."""
+    prctl(PR_SET_PDEATHSIG, int(sig), step=f"prctl(PR_SET_PDEATHSIG, {int(sig)})")
+
+
+def get_pdeathsig() -> int:
+    out = ctypes.c_int(0)
+    rc = _libc.prctl(ctypes.c_int(PR_GET_PDEATHSIG), ctypes.byref(out), _c_ulong(0), _c_ulong(0), _c_ulong(0))
+    _check(rc, "prctl(PR_GET_PDEATHSIG)")
+    return out.value
+
+
+def set_keepcaps(on: bool) -> None:
+    prctl(PR_SET_KEEPCAPS, int(on), step=f"prctl(PR_SET_KEEPCAPS, {int(on)})")
+
+
+def cap_bound_read(cap: int) -> bool:
+    return bool(prctl(PR_CAPBSET_READ, cap, step=f"prctl(PR_CAPBSET_READ, {cap})"))
+
+
+def cap_bound_drop(cap: int) -> None:
+    prctl(PR_CAPBSET_DROP, cap, step=f"drop capability {cap} from the bounding set")
+
+
+def cap_ambient_raise(cap: int) -> None:
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, step=f"raise ambient capability {cap}")
+
+
+def cap_ambient_clear_all() -> None:
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, step="clear ambient capabilities")
+
+
+def set_name(name: str) -> None:
+    """Set this thread's comm (what /proc/PID/stat shows between the parentheses; 15 bytes max)."""
+    b = ctypes.create_string_buffer(name.encode()[:15])
+    rc = _libc.prctl(ctypes.c_int(PR_SET_NAME), b, _c_ulong(0), _c_ulong(0), _c_ulong(0))
+    _check(rc, "prctl(PR_SET_NAME)")
+
+
+# ---- file descriptors and pidfds ------------------------------------------------------------------------------
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
+    """close_range(2); where the kernel lacks it (< 5.9, or CLOEXEC < 5.11) fall back to walking the open fds."""
+    rc = _libc.syscall(_c_long(_NR["close_range"]), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags))
+    if rc == 0:
+        return
+    err = ctypes.get_errno()
+    if err not in (errno.ENOSYS, errno.EINVAL) or flags & ~CLOSE_RANGE_CLOEXEC:
+        raise OSError(err, f"close_range({first}, {last}, {flags:#x}): {os.strerror(err)}")
+    # Listing /proc/self/fd opens one fd of its own; collect first, act after.
+    fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    for fd in fds:
+        if first <= fd <= last:
+            try:
+                if flags & CLOSE_RANGE_CLOEXEC:
+                    os.set_inheritable(fd, False)
+                else:
+                    os.close(fd)
+            except OSError:
+                pass  # the listing's own fd, already closed
+
+
+def pidfd_get_info(pidfd: int) -> int | None:
+    """The wait status (as waitpid returns it) of the process behind `pidfd` once it has exited and been reaped,
+    by anyone; None while it runs or when the kernel has no exit information (PIDFD_GET_INFO needs Linux >= 6.15).
+
+    Works for processes that are not our children: their parent reaps them and the kernel keeps the status."""
+    buf = ctypes.create_string_buffer(_PIDFD_INFO.size)
+    struct.pack_into("=Q", buf, 0, PIDFD_INFO_EXIT)
+    rc = _libc.ioctl(pidfd, _c_ulong(PIDFD_GET_INFO), buf)
+    if rc < 0:
+        err = ctypes.get_errno()
+        if err == errno.ESRCH:
+            # Gone without exit information kept (or not reaped yet on some kernels).
+            return None
+        raise OSError(err, f"ioctl(PIDFD_GET_INFO): {os.strerror(err)}")
+    fields = _PIDFD_INFO.unpack(buf.raw)
+    mask, exit_code = fields[0], fields[-1]
+    if not mask & PIDFD_INFO_EXIT:
+        return None
+    return exit_code
+
+
+# ---- process identity ---------------------------------------------------------------------------------------
+
+
+def process_start_time(pid: int) -> int:
+    """Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+
+    The comm field may contain spaces and parentheses, so fields are counted after the LAST ')'."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    end = data.rfind(b")")
+    if end < 0:
+        raise ValueError(f"/proc/{pid}/stat: unexpected format")
+    # After ')' come field 3 (state) onwards; field 22 is index 19 of that list.
+    rest = data[end + 1:].split()
+    return int(rest[19])
+
+
+def boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
