@@ -1,0 +1,26 @@
+# An exec2 task: Landlock lets the server read its task dir and /etc/mime.types, and little else.
+job "http-exec2" {
+  group "web" {
+    task "http" {
+      driver = "exec2"
+
+      config {
+        command = "python3"
+        args    = ["-m", "http.server", "8080", "--directory", "${NOMAD_TASK_DIR}"]
+        unveil  = ["r:/etc/mime.types"]
+      }
+
+      template {
+        data        = <<EOF
+<html><body>served by tasksd task ${NOMAD_TASK_NAME}</body></html>
+EOF
+        destination = "local/index.html"
+      }
+
+      resources {
+        cpu    = 200
+        memory = 64
+      }
+    }
+  }
+}
