@@ -267,12 +267,16 @@ def set_name(name: str) -> None:
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     """close_range(2); where the kernel lacks it (< 5.9, or CLOEXEC < 5.11) fall back to walking the open fds."""
-    rc = _libc.syscall(_c_long(_NR["close_range"]), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags))
+    rc = _libc.syscall(_c_long(_NR["close_range"]), _c_long(first), _c_long(last), _c_long(flags))
     if rc == 0:
         return
     err = ctypes.get_errno()
     if err not in (errno.ENOSYS, errno.EINVAL) or flags & ~CLOSE_RANGE_CLOEXEC:
         raise OSError(err, f"close_range({first}, {last}, {flags:#x}): {os.strerror(err)}")
+    _close_range_fallback(first, last, flags)
+
+
+def _close_range_fallback(first: int, last: int, flags: int) -> None:
     # Listing /proc/self/fd opens one fd of its own; collect first, act after.
     fds = [int(n) for n in os.listdir("/proc/self/fd")]
     for fd in fds:
