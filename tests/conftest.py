@@ -15,7 +15,10 @@ import psutil
 import pytest
 
 IS_ROOT = os.geteuid() == 0
-TMP_PREFIX = "tasksd-test-"
+# Names carry our pid so that test runs in parallel on one machine (CI shards, other sessions) do not see each
+# other's temp dirs and cgroups as leaks.
+TMP_PREFIX = f"tasksd-test-{os.getpid()}-"
+CGROUP_PREFIX = f"tasksd-test-{os.getpid()}-"
 
 
 def _own_cgroup_dirs() -> list[Path]:
@@ -50,7 +53,7 @@ def _cgroup_tree(dirs: list[Path]) -> set[str]:
     for base in dirs:
         for root, subdirs, _ in os.walk(base):
             for sd in subdirs:
-                if sd.startswith(("tasksd", "test-tasksd")):
+                if sd.startswith(CGROUP_PREFIX) or sd == "tasksd":
                     found.add(os.path.join(root, sd))
     return found
 
@@ -127,7 +130,7 @@ def tmp(request) -> Path:
 @pytest.fixture
 def cgroup_parent() -> str:
     """A unique cgroup parent name for one test, created by the code under test below our own cgroup."""
-    return f"tasksd-test-{uuid.uuid4().hex[:8]}"
+    return f"{CGROUP_PREFIX}{uuid.uuid4().hex[:8]}"
 
 
 def pytest_collection_modifyitems(config, items):

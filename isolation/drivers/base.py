@@ -1,0 +1,120 @@
+"""The driver interface, modelled on Nomad's DriverPlugin, and the plain data it exchanges.
+
+A TaskHandle is plain data (to_dict/from_dict) so the controller persists it and, after a daemon restart, gives it
+back to `recover`. Identity is boot id + pid + process start time + cgroup membership, never a pid alone.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from manifests.agent_config import AgentConfig
+
+
+@dataclass(frozen=True)
+class Health:
+    healthy: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """Everything a driver needs to start one task instance."""
+
+    job: Any  # manifests.model.Job
+    group: Any  # manifests.model.Group
+    task: Any  # manifests.model.Task
+    index: int
+    alloc_id: str
+    config: AgentConfig
+    cpuset: str | None = None  # exclusive cores reserved by the controller for resources.cores
+    netns: str | None = None  # the group's network namespace path (bridge mode), set by the controller
+
+    @property
+    def task_id(self) -> str:
+        return f"{self.job.name}/{self.group.name}/{self.index}/{self.task.name}"
+
+
+@dataclass(frozen=True)
+class TaskHandle:
+    key: str  # the launcher's name for this spawn
+    task_id: str
+    driver: str
+    pid: int
+    start_time: int  # clock ticks since boot, /proc/PID/stat field 22
+    boot_id: str
+    cgroup: str  # the task cgroup's name below the parent
+    alloc_id: str
+    alloc_dir: str
+    task_dir: str
+    started_at: float
+    oom_baseline: int = 0
+    uid: int | None = None
+    dynamic_uid: bool = False
+    netns: str | None = None
+    exec_env: dict = field(default_factory=dict)  # what `exec` into the task needs (root, caps, landlock...)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskHandle":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    exit_code: int | None
+    signal: int | None = None
+    oom_killed: bool = False
+    error: str | None = None  # set when the task never started, or its exit status is unknown
+    finished_at: float | None = None
+
+    @property
+    def successful(self) -> bool:
+        return self.exit_code == 0 and self.signal is None and not self.oom_killed and self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+UNKNOWN_EXIT = "unknown: exited while tasksd was down"
+
+
+class StartError(Exception):
+    """The task could not be started (bad command, refused user, missing capability...). Message is for users."""
+
+
+class Driver(ABC):
+    name: str
+
+    @abstractmethod
+    def fingerprint(self) -> Health: ...
+
+    @abstractmethod
+    def start(self, ctx: TaskContext) -> TaskHandle: ...
+
+    @abstractmethod
+    def wait(self, handle: TaskHandle, timeout: float | None = None) -> ExitResult | None: ...
+
+    @abstractmethod
+    def stop(self, handle: TaskHandle, signal: str, timeout: float) -> ExitResult: ...
+
+    @abstractmethod
+    def destroy(self, handle: TaskHandle) -> None: ...
+
+    @abstractmethod
+    def signal(self, handle: TaskHandle, signal: str) -> None: ...
+
+    @abstractmethod
+    def stats(self, handle: TaskHandle) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def recover(self, handle: TaskHandle) -> ExitResult | None:
+        """Re-attach after a daemon restart. None: running and attached; an ExitResult: it is gone."""
+
+    @abstractmethod
+    def exec(self, handle: TaskHandle, argv: list[str], fds: list[int], tty: bool = False) -> int:
+        """Start argv inside the running task with the given stdio fds; returns the pid."""

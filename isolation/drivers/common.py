@@ -1,0 +1,253 @@
+"""What the three drivers share: the start pipeline (user, dirs, cgroup, env, command, spawn), stop, recover.
+
+A driver subclass supplies only what differs: whether it is allowed, who the task runs as, where it looks for the
+command and what the child's isolation looks like (`isolate`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from isolation import cgroups, taskdir, taskenv
+from isolation.drivers.base import UNKNOWN_EXIT, Driver, ExitResult, StartError, TaskContext, TaskHandle
+from isolation.launchspec import LaunchSpec, LogTarget
+from isolation.runtime import Runtime
+from isolation.users import lookup_user
+from manifests.agent_config import AgentConfig
+from manifests.signals import signal_number
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str
+    home: str
+    dynamic: bool = False
+
+
+def parse_id_ranges(spec: str) -> list[tuple[int, int]]:
+    """Nomad's denied_host_uids syntax: "0,10-15"."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if a > b:
+            raise ValueError(f"invalid range {part!r}: lower bound greater than upper bound")
+        out.append((a, b))
+    return out
+
+
+def in_ranges(value: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(a <= value <= b for a, b in ranges)
+
+
+class CommonDriver(Driver):
+    name = "common"
+    passes_host_env = True
+    chroot = False
+
+    def __init__(self, runtime: Runtime, config: AgentConfig):
+        self.runtime = runtime
+        self.config = config
+
+    # ---- hooks for subclasses ----------------------------------------------------------------------------
+    def plugin(self) -> Any:
+        raise NotImplementedError
+
+    def identity(self, ctx: TaskContext) -> Identity:
+        raise NotImplementedError
+
+    def task_paths(self, td: taskdir.TaskDir) -> taskenv.TaskPaths:
+        return taskenv.TaskPaths(str(td.shared), str(td.local), str(td.secrets), str(td.tmp))
+
+    def resolve_command(self, ctx: TaskContext, td: taskdir.TaskDir, command: str, env: dict) -> str:
+        raise NotImplementedError
+
+    def isolate(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity, spec: LaunchSpec) -> LaunchSpec:
+        return spec
+
+    def extra_env(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity) -> dict[str, str]:
+        return {}
+
+    def release(self, handle: TaskHandle) -> None:
+        """Give back per-task resources (a dynamic uid) once the task is destroyed."""
+
+    # ---- start -------------------------------------------------------------------------------------------
+    def start(self, ctx: TaskContext) -> TaskHandle:
+        health = self.fingerprint()
+        if not health.healthy:
+            raise StartError(health.reason)
+        task = ctx.task
+        ident = self.identity(ctx)
+        self.check_ids(ident)
+        res = task.resources
+        td = taskdir.build(self.runtime.alloc_root, ctx.alloc_id, task.name, ident.uid, ident.gid,
+                           secrets_mb=res.secrets or 1)
+        paths = self.task_paths(td)
+        cpuset = ctx.cpuset
+        builtins = taskenv.builtin_env(
+            job=ctx.job.name, group=ctx.group.name, task=task.name, alloc_id=ctx.alloc_id, index=ctx.index,
+            paths=paths, memory_mb=res.memory, memory_max_mb=res.memory_max, cpu_mhz=res.cpu, cores=cpuset)
+        meta = {**dict(ctx.job.meta), **dict(ctx.group.meta), **dict(task.meta)}
+        cfg = task.config
+        denied = tuple(self.plugin().denied_envvars) + tuple(getattr(cfg, "denied_envvars", ()) or ())
+        env = taskenv.build_env(
+            builtins=builtins, meta=meta, task_env=dict(task.env),
+            host_env=dict(os.environ) if self.passes_host_env else {}, denied_envvars=denied,
+            node_attrs=taskenv.node_attributes(dict(self.config.meta)), drop=self.dropped_env())
+        env.update(self.extra_env(ctx, td, ident))
+        variables = {**taskenv.node_attributes(dict(self.config.meta)), **env}
+        command = taskenv.interpolate(cfg.command, variables, os.environ)
+        args = [taskenv.interpolate(a, variables, os.environ) for a in cfg.args]
+        path = self.resolve_command(ctx, td, command, env)
+        argv0 = path if self.chroot else command
+
+        pids_limit = cfg.pids_limit if cfg.pids_limit is not None else (self.plugin().pids_limit or None)
+        limits = cgroups.limits_for(res.memory, res.memory_max, res.cpu, cpuset, pids_limit)
+        cg_name = f"{ctx.alloc_id}.{task.name}"
+        cg = self.runtime.cgroups.create(cg_name, limits)
+        cg.kill()  # anything left in the cgroup from an earlier life of this task dies before we launch
+        key = f"{ctx.alloc_id}.{task.name}.{uuid.uuid4().hex[:8]}"
+        logs = task.logs
+        spec = LaunchSpec(
+            key=key, path=path, argv=(argv0, *args), env=tuple(sorted(env.items())),
+            cwd=self.work_dir(cfg, td), cgroup_procs=tuple(cg.procs_files()),
+            uid=ident.uid, gid=ident.gid, groups=ident.groups, oom_score_adj=cfg.oom_score_adj,
+            stdout=LogTarget(str(td.logs), f"{task.name}.stdout", logs.max_files, logs.max_file_size * MB),
+            stderr=LogTarget(str(td.logs), f"{task.name}.stderr", logs.max_files, logs.max_file_size * MB),
+        )
+        spec = self.isolate(ctx, td, ident, spec)
+        baseline = cg.oom_kills()
+        try:
+            reply = self.runtime.client.request("spawn", spec=spec.to_dict())
+        except Exception as e:
+            self.release_identity(ident)
+            raise StartError(str(e)) from e
+        handle = TaskHandle(
+            key=key, task_id=ctx.task_id, driver=self.name, pid=reply["pid"], start_time=reply["start_time"],
+            boot_id=self.runtime.boot_id, cgroup=cg_name, alloc_id=ctx.alloc_id, alloc_dir=str(td.alloc_dir),
+            task_dir=str(td.dir), started_at=_now(), oom_baseline=baseline, uid=ident.uid,
+            dynamic_uid=ident.dynamic, netns=ctx.netns,
+            exec_env={"spec": {**spec.to_dict(), "stdout": None, "stderr": None}},
+        )
+        self.runtime.register(handle)
+        return handle
+
+    def release_identity(self, ident: Identity) -> None:
+        """Undo `identity` when the start failed (dynamic users)."""
+
+    def dropped_env(self) -> tuple[str, ...]:
+        return ()
+
+    def work_dir(self, cfg: Any, td: taskdir.TaskDir) -> str:
+        return cfg.work_dir or str(td.dir)
+
+    def check_ids(self, ident: Identity) -> None:
+        p = self.plugin()
+        uids = parse_id_ranges(getattr(p, "denied_host_uids", "") or "")
+        gids = parse_id_ranges(getattr(p, "denied_host_gids", "") or "")
+        if in_ranges(ident.uid, uids):
+            raise StartError(f"running as uid {ident.uid} is disallowed by the {self.name} plugin config")
+        for g in (ident.gid, *ident.groups):
+            if in_ranges(g, gids):
+                raise StartError(f"running as gid {g} is disallowed by the {self.name} plugin config")
+
+    def host_user(self, name: str | None) -> Identity:
+        if not name:
+            uid, gid = os.getuid(), os.getgid()
+            info = lookup_user(uid)
+            return Identity(uid, gid, tuple(os.getgroups()) or (gid,), info.name, info.home)
+        try:
+            info = lookup_user(name)
+        except KeyError:
+            raise StartError(f"user {name!r} does not exist on this host") from None
+        return Identity(info.uid, info.gid, tuple(info.groups), info.name, info.home)
+
+    # ---- wait / stop / destroy ---------------------------------------------------------------------------
+    def wait(self, handle: TaskHandle, timeout: float | None = None) -> ExitResult | None:
+        return self.runtime.wait(handle.key, timeout)
+
+    def signal(self, handle: TaskHandle, signal: str) -> None:
+        if not self.runtime.send_signal(handle, signal_number(signal)):
+            raise ProcessLookupError(f"task {handle.task_id} is not running")
+
+    def stop(self, handle: TaskHandle, signal: str, timeout: float) -> ExitResult:
+        timeout = min(timeout, self.config.max_kill_timeout)
+        result = self.runtime.result(handle.key)
+        if result is None and self.runtime.send_signal(handle, signal_number(signal)):
+            result = self.runtime.wait(handle.key, timeout)
+        cg = self.runtime.cgroups.open(handle.cgroup)
+        if result is None:
+            if cg is not None:
+                cg.kill()  # SIGKILL for the main process and everything it forked, at once
+            result = self.runtime.wait(handle.key, 10.0)
+        if cg is not None:
+            cg.kill()  # the main process is gone; daemonised grandchildren in its cgroup go with it
+        return result or ExitResult(exit_code=None, error="the task did not exit after SIGKILL")
+
+    def destroy(self, handle: TaskHandle) -> None:
+        cg = self.runtime.cgroups.open(handle.cgroup)
+        if cg is not None:
+            cg.kill()
+            cg.remove()
+        taskdir.unmount_task(taskdir.TaskDir(Path(handle.alloc_dir), handle.task_id.rsplit("/", 1)[1]))
+        self.runtime.ack(handle)
+        self.release(handle)
+
+    def stats(self, handle: TaskHandle) -> dict[str, Any]:
+        cg = self.runtime.cgroups.open(handle.cgroup)
+        if cg is None:
+            return {}
+        s = cg.stats()
+        return {"cpu_usage_ns": s.cpu_usage_ns, "memory_current": s.memory_current,
+                "memory_peak": s.memory_peak, "pids": s.pids_current, "oom_kills": cg.oom_kills()}
+
+    def recover(self, handle: TaskHandle) -> ExitResult | None:
+        if handle.boot_id != self.runtime.boot_id:
+            return ExitResult(exit_code=None, error="unknown: the machine rebooted while tasksd was down")
+        view = self.runtime.launcher_view()
+        for t in view["tasks"]:
+            if t["key"] == handle.key and t["pid"] == handle.pid and t["start_time"] == handle.start_time:
+                self.runtime.register(handle)
+                return self.runtime.result(handle.key)
+        if any(rec["key"] == handle.key for rec in view["exits"]):
+            self.runtime.register(handle)
+            return self.runtime.wait(handle.key, 5.0)
+        if self.runtime.adopt(handle):
+            return None
+        return ExitResult(exit_code=None, error=UNKNOWN_EXIT)
+
+    # ---- exec --------------------------------------------------------------------------------------------
+    def exec(self, handle: TaskHandle, argv: list[str], fds: list[int], tty: bool = False) -> str:
+        base = LaunchSpec.from_dict(handle.exec_env["spec"])
+        key = f"{handle.key}.exec.{uuid.uuid4().hex[:8]}"
+        path = self.exec_path(handle, base, argv[0])
+        spec = replace(base, key=key, path=path, argv=tuple(argv), rootfs=None, tmpfs=(),
+                       namespaces=replace(base.namespaces, mount=False, pid=False, ipc=False, uts=False,
+                                          net="host", mount_proc=False),
+                       stdout=None, stderr=None, stdin_fd_passed=True, setsid=True, ctty=tty)
+        self.runtime.client.request("exec", spec=spec.to_dict(), target_pid=handle.pid, fds=fds, nfds=len(fds))
+        return key
+
+    def exec_path(self, handle: TaskHandle, base: LaunchSpec, command: str) -> str:
+        if "/" in command:
+            return command
+        env = dict(base.env)
+        found = shutil.which(command, path=env.get("PATH", "/usr/local/bin:/usr/bin:/bin"))
+        if not found:
+            raise StartError(f"{command}: command not found in the task's PATH")
+        return found
+
+
+def _now() -> float:
+    import time
+
+    return time.time()

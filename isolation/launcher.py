@@ -1,0 +1,525 @@
+"""The launcher: one long-lived, single-threaded process that forks every task and outlives daemon restarts.
+
+Why a separate process: the daemon is multi-threaded (watchdog, API), and forking a threaded Python process to run
+Python setup code before exec is unsafe. The launcher has exactly one thread, so its fork + ordered child setup
+(`isolation.child`) is safe. It is also the tasks' parent and a child subreaper, so it reaps orphaned grandchildren
+at once (PID 1 here takes over a second) and keeps exit statuses while the daemon is down, on disk until acked.
+It owns the read end of every task's stdout/stderr pipe, so a daemon restart never blocks a task's writes.
+
+Protocol (unix stream socket, one JSON object per line, see docs/DESIGN.md): requests carry "id" and "op"; replies
+carry the same "id" and "ok"; exit events {"event": "exit", ...} go to every connected client. File descriptors for
+`exec` (the caller's stdio) come as SCM_RIGHTS on the request's message.
+"""
+from __future__ import annotations
+
+import argparse
+import array
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from isolation import child
+from isolation import sys as ksys
+from isolation.launchspec import LaunchSpec, LogTarget
+from isolation.logs import RotatingLog
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 4 * 1024 * 1024
+
+
+def socket_path(state_dir: str | os.PathLike) -> Path:
+    return Path(state_dir) / "run" / "launcher.sock"
+
+
+@dataclass
+class Task:
+    key: str
+    pid: int
+    start_time: int
+    started_at: float
+    pidns: bool
+    logs: list = field(default_factory=list)  # fds of log pipes still open
+
+
+@dataclass
+class Conn:
+    sock: socket.socket
+    buf: bytearray = field(default_factory=bytearray)
+    fds: list[int] = field(default_factory=list)
+    out: bytearray = field(default_factory=bytearray)
+
+
+def _describe_status(status: int) -> dict:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return {"exit_code": 128 + sig, "signal": sig}
+    return {"exit_code": os.WEXITSTATUS(status), "signal": None}
+
+
+class Launcher:
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.run_dir = state_dir / "run"
+        self.exits_dir = self.run_dir / "exits"
+        self.sel = selectors.DefaultSelector()
+        self.tasks: dict[str, Task] = {}
+        self.by_pid: dict[int, str] = {}
+        self.exits: dict[str, dict] = {}
+        self.logs: dict[int, tuple[RotatingLog, str]] = {}  # pipe read fd -> (log, task key)
+        self.conns: dict[int, Conn] = {}
+        self.running = True
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.boot_id = ksys.boot_id()
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def listen(self) -> socket.socket:
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.exits_dir.mkdir(mode=0o700, exist_ok=True)
+        self._load_exits()
+        path = socket_path(self.state_dir)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)  # the socket is created 0600: only root may ask for a process
+        try:
+            _bind_unix(srv, str(path))
+        finally:
+            os.umask(old)
+        srv.listen(16)
+        srv.setblocking(False)
+        self.sel.register(srv, selectors.EVENT_READ, ("accept", None))
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C meant for a foreground tasksd must not reach us
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.sel.register(r, selectors.EVENT_READ, ("signal", None))
+        return srv
+
+    def _on_term(self, *_):
+        self.running = False
+
+    def _load_exits(self) -> None:
+        for p in self.exits_dir.glob("*.json"):
+            try:
+                rec = json.loads(p.read_text())
+                self.exits[rec["key"]] = rec
+            except (OSError, ValueError, KeyError):
+                p.unlink(missing_ok=True)
+
+    # ---- main loop ---------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        self._reap()
+        while self.running:
+            for key, mask in self.sel.select(timeout=None):
+                kind, obj = key.data
+                try:
+                    if kind == "accept":
+                        self._accept(key.fileobj)
+                    elif kind == "signal":
+                        try:
+                            os.read(key.fd, 4096)
+                        except BlockingIOError:
+                            pass
+                        self._reap()
+                    elif kind == "log":
+                        self._pump(key.fd)
+                    elif kind == "conn":
+                        if mask & selectors.EVENT_READ:
+                            self._read_conn(obj)
+                        if mask & selectors.EVENT_WRITE and obj.sock.fileno() in self.conns:
+                            self._flush(obj)
+                except Exception as e:  # noqa: BLE001 - the launcher must never die on one bad request
+                    print(f"launcher: {kind}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        for fd in list(self.logs):
+            self._pump(fd, final=True)
+
+    def _accept(self, srv: socket.socket) -> None:
+        try:
+            s, _ = srv.accept()
+        except BlockingIOError:
+            return
+        creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+        if uid not in (0, os.geteuid()):
+            s.close()
+            return
+        s.setblocking(False)
+        conn = Conn(s)
+        self.conns[s.fileno()] = conn
+        self.sel.register(s, selectors.EVENT_READ, ("conn", conn))
+
+    def _close_conn(self, conn: Conn) -> None:
+        self.conns.pop(conn.sock.fileno(), None)
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        for fd in conn.fds:
+            os.close(fd)
+        conn.sock.close()
+
+    def _read_conn(self, conn: Conn) -> None:
+        fds = array.array("i")
+        try:
+            data, ancdata, _, _ = conn.sock.recvmsg(65536, socket.CMSG_SPACE(16 * fds.itemsize))
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close_conn(conn)
+            return
+        for level, type_, cdata in ancdata:
+            if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+                fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        conn.fds.extend(fds)
+        if not data:
+            self._close_conn(conn)
+            return
+        conn.buf += data
+        if len(conn.buf) > MAX_LINE:
+            self._close_conn(conn)
+            return
+        while b"\n" in conn.buf:
+            line, _, rest = bytes(conn.buf).partition(b"\n")
+            conn.buf = bytearray(rest)
+            self._handle(conn, line)
+
+    def _send(self, conn: Conn, obj: dict) -> None:
+        conn.out += json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        try:
+            while conn.out:
+                n = conn.sock.send(conn.out)
+                del conn.out[:n]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._close_conn(conn)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        self.sel.modify(conn.sock, events, ("conn", conn))
+
+    def _broadcast(self, obj: dict) -> None:
+        for conn in list(self.conns.values()):
+            self._send(conn, obj)
+
+    # ---- requests ----------------------------------------------------------------------------------------
+    def _handle(self, conn: Conn, line: bytes) -> None:
+        try:
+            req = json.loads(line)
+            rid, op = req.get("id"), req["op"]
+        except (ValueError, KeyError, AttributeError):
+            self._send(conn, {"id": None, "ok": False, "error": "malformed request"})
+            return
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            self._send(conn, {"id": rid, "ok": False, "error": f"unknown op {op!r}"})
+            return
+        try:
+            reply = handler(req, conn)
+            reply.update(id=rid, ok=True)
+        except LaunchError as e:
+            reply = {"id": rid, "ok": False, "error": str(e), "step": e.step, "errno": e.errno}
+        except Exception as e:  # noqa: BLE001
+            reply = {"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"}
+        self._send(conn, reply)
+
+    def op_ping(self, req, conn) -> dict:
+        return {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "boot_id": self.boot_id}
+
+    def op_list(self, req, conn) -> dict:
+        return {
+            "tasks": [{"key": t.key, "pid": t.pid, "start_time": t.start_time} for t in self.tasks.values()],
+            "exits": list(self.exits.values()),
+        }
+
+    def op_ack(self, req, conn) -> dict:
+        key = req["key"]
+        self.exits.pop(key, None)
+        (self.exits_dir / f"{_safe_key(key)}.json").unlink(missing_ok=True)
+        return {}
+
+    def op_signal(self, req, conn) -> dict:
+        task = self.tasks.get(req["key"])
+        if task is None:
+            raise LaunchError(f"task {req['key']} is not running", "signal", errno.ESRCH)
+        # Safe against pid reuse: we are the parent and have not reaped it, so the pid is still this task.
+        os.kill(task.pid, int(req["signal"]))
+        return {}
+
+    def op_shutdown(self, req, conn) -> dict:
+        self.running = False
+        return {}
+
+    def op_spawn(self, req, conn) -> dict:
+        spec = LaunchSpec.from_dict(req["spec"])
+        if spec.key in self.tasks:
+            t = self.tasks[spec.key]
+            return {"pid": t.pid, "start_time": t.start_time, "existing": True}
+        passed = self._take_fds(conn, int(req.get("nfds", 0)))
+        try:
+            task = self._spawn(spec, passed)
+        finally:
+            for fd in passed:
+                os.close(fd)
+        return {"pid": task.pid, "start_time": task.start_time}
+
+    def op_exec(self, req, conn) -> dict:
+        """Start a process inside a running task's namespaces (tasksctl exec); its stdio are the passed fds."""
+        spec = LaunchSpec.from_dict(req["spec"])
+        passed = self._take_fds(conn, int(req.get("nfds", 0)))
+        target = int(req["target_pid"])
+        try:
+            task = self._spawn(spec, passed, enter_pid=target)
+        finally:
+            for fd in passed:
+                os.close(fd)
+        return {"pid": task.pid, "start_time": task.start_time}
+
+    def _take_fds(self, conn: Conn, n: int) -> list[int]:
+        if n > len(conn.fds):
+            raise LaunchError(f"expected {n} file descriptors, got {len(conn.fds)}", "request", errno.EINVAL)
+        taken, conn.fds = conn.fds[:n], conn.fds[n:]
+        return taken
+
+    # ---- spawning ----------------------------------------------------------------------------------------
+    def _spawn(self, spec: LaunchSpec, passed: list[int], enter_pid: int | None = None) -> Task:
+        opened: list[int] = []
+        parent_ends: list[tuple[int, LogTarget | None, str]] = []
+        try:
+            if passed:
+                stdin, stdout, stderr = (passed + passed[-1:] * 3)[:3]
+            else:
+                stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                opened.append(stdin)
+                stdout = self._log_pipe(spec.stdout, opened, parent_ends, "stdout")
+                stderr = self._log_pipe(spec.stderr, opened, parent_ends, "stderr")
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            opened += [err_r, err_w]
+            enter = _open_ns_fds(enter_pid) if enter_pid else None
+            try:
+                pid = self._fork(spec, {"stdin": stdin, "stdout": stdout, "stderr": stderr, "errpipe": err_w},
+                                 enter)
+            finally:
+                for fd in (enter or {}).values():
+                    os.close(fd)
+            os.close(err_w)
+            opened.remove(err_w)
+            report = _read_all(err_r)
+            if report:
+                os.waitpid(pid, 0)
+                info = json.loads(report)
+                raise LaunchError(f"spawn failed at step {info['step']}: {info['message']}", info["step"],
+                                  info["errno"])
+        except BaseException:
+            for fd, _, _ in parent_ends:
+                os.close(fd)
+            raise
+        finally:
+            for fd in opened:
+                os.close(fd)
+        task = Task(spec.key, pid, ksys.process_start_time(pid), time.time(), spec.namespaces.pid)
+        self.tasks[spec.key] = task
+        self.by_pid[pid] = spec.key
+        for fd, target, _ in parent_ends:
+            log = RotatingLog(Path(target.dir), target.base, target.max_files, target.max_file_size)
+            os.set_blocking(fd, False)
+            self.logs[fd] = (log, spec.key)
+            task.logs.append(fd)
+            self.sel.register(fd, selectors.EVENT_READ, ("log", None))
+        return task
+
+    def _log_pipe(self, target: LogTarget | None, opened: list, parent_ends: list, name: str) -> int:
+        if target is None:
+            fd = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
+            opened.append(fd)
+            return fd
+        r, w = os.pipe2(os.O_CLOEXEC)
+        opened.append(w)
+        parent_ends.append((r, target, name))
+        return w
+
+    def _fork(self, spec: LaunchSpec, fds: dict, enter: dict | None) -> int:
+        """Fork the child. A new (or entered) pid namespace applies to children only, so switch before the fork and
+        switch back right after: the task is our direct child (we keep its exit status) and PID 1 of its namespace."""
+        switched = False
+        if enter and "pid" in enter:
+            ksys.setns(enter["pid"], ksys.CLONE_NEWPID)
+            switched = True
+        elif spec.namespaces.pid:
+            ksys.unshare(ksys.CLONE_NEWPID)
+            switched = True
+        try:
+            pid = os.fork()
+        finally:
+            if switched and os.getpid() == _launcher_pid:
+                ksys.setns(self.own_pidns, ksys.CLONE_NEWPID)
+        if pid == 0:
+            if enter:
+                _enter_namespaces(enter)
+            child.run(spec, fds)  # never returns
+        return pid
+
+    # ---- exits and logs ----------------------------------------------------------------------------------
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            key = self.by_pid.pop(pid, None)
+            if key is None:
+                continue  # an orphaned grandchild we adopted as subreaper: reaped, nothing to report
+            task = self.tasks.pop(key)
+            for fd in list(task.logs):
+                self._pump(fd, final=False)
+            rec = {"key": key, "pid": pid, "start_time": task.start_time, "finished_at": time.time(),
+                   **_describe_status(status)}
+            self.exits[key] = rec
+            _write_atomic(self.exits_dir / f"{_safe_key(key)}.json", json.dumps(rec))
+            self._broadcast({"event": "exit", **rec})
+
+    def _pump(self, fd: int, final: bool = False) -> None:
+        entry = self.logs.get(fd)
+        if entry is None:
+            return
+        log, key = entry
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                if final:
+                    break
+                return
+            except OSError:
+                data = b""
+            if not data:
+                break
+            log.write(data)
+        # EOF: every writer (the task and anything it forked) closed the pipe.
+        self.sel.unregister(fd)
+        os.close(fd)
+        log.close()
+        del self.logs[fd]
+        task = self.tasks.get(key)
+        if task and fd in task.logs:
+            task.logs.remove(fd)
+
+
+class LaunchError(Exception):
+    def __init__(self, message: str, step: str, err: int):
+        super().__init__(message)
+        self.step, self.errno = step, err
+
+
+NS_ORDER = ("user", "ipc", "uts", "net", "mnt", "pid")
+
+
+def _open_ns_fds(pid: int) -> dict[str, int]:
+    fds: dict[str, int] = {}
+    own = {n: os.stat(f"/proc/self/ns/{n}").st_ino for n in NS_ORDER}
+    for n in NS_ORDER:
+        st = os.stat(f"/proc/{pid}/ns/{n}")
+        if st.st_ino != own[n]:
+            fds[n] = os.open(f"/proc/{pid}/ns/{n}", os.O_RDONLY | os.O_CLOEXEC)
+    # The root directory matters for chroot'ed tasks: keep a handle to it to chroot after setns(mnt).
+    fds["root"] = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return fds
+
+
+def _enter_namespaces(enter: dict[str, int]) -> None:
+    flags = {"ipc": ksys.CLONE_NEWIPC, "uts": ksys.CLONE_NEWUTS, "net": ksys.CLONE_NEWNET, "mnt": ksys.CLONE_NEWNS}
+    for name in ("ipc", "uts", "net", "mnt"):
+        if name in enter:
+            ksys.setns(enter[name], flags[name])
+    if "root" in enter:
+        os.fchdir(enter["root"])
+        os.chroot(".")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            b = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def _safe_key(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _bind_unix(sock: socket.socket, path: str) -> None:
+    """bind() with paths longer than sun_path allows (108 bytes): go through the directory's fd."""
+    if len(path.encode()) < 100:
+        sock.bind(path)
+        return
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sock.bind(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
+    finally:
+        os.close(dfd)
+
+
+_launcher_pid = os.getpid()
+
+
+def main(argv: list[str] | None = None) -> int:
+    global _launcher_pid
+    ap = argparse.ArgumentParser(prog="tasksd-launcher", description="tasksd's single-threaded task launcher")
+    ap.add_argument("--state-dir", required=True)
+    args = ap.parse_args(argv)
+    _launcher_pid = os.getpid()
+    state = Path(args.state_dir)
+    (state / "run").mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = os.open(state / "run" / "launcher.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("launcher: another launcher already serves this state dir", file=sys.stderr)
+        return 3
+    ksys.set_child_subreaper()
+    launcher = Launcher(state)
+    launcher.listen()
+    # Readiness on stdout, then close it: the daemon waits for this line instead of polling the socket.
+    os.write(1, b"ready\n")
+    devnull = os.open("/dev/null", os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    launcher.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The daemon's side of the launcher protocol: start the launcher if none serves the state dir, send requests,
+receive exit events on a reader thread."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+from isolation.launcher import socket_path
+
+Event = dict
+
+
+class LauncherError(Exception):
+    def __init__(self, message: str, step: str | None = None, errno: int | None = None):
+        super().__init__(message)
+        self.step, self.errno = step, errno
+
+
+class LauncherClient:
+    def __init__(self, state_dir: str | os.PathLike, on_event: Callable[[Event], None] | None = None):
+        self.state_dir = Path(state_dir)
+        self.on_event = on_event or (lambda e: None)
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._pending: dict[int, list] = {}
+        self._cv = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self.launcher_pid: int | None = None
+
+    # ---- connection --------------------------------------------------------------------------------------
+    def connect(self, start: bool = True, timeout: float = 10.0) -> None:
+        """Connect to the launcher of this state dir, starting one when none answers."""
+        try:
+            self._open()
+        except OSError:
+            if not start:
+                raise
+            self._start_launcher(timeout)
+            self._open()
+        self.launcher_pid = self.request("ping")["pid"]
+
+    def _open(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        path = str(socket_path(self.state_dir))
+        try:
+            if len(path.encode()) < 100:
+                s.connect(path)
+            else:
+                dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    s.connect(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
+                finally:
+                    os.close(dfd)
+        except OSError:
+            s.close()
+            raise
+        self._sock = s
+        self._reader = threading.Thread(target=self._read_loop, args=(s,), name="launcher-reader", daemon=True)
+        self._reader.start()
+
+    def _start_launcher(self, timeout: float) -> None:
+        run = self.state_dir / "run"
+        run.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with open(run / "launcher.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "isolation.launcher", "--state-dir", str(self.state_dir)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env, cwd="/",
+                start_new_session=True, close_fds=True,
+            )
+        assert proc.stdout is not None
+        # The launcher prints "ready" once its socket listens; a line (or EOF) arrives, so no polling is needed.
+        ready = proc.stdout.readline()
+        proc.stdout.close()
+        if ready.strip() != b"ready":
+            code = proc.wait(timeout)
+            if code == 3:
+                return  # another launcher won the race and serves this state dir: use it
+            tail = (run / "launcher.log").read_bytes()[-2000:].decode(errors="replace")
+            raise LauncherError(f"the launcher did not start (exit {code}): {tail}")
+        # Not waited for: the launcher is meant to outlive this daemon. Popen's object is dropped without a
+        # ResourceWarning because it has a returncode sentinel of None; mark it so GC does not complain.
+        proc.returncode = 0
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        if self._reader is not None:
+            self._reader.join(5)
+
+    # ---- requests ----------------------------------------------------------------------------------------
+    def request(self, op: str, fds: list[int] | None = None, timeout: float = 60.0, **kw) -> dict:
+        if self._sock is None:
+            raise LauncherError("not connected to the launcher")
+        with self._cv:
+            self._next_id += 1
+            rid = self._next_id
+            slot: list = []
+            self._pending[rid] = slot
+        data = (json.dumps({"id": rid, "op": op, **kw}, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            if fds:
+                socket.send_fds(self._sock, [data], fds)
+            else:
+                self._sock.sendall(data)
+        with self._cv:
+            if not self._cv.wait_for(lambda: slot or self._sock is None, timeout):
+                self._pending.pop(rid, None)
+                raise LauncherError(f"launcher did not answer {op} within {timeout}s")
+            self._pending.pop(rid, None)
+            if not slot:
+                raise LauncherError("connection to the launcher was lost")
+        reply = slot[0]
+        if not reply.get("ok"):
+            raise LauncherError(reply.get("error", "unknown error"), reply.get("step"), reply.get("errno"))
+        return reply
+
+    def _read_loop(self, sock: socket.socket) -> None:
+        buf = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if "event" in msg:
+                    try:
+                        self.on_event(msg)
+                    except Exception:  # noqa: BLE001 - a bad callback must not kill the reader
+                        pass
+                    continue
+                with self._cv:
+                    slot = self._pending.get(msg.get("id"))
+                    if slot is not None:
+                        slot.append(msg)
+                        self._cv.notify_all()
+        with self._cv:
+            if self._sock is sock:
+                self._sock = None
+            self._cv.notify_all()
+
+        try:
+            self.on_event({"event": "disconnected"})
+        except Exception:  # noqa: BLE001
+            pass

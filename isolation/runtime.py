@@ -1,0 +1,244 @@
+"""What all drivers share at run time: the launcher connection, the cgroup manager, exit bookkeeping.
+
+Exit notifications are event-driven: the launcher pushes an exit event the moment it reaps a task (it is the
+parent); tasks adopted without the launcher (it was restarted) are watched through pidfds on one thread. No per-task
+polling anywhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal as _signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from isolation import cgroups
+from isolation import sys as ksys
+from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
+from isolation.launcher_client import LauncherClient
+
+log = logging.getLogger("tasksd.runtime")
+
+ExitCallback = Callable[[TaskHandle, ExitResult], None]
+
+
+class Runtime:
+    def __init__(self, state_dir: str | os.PathLike, cgroup_parent: str = "tasksd",
+                 on_exit: ExitCallback | None = None, layout: "cgroups.CgroupLayout | None" = None):
+        self.state_dir = Path(state_dir)
+        self.alloc_root = self.state_dir / "alloc"
+        self.layout = layout or cgroups.detect()
+        self.cgroups = cgroups.CgroupManager(self.layout, cgroup_parent)
+        self.client = LauncherClient(self.state_dir, on_event=self._on_event)
+        self.on_exit = on_exit
+        self.boot_id = ksys.boot_id()
+        self._cv = threading.Condition()
+        self._handles: dict[str, TaskHandle] = {}
+        self._results: dict[str, ExitResult] = {}
+        self._raw_exits: dict[str, dict] = {}
+        self._adopted: dict[int, TaskHandle] = {}  # pidfd -> handle, for tasks that are not the launcher's children
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._watcher: threading.Thread | None = None
+        self._closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def open(self) -> list[str]:
+        """Connect (starting the launcher when needed) and prepare the cgroup parent. Returns cgroup problems."""
+        problems = self.cgroups.check()
+        self.cgroups.ensure_parent()
+        self.client.connect()
+        listing = self.client.request("list")
+        with self._cv:
+            for rec in listing["exits"]:
+                self._raw_exits[rec["key"]] = rec
+        self._watcher = threading.Thread(target=self._watch_pidfds, name="pidfd-watch", daemon=True)
+        self._watcher.start()
+        return problems
+
+    def close(self) -> None:
+        """Disconnect; tasks and the launcher keep running (a daemon restart must not touch workloads)."""
+        self._closed = True
+        os.write(self._wake_w, b"x")
+        if self._watcher:
+            self._watcher.join(5)
+        self.client.close()
+        for fd in list(self._adopted):
+            os.close(fd)
+        self._adopted.clear()
+
+    def shutdown_launcher(self, timeout: float = 10.0) -> None:
+        """Stop the launcher itself (drain, tests). Only after every task is gone: it owns their log pipes."""
+        pid = self.client.launcher_pid
+        try:
+            self.client.request("shutdown")
+        except Exception:  # noqa: BLE001 - it may already be gone
+            pass
+        self.close()
+        if pid:
+            _wait_gone(pid, timeout)
+
+    # ---- handles and exits -------------------------------------------------------------------------------
+    def register(self, handle: TaskHandle) -> None:
+        with self._cv:
+            self._handles[handle.key] = handle
+            raw = self._raw_exits.pop(handle.key, None)
+        if raw is not None:
+            self._finish(handle, raw)
+
+    def _on_event(self, ev: dict) -> None:
+        if ev.get("event") != "exit":
+            return
+        with self._cv:
+            handle = self._handles.get(ev["key"])
+            if handle is None:
+                self._raw_exits[ev["key"]] = ev  # not registered yet (start reply still in flight)
+                return
+        self._finish(handle, ev)
+
+    def _finish(self, handle: TaskHandle, raw: dict) -> None:
+        sig = raw.get("signal")
+        code = raw.get("exit_code")
+        error = raw.get("error")
+        result = ExitResult(exit_code=code, signal=sig, oom_killed=self._oom_rose(handle), error=error,
+                            finished_at=raw.get("finished_at", time.time()))
+        with self._cv:
+            if handle.key in self._results:
+                return
+            self._results[handle.key] = result
+            self._cv.notify_all()
+        if self.on_exit:
+            self.on_exit(handle, result)
+
+    def _oom_rose(self, handle: TaskHandle) -> bool:
+        cg = self.cgroups.open(handle.cgroup)
+        return bool(cg and cg.oom_kills() > handle.oom_baseline)
+
+    def result(self, key: str) -> ExitResult | None:
+        with self._cv:
+            return self._results.get(key)
+
+    def wait(self, key: str, timeout: float | None) -> ExitResult | None:
+        with self._cv:
+            self._cv.wait_for(lambda: key in self._results, timeout)
+            return self._results.get(key)
+
+    def ack(self, handle: TaskHandle) -> None:
+        """The controller persisted the exit: the launcher may forget it."""
+        with self._cv:
+            self._results.pop(handle.key, None)
+            self._handles.pop(handle.key, None)
+        try:
+            self.client.request("ack", key=handle.key)
+        except Exception as e:  # noqa: BLE001 - an unacked record is re-delivered later, which is harmless
+            log.debug("ack %s: %s", handle.key, e)
+
+    def launcher_view(self) -> dict:
+        return self.client.request("list")
+
+    # ---- signals -----------------------------------------------------------------------------------------
+    def send_signal(self, handle: TaskHandle, sig: int) -> bool:
+        """Signal the task's main process. False when it is already gone."""
+        if self.result(handle.key) is not None:
+            return False
+        try:
+            self.client.request("signal", key=handle.key, signal=sig)
+            return True
+        except Exception:  # noqa: BLE001 - not the launcher's child: an adopted task, signal via its pidfd
+            pass
+        for fd, h in list(self._adopted.items()):
+            if h.key == handle.key:
+                try:
+                    _signal.pidfd_send_signal(fd, sig)
+                    return True
+                except ProcessLookupError:
+                    return False
+        return False
+
+    # ---- adoption of tasks the launcher does not know --------------------------------------------------
+    def adopt(self, handle: TaskHandle) -> bool:
+        """Watch a live task that is not the launcher's child. Identity is verified before anything else."""
+        if not self.identity_matches(handle):
+            return False
+        try:
+            fd = os.pidfd_open(handle.pid)
+        except ProcessLookupError:
+            return False
+        # Re-check after opening: the pid may have been reused between the check and pidfd_open.
+        if not self.identity_matches(handle):
+            os.close(fd)
+            return False
+        with self._cv:
+            self._handles[handle.key] = handle
+            self._adopted[fd] = handle
+        os.write(self._wake_w, b"x")
+        return True
+
+    def identity_matches(self, handle: TaskHandle) -> bool:
+        if handle.boot_id != self.boot_id:
+            return False
+        try:
+            if ksys.process_start_time(handle.pid) != handle.start_time:
+                return False
+        except (OSError, ValueError):
+            return False
+        cg = self.cgroups.open(handle.cgroup)
+        return bool(cg and handle.pid in cg.pids())
+
+    def _watch_pidfds(self) -> None:
+        while not self._closed:
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            with self._cv:
+                fds = list(self._adopted)
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll():
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                with self._cv:
+                    handle = self._adopted.pop(fd, None)
+                if handle is None:
+                    continue
+                info = None
+                try:
+                    info = ksys.pidfd_get_info(fd)
+                except OSError:
+                    info = None
+                os.close(fd)
+                raw: dict = {"key": handle.key, "finished_at": time.time()}
+                if info is None:
+                    # Not our child: its real parent (init) reaps it, and the kernel may not keep the status.
+                    raw.update(exit_code=None, signal=None, error=UNKNOWN_EXIT)
+                else:
+                    raw.update(_decode_wait_status(info))
+                self._finish(handle, raw)
+
+
+def _decode_wait_status(status: int) -> dict:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return {"exit_code": 128 + sig, "signal": sig}
+    return {"exit_code": os.WEXITSTATUS(status), "signal": None}
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Reap `pid` if it is our child, else wait for it to disappear (pidfd poll, no sleeping loop)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

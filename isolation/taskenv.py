@@ -1,0 +1,134 @@
+"""A task's environment and `${...}` interpolation, with Nomad's precedence.
+
+Precedence (lowest first): built-in NOMAD_* variables < meta (NOMAD_META_*) < the host's environment (drivers
+without a chroot, filtered by denied_envvars) < the task's `env`. `${NAME}` looks names up in that map plus node
+attributes (`${node.*}`, `${attr.*}`, `${meta.*}`) and `${env["X"]}`; unknown references stay literal, as in Nomad.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import platform
+import re
+import socket
+from dataclasses import dataclass
+from typing import Mapping
+
+_REF = re.compile(r"\$\{\s*(env\[\"([^\"]*)\"\]|[a-zA-Z0-9_\-\.]+)\s*\}")
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    """Where the task sees its directories (host paths for raw_exec/exec2, /alloc etc. inside exec's chroot)."""
+
+    alloc_dir: str
+    task_dir: str  # NOMAD_TASK_DIR is the task's local/ dir
+    secrets_dir: str
+    tmp_dir: str
+
+
+def node_attributes(node_meta: Mapping[str, str] = {}) -> dict[str, str]:
+    u = platform.uname()
+    try:
+        machine_id = open("/etc/machine-id").read().strip()
+    except OSError:
+        machine_id = ""
+    attrs = {
+        "node.unique.name": socket.gethostname(),
+        "node.unique.id": machine_id,
+        "node.datacenter": "dc1",
+        "node.region": "global",
+        "node.class": "",
+        "node.pool": "default",
+        "attr.kernel.name": u.system.lower(),
+        "attr.kernel.version": u.release,
+        "attr.cpu.arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(u.machine, u.machine),
+        "attr.unique.hostname": socket.gethostname(),
+        "attr.os.name": _os_release().get("ID", ""),
+        "attr.os.version": _os_release().get("VERSION_ID", ""),
+        "attr.cpu.numcores": str(os.cpu_count() or 1),
+    }
+    for k, v in node_meta.items():
+        attrs[f"meta.{k}"] = v
+    return attrs
+
+
+def _os_release() -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        for line in open("/etc/os-release"):
+            k, _, v = line.strip().partition("=")
+            out[k] = v.strip('"')
+    except OSError:
+        pass
+    return out
+
+
+def interpolate(text: str, variables: Mapping[str, str], host_env: Mapping[str, str]) -> str:
+    def sub(m: re.Match) -> str:
+        if m.group(2) is not None:
+            return host_env.get(m.group(2), m.group(0))
+        return variables.get(m.group(1), m.group(0))
+
+    return _REF.sub(sub, text)
+
+
+def denied(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def builtin_env(*, job: str, group: str, task: str, alloc_id: str, index: int, paths: TaskPaths,
+                memory_mb: int, memory_max_mb: int, cpu_mhz: int | None, cores: str | None) -> dict[str, str]:
+    env = {
+        "NOMAD_ALLOC_DIR": paths.alloc_dir,
+        "NOMAD_TASK_DIR": paths.task_dir,
+        "NOMAD_SECRETS_DIR": paths.secrets_dir,
+        "NOMAD_TASK_NAME": task,
+        "NOMAD_GROUP_NAME": group,
+        "NOMAD_JOB_NAME": job,
+        "NOMAD_JOB_ID": job,
+        "NOMAD_ALLOC_ID": alloc_id,
+        "NOMAD_SHORT_ALLOC_ID": alloc_id[:8],
+        "NOMAD_ALLOC_NAME": f"{job}.{group}[{index}]",
+        "NOMAD_ALLOC_INDEX": str(index),
+        "NOMAD_MEMORY_LIMIT": str(memory_mb),
+        "NOMAD_NAMESPACE": "default",
+        "NOMAD_REGION": "global",
+        "NOMAD_DC": "dc1",
+    }
+    if memory_max_mb and memory_max_mb > 0:
+        env["NOMAD_MEMORY_MAX_LIMIT"] = str(memory_max_mb)
+    if cpu_mhz is not None:
+        env["NOMAD_CPU_LIMIT"] = str(cpu_mhz)
+    if cores:
+        env["NOMAD_CPU_CORES"] = cores
+    return env
+
+
+def meta_env(meta: Mapping[str, str]) -> dict[str, str]:
+    """NOMAD_META_<key> as written and upper-cased (dots and dashes become underscores, as Nomad does)."""
+    env: dict[str, str] = {}
+    for k, v in meta.items():
+        env[f"NOMAD_META_{k}"] = str(v)
+        env[f"NOMAD_META_{re.sub(r'[^A-Za-z0-9_]', '_', k).upper()}"] = str(v)
+    return env
+
+
+def build_env(*, builtins: Mapping[str, str], meta: Mapping[str, str], task_env: Mapping[str, str],
+              host_env: Mapping[str, str] | None, denied_envvars: tuple[str, ...] | list[str],
+              node_attrs: Mapping[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The final environment. `host_env` is None for drivers that do not pass the host's environment through."""
+    host = dict(os.environ if host_env is None else host_env)
+    env: dict[str, str] = dict(builtins)
+    env.update(meta_env(meta))
+    if host_env is not None:
+        for k, v in host.items():
+            if not denied(k, denied_envvars) and not denied(k, drop):
+                env[k] = v
+    variables = {**node_attrs, **env}
+    for k, v in task_env.items():
+        env[k] = interpolate(str(v), variables, host)
+    for k in list(env):
+        if denied(k, denied_envvars) or denied(k, drop):
+            del env[k]
+    return env
