@@ -2,7 +2,9 @@
 
 Every cgroup is created below the test process's own cgroups under a unique "tasksd-test-*" parent and removed
 again (the autouse leak check fails the test otherwise). Pure v1 is exercised on the same kernel by handing the
-manager a layout without the v2 mount: the v1 controllers here are real, only the v2 tree is left out.
+manager a layout without the v2 mount (the v1 controllers here are real, only the v2 tree is left out), and pure v2
+by a layout with only the v2 tree (real membership, events, cgroup.kill and rmdir; it has no controllers here, so v2
+limit files are checked on a fake tree in tests/unit/test_cgroups_fake.py).
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ import pytest
 
 from isolation.cgroups import (
     UNIFIED,
+    CgroupError,
     CgroupLimits,
     CgroupManager,
     HybridTaskCgroup,
     TaskCgroup,
     V1TaskCgroup,
+    V2TaskCgroup,
     detect,
     limits_for,
 )
@@ -97,6 +101,23 @@ def v1_mgr(layout, cgroup_parent):
         yield m
     finally:
         _cleanup(m)
+
+
+@pytest.fixture
+def v2_mgr(layout, cgroup_parent):
+    """A pure-v2 view of this host: only the v2 tree, which has no controllers here, so only membership, events,
+    cgroup.kill and removal are real; v2 limit files are covered by the fake tree in tests/unit."""
+    lay = dataclasses.replace(layout, mode="v2", v1_mounts={}, own={UNIFIED: layout.own[UNIFIED]})
+    m = CgroupManager(lay, cgroup_parent)
+    m.ensure_parent()
+    try:
+        yield m
+    finally:
+        _cleanup(m)
+
+
+def _view(request, view: str) -> CgroupManager:
+    return request.getfixturevalue({"hybrid": "mgr", "v1": "v1_mgr", "v2": "v2_mgr"}[view])
 
 
 def _own_memory_cgroup() -> str:
@@ -212,11 +233,10 @@ def _double_fork_script() -> str:
     """)
 
 
-@pytest.mark.parametrize("view", ["hybrid", "v1"])
+@pytest.mark.parametrize("view", ["hybrid", "v1", "v2"])
 def test_kill_reaches_a_double_forked_grandchild(request, view):
-    m = request.getfixturevalue("mgr" if view == "hybrid" else "v1_mgr")
-    cg = m.create("k.t", CgroupLimits())
-    assert isinstance(cg, HybridTaskCgroup if view == "hybrid" else V1TaskCgroup)
+    cg = _view(request, view).create("k.t", CgroupLimits())
+    assert isinstance(cg, {"hybrid": HybridTaskCgroup, "v1": V1TaskCgroup, "v2": V2TaskCgroup}[view])
     p = _spawn(cg.procs_files(), [sys.executable, "-c", _double_fork_script()], stdout=subprocess.PIPE)
     try:
         assert p.stdout.readline() == b"ok\n"
@@ -252,8 +272,7 @@ def test_kill_on_hybrid_reaches_a_member_of_the_v1_dirs_only(mgr):
 
 @pytest.mark.parametrize("view", ["hybrid", "v1"])
 def test_oom_kill_is_counted(request, view):
-    m = request.getfixturevalue("mgr" if view == "hybrid" else "v1_mgr")
-    cg = m.create("oom.t", limits_for(memory_mb=32))
+    cg = _view(request, view).create("oom.t", limits_for(memory_mb=32))
     assert cg.oom_kills() == 0
     p = _spawn(cg.procs_files(), [sys.executable, "-c", "b = bytearray(100 * 1024 * 1024)"],
                stderr=subprocess.DEVNULL)
@@ -310,10 +329,11 @@ def test_stats_reflect_a_running_member(mgr):
         p.stdout.close()
 
 
-@pytest.mark.parametrize("view", ["hybrid", "v1"])
+@pytest.mark.parametrize("view", ["hybrid", "v1", "v2"])
 def test_remove_cleans_every_hierarchy(request, view):
-    m = request.getfixturevalue("mgr" if view == "hybrid" else "v1_mgr")
-    cg: TaskCgroup = m.create("r.t", limits_for(memory_mb=64, pids_limit=20))
+    m = _view(request, view)
+    limits = CgroupLimits() if view == "v2" else limits_for(memory_mb=64, pids_limit=20)
+    cg: TaskCgroup = m.create("r.t", limits)
     p = _spawn(cg.procs_files(), ["sleep", "600"])
     wait_for(lambda: p.pid in cg.pids(), what="member")
     cg.kill()
@@ -324,3 +344,9 @@ def test_remove_cleans_every_hierarchy(request, view):
     assert m.names() == []
     assert m.remove_parent() is True
     assert not [d for d in m.parent_paths.values() if d.exists()]
+
+
+def test_v2_limit_without_controller_is_refused_and_leaves_nothing(v2_mgr):
+    with pytest.raises(CgroupError, match="memory controller is not enabled in .*cgroup.subtree_control"):
+        v2_mgr.create("nolimit.t", CgroupLimits(memory_max=32 * MIB))
+    assert v2_mgr.names() == []
