@@ -107,8 +107,12 @@ def load_text(text: str, path: str = "<stdin>", fmt: str | None = None, *, _dige
     try:
         root, problems = parse_hcl(text) if fmt == "hcl" else parse_yaml(text)
         jobs: list[Job] = []
+        names: tuple[str, ...] = ()
         if root is not None:
             jobs = build_jobs(root, None if path == "<stdin>" else path, problems)
+            # From the tree, not the jobs: a task too broken to build still names the job it would be.
+            top = root.blocks_of("job") or root.blocks_of("task")
+            names = tuple(b.labels[0] for b in top if b.labels)
     except RecursionError:
         return _failed(path, "the manifest nests too deeply", digest)
     except Exception as e:  # a parser bug must not take the daemon down; report it as a problem in this file
@@ -121,7 +125,7 @@ def load_text(text: str, path: str = "<stdin>", fmt: str | None = None, *, _dige
         errors=errors,
         warnings=warnings,
         content_hash=digest,
-        names=tuple(j.name for j in jobs),
+        names=names,
     )
 
 
