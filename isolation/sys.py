@@ -99,7 +99,8 @@ PIDFD_INFO_EXIT = 1 << 3
 PIDFD_INFO_SIZE_VER0 = 64
 _IOC_READ_WRITE = 3
 PIDFD_GET_INFO = (_IOC_READ_WRITE << 30) | (PIDFD_INFO_SIZE_VER0 << 16) | (0xFF << 8) | 11
-# struct pidfd_info: u64 mask, u64 cgroupid, u32 pid tgid ppid ruid rgid euid egid suid sgid fsuid fsgid, s32 exit_code.
+# struct pidfd_info: u64 mask, u64 cgroupid, 11 x u32 (pid tgid ppid ruid rgid euid egid suid sgid fsuid fsgid),
+# s32 exit_code.
 _PIDFD_INFO = struct.Struct("=QQ11Ii")
 assert _PIDFD_INFO.size == PIDFD_INFO_SIZE_VER0
 
@@ -218,7 +219,8 @@ def set_child_subreaper(on: bool = True) -> None:
 
 def get_child_subreaper() -> bool:
     out = ctypes.c_int(0)
-    rc = _libc.prctl(ctypes.c_int(PR_GET_CHILD_SUBREAPER), ctypes.byref(out), _c_ulong(0), _c_ulong(0), _c_ulong(0))
+    rc = _libc.prctl(ctypes.c_int(PR_GET_CHILD_SUBREAPER), ctypes.byref(out), _c_ulong(0), _c_ulong(0),
+                     _c_ulong(0))
     _check(rc, "prctl(PR_GET_CHILD_SUBREAPER)")
     return bool(out.value)
 

@@ -47,14 +47,15 @@ def test_unknown_user_raises_keyerror(who):
 
 
 def test_dynamic_user_identity():
-    assert dynamic_user(80001) == UserInfo(80001, 80001, (80001,), "/nonexistent", "nomad-80001", "/usr/sbin/nologin")
+    expected = UserInfo(80001, 80001, (80001,), "/nonexistent", "nomad-80001", "/usr/sbin/nologin")
+    assert dynamic_user(80001) == expected
 
 
 def test_host_account_exists_sees_root():
     assert host_account_exists(0)
 
 
-# ---- DynamicUserPool ---------------------------------------------------------------------------------------------
+# ---- DynamicUserPool ------------------------------------------------------------------------------------
 
 
 def test_allocate_skips_accounts_in_use_and_other_owners():
