@@ -35,6 +35,22 @@ def _join_cgroups(spec: LaunchSpec, fds: dict) -> None:
             f.write("0")
 
 
+def _enter_task(spec: LaunchSpec, fds: dict) -> None:
+    """exec into a running task: its namespaces and its root, after joining its cgroup (which the task's root may
+    not show)."""
+    enter = fds.get("enter")
+    if not enter:
+        return
+    from isolation import sys as ksys
+
+    flags = {"ipc": ksys.CLONE_NEWIPC, "uts": ksys.CLONE_NEWUTS, "net": ksys.CLONE_NEWNET, "mnt": ksys.CLONE_NEWNS}
+    for name in ("ipc", "uts", "net", "mnt"):
+        if name in enter:
+            ksys.setns(enter[name], flags[name])
+    os.fchdir(enter["root"])
+    os.chroot(".")
+
+
 def _oom_score_adj(spec: LaunchSpec, fds: dict) -> None:
     # Always written: the launcher may run at -1000 (as a systemd service can) and children inherit it.
     with open("/proc/self/oom_score_adj", "w") as f:
@@ -151,12 +167,13 @@ def _signals(spec: LaunchSpec, fds: dict) -> None:
 def _close_fds(spec: LaunchSpec, fds: dict) -> None:
     keep = fds["errpipe"]
     os.closerange(3, keep)
-    os.closerange(keep + 1, 65536)
+    os.closerange(keep + 1, 65536)  # also the namespace fds of "enter task"
 
 
 STEPS = (
     ("new session", _new_session),
     ("join cgroup", _join_cgroups),
+    ("enter task", _enter_task),
     ("oom_score_adj", _oom_score_adj),
     ("namespaces", _namespaces),
     ("mounts", _mounts),

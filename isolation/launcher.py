@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from isolation import child
+# Imported here, never lazily in the child: after pivot_root the child can no longer see tasksd's own files.
+from isolation import caps, landlock, mounts, netns  # noqa: F401
 from isolation import sys as ksys
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.logs import RotatingLog
@@ -371,8 +373,7 @@ class Launcher:
             if switched and os.getpid() == _launcher_pid:
                 ksys.setns(self.own_pidns, ksys.CLONE_NEWPID)
         if pid == 0:
-            if enter:
-                _enter_namespaces(enter)
+            fds["enter"] = enter
             child.run(spec, fds)  # never returns
         return pid
 
@@ -443,16 +444,6 @@ def _open_ns_fds(pid: int) -> dict[str, int]:
     # The root directory matters for chroot'ed tasks: keep a handle to it to chroot after setns(mnt).
     fds["root"] = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     return fds
-
-
-def _enter_namespaces(enter: dict[str, int]) -> None:
-    flags = {"ipc": ksys.CLONE_NEWIPC, "uts": ksys.CLONE_NEWUTS, "net": ksys.CLONE_NEWNET, "mnt": ksys.CLONE_NEWNS}
-    for name in ("ipc", "uts", "net", "mnt"):
-        if name in enter:
-            ksys.setns(enter[name], flags[name])
-    if "root" in enter:
-        os.fchdir(enter["root"])
-        os.chroot(".")
 
 
 def _read_all(fd: int) -> bytes:

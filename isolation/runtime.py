@@ -47,7 +47,14 @@ class Runtime:
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def open(self) -> list[str]:
         """Connect (starting the launcher when needed) and prepare the cgroup parent. Returns cgroup problems."""
-        problems = self.cgroups.check()
+        problems = self.cgroups.diagnose()
+        fatal = [p.message for p in problems if p.fatal]
+        if fatal:
+            raise cgroups.CgroupError("; ".join(fatal))
+        if self.layout.mode == "v2":
+            # The no-internal-processes rule: we (and the launcher we start next) move to a leaf so that
+            # controllers can be enabled for the task cgroups beside it.
+            self.cgroups.move_self_to_leaf()
         self.cgroups.ensure_parent()
         self.client.connect()
         listing = self.client.request("list")
@@ -56,7 +63,7 @@ class Runtime:
                 self._raw_exits[rec["key"]] = rec
         self._watcher = threading.Thread(target=self._watch_pidfds, name="pidfd-watch", daemon=True)
         self._watcher.start()
-        return problems
+        return [p.message for p in problems]
 
     def close(self) -> None:
         """Disconnect; tasks and the launcher keep running (a daemon restart must not touch workloads)."""
@@ -94,7 +101,9 @@ class Runtime:
         with self._cv:
             handle = self._handles.get(ev["key"])
             if handle is None:
-                self._raw_exits[ev["key"]] = ev  # not registered yet (start reply still in flight)
+                # Not registered yet (the start reply is still in flight), or an exec'd process.
+                self._raw_exits[ev["key"]] = ev
+                self._cv.notify_all()
                 return
         self._finish(handle, ev)
 
@@ -124,6 +133,20 @@ class Runtime:
         with self._cv:
             self._cv.wait_for(lambda: key in self._results, timeout)
             return self._results.get(key)
+
+    def wait_exec(self, key: str, timeout: float | None) -> ExitResult | None:
+        """Wait for a process started by `exec` to exit; its record is acked at once (nobody else wants it)."""
+        with self._cv:
+            self._cv.wait_for(lambda: key in self._raw_exits, timeout)
+            raw = self._raw_exits.pop(key, None)
+        if raw is None:
+            return None
+        try:
+            self.client.request("ack", key=key)
+        except Exception:  # noqa: BLE001
+            pass
+        return ExitResult(exit_code=raw.get("exit_code"), signal=raw.get("signal"),
+                          finished_at=raw.get("finished_at"))
 
     def ack(self, handle: TaskHandle) -> None:
         """The controller persisted the exit: the launcher may forget it."""

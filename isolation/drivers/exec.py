@@ -1,0 +1,106 @@
+"""exec: a chroot of read-only bind mounts, private mount/pid/ipc/uts namespaces, a reduced capability set.
+
+Differences from Nomad, on purpose: the chroot is bind mounts (no copying), no_new_privs is always set (a setuid
+binary gains nothing), and the task gets a pids limit.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from isolation import taskdir
+from isolation.drivers.base import Health, StartError, TaskContext
+from isolation.drivers.common import CommonDriver, Identity
+from isolation.launchspec import BindMount, LaunchSpec, Namespaces, RootFS
+from isolation.taskenv import TaskPaths
+
+READONLY_PROC = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus")
+MASKED = ("/proc/kcore", "/sys/firmware")
+CHROOT_SEARCH = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+class ExecDriver(CommonDriver):
+    name = "exec"
+    passes_host_env = True
+    chroot = True
+
+    def plugin(self):
+        return self.config.exec
+
+    def fingerprint(self) -> Health:
+        if not self.config.exec.enabled:
+            return Health(False, "exec is disabled in the plugin config")
+        if os.geteuid() != 0:
+            return Health(False, "exec needs root (namespaces, mounts, cgroups)")
+        return Health(True)
+
+    def identity(self, ctx: TaskContext) -> Identity:
+        user = ctx.task.user or "nobody"
+        if user in self.config.user_denylist:
+            raise StartError(f"running as user {user!r} is disallowed by the client's user denylist")
+        ident = self.host_user(user)
+        if ident.uid == 0 and "root" in self.config.user_denylist:
+            raise StartError(f"user {user!r} has uid 0, which the client's user denylist refuses")
+        return ident
+
+    def task_paths(self, td: taskdir.TaskDir) -> TaskPaths:
+        return TaskPaths("/alloc", "/local", "/secrets", "/tmp")
+
+    def _host_path(self, td: taskdir.TaskDir, inside: str) -> str | None:
+        """Map a path inside the chroot to the host (through chroot_env binds, /alloc, or the task dir)."""
+        if inside == "/alloc" or inside.startswith("/alloc/"):
+            return str(td.shared) + inside[len("/alloc"):]
+        for src, dst in self.config.chroot_env:
+            if inside == dst or inside.startswith(dst.rstrip("/") + "/"):
+                return src.rstrip("/") + inside[len(dst.rstrip("/")):]
+        return str(td.dir) + inside
+
+    def resolve_command(self, ctx: TaskContext, td: taskdir.TaskDir, command: str, env: dict) -> str:
+        """Nomad's lookup inside the chroot: local/, the task dir, /usr/local/bin, /usr/bin, /bin."""
+        if "/" in command:
+            inside = command if command.startswith("/") else "/" + command
+            host = self._host_path(td, inside)
+            if host and os.path.isfile(host):
+                return inside
+            raise StartError(f"file {command} not found under path {td.dir}")
+        for d in ("/local", "/", *CHROOT_SEARCH):
+            inside = os.path.join(d, command)
+            host = self._host_path(td, inside)
+            if host and os.path.isfile(host) and os.access(host, os.X_OK):
+                return inside
+        raise StartError(f"file {command} not found under path {td.dir}")
+
+    def work_dir(self, cfg, td: taskdir.TaskDir) -> str:
+        return cfg.work_dir or "/"
+
+    def caps(self, ctx: TaskContext) -> frozenset[int]:
+        from isolation import caps
+
+        cfg = ctx.task.config
+        try:
+            return caps.compute_caps(self.config.exec.allow_caps, cfg.cap_add, cfg.cap_drop)
+        except ValueError as e:
+            raise StartError(str(e)) from None
+
+    def isolate(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity, spec: LaunchSpec) -> LaunchSpec:
+        cfg, plugin = ctx.task.config, self.config.exec
+        pid_mode = cfg.pid_mode or plugin.default_pid_mode
+        ipc_mode = cfg.ipc_mode or plugin.default_ipc_mode
+        binds = [BindMount(src, dst, True) for src, dst in self.config.chroot_env]
+        binds.append(BindMount(str(td.shared), "/alloc", False))
+        for m in getattr(cfg, "mounts", ()) or ():
+            binds.append(BindMount(m.source, m.target, m.readonly))
+        rootfs = RootFS(root=str(td.dir), binds=tuple(binds), pivot_root=not plugin.no_pivot_root,
+                        readonly_paths=READONLY_PROC, masked_paths=MASKED)
+        ns = Namespaces(mount=True, pid=pid_mode == "private", ipc=ipc_mode == "private", uts=True,
+                        net=_net_for(ctx))
+        return replace(spec, rootfs=rootfs, namespaces=ns, no_new_privs=True, caps=tuple(sorted(self.caps(ctx))))
+
+
+def _net_for(ctx: TaskContext) -> str:
+    mode = getattr(ctx.group.network, "mode", "host") or "host"
+    if mode == "none":
+        return "new"
+    if mode in ("bridge", "group") and ctx.netns:
+        return ctx.netns
+    return "host"

@@ -1,0 +1,139 @@
+"""The exec driver's root filesystem, built in the child's private mount namespace from read-only bind mounts.
+
+Nomad hard-links or copies every file of chroot_env into every task dir (minutes and disk per task: #1478, #2562,
+#18367). Here each chroot_env entry is one bind mount: the cost grows with the number of entries, not files, and
+no disk is used. Everything happens after unshare(CLONE_NEWNS) with propagation made private, so the host never
+sees these mounts and they vanish with the task.
+
+Runs in the launcher's forked child: no threads, errors are OSErrors naming the path.
+"""
+from __future__ import annotations
+
+import os
+
+from isolation import sys as ksys
+from isolation.launchspec import LaunchSpec, RootFS
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+BIND_FLAGS_RO = ksys.MS_BIND | ksys.MS_REMOUNT | ksys.MS_RDONLY | ksys.MS_NOSUID | ksys.MS_NODEV
+
+
+def setup_in_child(spec: LaunchSpec) -> None:
+    # Nothing we mount may propagate back to the host's mount namespace.
+    ksys.mount(None, "/", None, ksys.MS_REC | ksys.MS_PRIVATE, None)
+    if spec.rootfs is not None:
+        _build_root(spec.rootfs, private_pid=spec.namespaces.pid)
+        _enter_root(spec.rootfs)
+    elif spec.namespaces.mount_proc:
+        # exec2: the host filesystem stays, but /proc shows only the task's pid namespace.
+        ksys.mount("proc", "/proc", "proc", ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, None)
+
+
+def _inside(root: str, path: str) -> str:
+    """Host path of `path` inside `root`, refusing anything that resolves outside it (a planted symlink)."""
+    target = os.path.join(root, path.lstrip("/"))
+    real = os.path.realpath(target)
+    if real != root and not real.startswith(root + "/"):
+        raise OSError(1, "mount target escapes the task root", target)
+    return target
+
+
+def _mountpoint(src: str, target: str) -> None:
+    if os.path.isdir(src):
+        os.makedirs(target, mode=0o755, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        if not os.path.exists(target):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
+def bind(src: str, target: str, readonly: bool) -> None:
+    _mountpoint(src, target)
+    ksys.mount(src, target, None, ksys.MS_BIND | ksys.MS_REC, None)
+    if readonly:
+        ksys.mount(None, target, None, BIND_FLAGS_RO, None)
+
+
+def _build_root(rootfs: RootFS, private_pid: bool) -> None:
+    root = os.path.realpath(rootfs.root)
+    # pivot_root needs the new root to be a mount point.
+    ksys.mount(root, root, None, ksys.MS_BIND | ksys.MS_REC, None)
+    for b in rootfs.binds:
+        if not os.path.exists(b.source):
+            continue  # chroot_env entries that do not exist on this host (lib32...) are skipped, as Nomad does
+        bind(b.source, _inside(root, b.target), b.readonly)
+    _resolv_conf(root)
+    _dev(root)
+    proc = _inside(root, "/proc")
+    os.makedirs(proc, mode=0o555, exist_ok=True)
+    ksys.mount("proc", proc, "proc", ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, None)
+    for p in rootfs.readonly_paths:
+        t = _inside(root, p)
+        if os.path.exists(t):
+            ksys.mount(t, t, None, ksys.MS_BIND | ksys.MS_REC, None)
+            ksys.mount(None, t, None, BIND_FLAGS_RO, None)
+    for p in rootfs.masked_paths:
+        t = _inside(root, p)
+        if os.path.isdir(t):
+            ksys.mount("tmpfs", t, "tmpfs", ksys.MS_RDONLY | ksys.MS_NOSUID | ksys.MS_NODEV, "size=0")
+        elif os.path.exists(t):
+            ksys.mount("/dev/null", t, None, ksys.MS_BIND, None)
+    sys_dir = _inside(root, "/sys")
+    os.makedirs(sys_dir, mode=0o555, exist_ok=True)
+    try:
+        ksys.mount("sysfs", sys_dir, "sysfs", ksys.MS_RDONLY | ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, None)
+    except OSError:
+        bind("/sys", sys_dir, readonly=True)
+
+
+def _resolv_conf(root: str) -> None:
+    """On Ubuntu /etc/resolv.conf is a symlink into /run, which is not in the chroot: bind its target there."""
+    link = "/etc/resolv.conf"
+    if not os.path.islink(link):
+        return
+    real = os.path.realpath(link)
+    if not os.path.isfile(real):
+        return
+    target_in_root = os.readlink(link)
+    if not os.path.isabs(target_in_root):
+        target_in_root = os.path.normpath(os.path.join("/etc", target_in_root))
+    t = _inside(root, target_in_root)
+    if os.path.isfile(t) and os.path.samefile(t, real):
+        return
+    bind(real, t, readonly=True)
+
+
+def _dev(root: str) -> None:
+    dev = _inside(root, "/dev")
+    os.makedirs(dev, mode=0o755, exist_ok=True)
+    ksys.mount("tmpfs", dev, "tmpfs", ksys.MS_NOSUID | ksys.MS_NOEXEC, "mode=755,size=65536k")
+    for name in DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            bind(f"/dev/{name}", f"{dev}/{name}", readonly=False)
+    os.makedirs(f"{dev}/pts", mode=0o755)
+    ksys.mount("devpts", f"{dev}/pts", "devpts", ksys.MS_NOSUID | ksys.MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.makedirs(f"{dev}/shm", mode=0o1777)
+    ksys.mount("shm", f"{dev}/shm", "tmpfs", ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, "mode=1777,size=65536k")
+    os.makedirs(f"{dev}/mqueue", mode=0o755)
+    try:
+        ksys.mount("mqueue", f"{dev}/mqueue", "mqueue", ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, None)
+    except OSError:
+        pass  # without a private ipc namespace (ipc_mode host) the host's mqueue is not ours to show
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+
+
+def _enter_root(rootfs: RootFS) -> None:
+    root = os.path.realpath(rootfs.root)
+    os.chdir(root)
+    if rootfs.pivot_root:
+        # pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves only the new root.
+        ksys.pivot_root(".", ".")
+        ksys.umount2(".", ksys.MNT_DETACH)
+    else:
+        ksys.mount(root, "/", None, ksys.MS_MOVE, None)
+        os.chroot(".")
+    os.chdir("/")

@@ -1,0 +1,141 @@
+"""The exec driver on the real kernel: a probe run as the task reports what it sees."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from isolation.drivers.base import StartError
+from manifests.model import ExecConfig, Task
+from tests.helpers import wait_for
+from tests.kernel.conftest import make_ctx
+
+pytestmark = pytest.mark.root
+
+PROBE = r"""
+echo "pid=$$"
+echo "uid=$(id -u)"
+grep CapEff /proc/self/status | tr -d '\t' | sed 's/CapEff:/capeff=/'
+echo "procs=$(ls /proc | grep -c '^[0-9]')"
+if touch /usr/tasksd-probe 2>/dev/null; then echo usr=rw; else echo usr=ro; fi
+if echo hi > /alloc/data/probe; then echo alloc=rw; fi
+if [ -s /proc/kcore ]; then echo kcore=visible; else echo kcore=masked; fi
+if echo 1 > /proc/sys/kernel/sysrq 2>/dev/null; then echo procsys=rw; else echo procsys=ro; fi
+echo "dev=$(ls /dev | tr '\n' ' ')"
+echo "host=$NOMAD_TASK_DIR:$NOMAD_ALLOC_DIR:$NOMAD_SECRETS_DIR"
+"""
+
+
+def exec_task(command: str, *args: str, name: str = "t", user: str | None = None, **cfg) -> Task:
+    return Task(name=name, driver="exec", config=ExecConfig(command=command, args=tuple(args), **cfg), user=user)
+
+
+def run_probe(d, cfg, task, **ctx_kw) -> dict[str, str]:
+    h = d.start(make_ctx(cfg, task, **ctx_kw))
+    res = d.wait(h, 30)
+    out = (Path(h.alloc_dir) / "alloc" / "logs" / f"{task.name}.stdout").read_text()
+    err = (Path(h.alloc_dir) / "alloc" / "logs" / f"{task.name}.stderr").read_text()
+    d.destroy(h)
+    assert res is not None and res.exit_code == 0, (res, out, err)
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line), h
+
+
+def test_exec_probe_private_pid_mode(drivers, agent_config):
+    seen, h = run_probe(drivers["exec"], agent_config, exec_task("/bin/sh", "-c", PROBE))
+    assert seen["pid"] == "1"
+    assert seen["uid"] == str(65534)  # nobody
+    assert int(seen["procs"]) <= 5  # sh, its subshell, ls, grep: no host process is visible
+    assert seen["usr"] == "ro"
+    assert seen["alloc"] == "rw"
+    assert (Path(h.alloc_dir) / "alloc" / "data" / "probe").read_text() == "hi\n"  # visible on the host
+    assert seen["kcore"] == "masked"
+    assert seen["procsys"] == "ro"
+    for dev in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue"):
+        assert dev in seen["dev"].split()
+    assert seen["host"] == "/local:/alloc:/secrets"
+    assert not Path("/usr/tasksd-probe").exists()
+
+
+def test_exec_host_pid_mode_sees_host_pids(drivers, agent_config):
+    seen, _ = run_probe(drivers["exec"], agent_config, exec_task("/bin/sh", "-c", PROBE, pid_mode="host"))
+    assert seen["pid"] != "1"
+    assert int(seen["procs"]) > 10
+
+
+def test_exec_capabilities_drop_all_add_one(drivers, agent_config):
+    task = exec_task("/bin/sh", "-c", PROBE, cap_drop=("all",), cap_add=("CAP_NET_BIND_SERVICE",))
+    seen, _ = run_probe(drivers["exec"], agent_config, task)
+    assert seen["capeff"] == "0000000000000400"
+
+
+def test_exec_cap_add_outside_allow_list_is_refused(drivers, agent_config):
+    with pytest.raises(StartError, match="driver does not allow the following capabilities"):
+        drivers["exec"].start(make_ctx(agent_config, exec_task("/bin/true", cap_add=("SYS_ADMIN",))))
+
+
+def test_exec_root_user_is_refused(drivers, agent_config):
+    with pytest.raises(StartError, match="denylist"):
+        drivers["exec"].start(make_ctx(agent_config, exec_task("/bin/true", user="root")))
+
+
+def test_setuid_binary_gains_nothing(drivers, agent_config, runtime):
+    ctx = make_ctx(agent_config, exec_task("/local/idcopy", "-u"))
+    local = runtime.alloc_root / ctx.alloc_id / "t" / "local"
+    local.mkdir(parents=True)
+    shutil.copy("/usr/bin/id", local / "idcopy")
+    os.chown(local / "idcopy", 0, 0)
+    os.chmod(local / "idcopy", 0o4755)  # setuid root
+    d = drivers["exec"]
+    h = d.start(ctx)
+    assert d.wait(h, 30).exit_code == 0
+    assert (Path(h.alloc_dir) / "alloc" / "logs" / "t.stdout").read_text().strip() == "65534"
+    d.destroy(h)
+
+
+def test_background_children_die_with_main_process_in_private_pid_mode(drivers, agent_config):
+    task = exec_task("/bin/sh", "-c", "sleep 1000 & echo $! > /alloc/data/bg; sleep 1000")
+    d = drivers["exec"]
+    h = d.start(make_ctx(agent_config, task))
+    pidfile = Path(h.alloc_dir) / "alloc" / "data" / "bg"
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="background pid")
+    cg = d.runtime.cgroups.open(h.cgroup)
+    assert len(cg.pids()) == 3
+    os.kill(h.pid, 9)  # only the main process
+    d.wait(h, 30)
+    wait_for(lambda: not cg.pids(), what="namespace torn down")
+    d.destroy(h)
+
+
+def test_exec_command_lookup_and_missing_file(drivers, agent_config):
+    seen, _ = run_probe(drivers["exec"], agent_config, exec_task("sh", "-c", "echo found=yes"))
+    assert seen["found"] == "yes"
+    with pytest.raises(StartError, match="file /nope/x not found under path"):
+        drivers["exec"].start(make_ctx(agent_config, exec_task("/nope/x")))
+
+
+def test_exec_network_none_has_only_lo(drivers, agent_config):
+    task = exec_task("/bin/sh", "-c", "echo ifs=$(ls /sys/class/net | tr '\\n' ' ')")
+    seen, _ = run_probe(drivers["exec"], agent_config, task, network="none")
+    assert seen["ifs"].split() == ["lo"]
+
+
+def test_exec_into_running_task_sees_the_tasks_view(drivers, agent_config, tmp):
+    d = drivers["exec"]
+    h = d.start(make_ctx(agent_config, exec_task("/bin/sleep", "1000")))
+    out = tmp / "exec.out"
+    fd_out = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd_in = os.open("/dev/null", os.O_RDONLY)
+    try:
+        key = d.exec(h, ["/bin/sh", "-c", "id -u; ls /proc | grep -c '^[0-9]'; test -e /local && echo chroot"],
+                     [fd_in, fd_out, fd_out])
+    finally:
+        os.close(fd_out)
+        os.close(fd_in)
+    res = d.runtime.wait_exec(key, 30)
+    assert res is not None and res.exit_code == 0
+    uid, nprocs, chroot = out.read_text().split()
+    assert uid == "65534" and int(nprocs) <= 5 and chroot == "chroot"
+    d.stop(h, "SIGTERM", 5)
+    d.destroy(h)
