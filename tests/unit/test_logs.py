@@ -1,0 +1,298 @@
+"""RotatingLog and read_tail on a real filesystem (a tmpfs for the full-disk case)."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from isolation.logs import RotatingLog, log_files, read_tail
+from tests.conftest import TMP_PREFIX
+
+BASE = "web.stdout"
+
+
+def contents(d: Path, base: str = BASE) -> list[bytes]:
+    """The stream's files oldest first, active last."""
+    return [p.read_bytes() for p in log_files(d, base)]
+
+
+def names(d: Path) -> set[str]:
+    return set(os.listdir(d))
+
+
+# ---- rotation ------------------------------------------------------------------------------------------------
+
+
+def test_rotation_keeps_max_files_and_the_active_name(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=3, max_file_size=20) as log:
+        for i in range(50):
+            log.write(b"line %03d\n" % i)  # 9 bytes: two lines per file
+    assert names(tmp) == {BASE, BASE + ".1", BASE + ".2"}
+    assert (tmp / BASE).read_bytes() == b"line 048\nline 049\n"
+    assert (tmp / (BASE + ".1")).read_bytes() == b"line 046\nline 047\n"
+    assert (tmp / (BASE + ".2")).read_bytes() == b"line 044\nline 045\n"
+
+
+def test_rotation_renames_the_active_file_so_tail_F_follows_the_name(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=2, max_file_size=10) as log:
+        log.write(b"12345678\n")
+        before = os.stat(tmp / BASE).st_ino
+        log.write(b"abc\n")
+        # The old active file moved to .1 (same inode) and a new file took the stable name.
+        assert os.stat(tmp / (BASE + ".1")).st_ino == before
+        assert os.stat(tmp / BASE).st_ino != before
+        assert (tmp / BASE).read_bytes() == b"abc\n"
+        assert log.rotations == 1
+
+
+def test_max_files_one_keeps_only_the_active_file(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=1, max_file_size=8) as log:
+        for i in range(5):
+            log.write(b"line %d\n" % i)
+    assert names(tmp) == {BASE}
+    assert (tmp / BASE).read_bytes() == b"line 4\n"
+
+
+def test_a_line_that_does_not_fit_starts_the_next_file(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=5, max_file_size=10) as log:
+        log.write(b"aaaaaa\nbbbbbb\n")  # the second line would cross the limit: it goes to a fresh file whole
+    assert contents(tmp) == [b"aaaaaa\n", b"bbbbbb\n"]
+
+
+def test_a_line_begun_below_the_limit_is_finished_in_the_same_file(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=5, max_file_size=10) as log:
+        log.write(b"aaaaaa")  # fits: written at once, so a reader sees it
+        assert (tmp / BASE).read_bytes() == b"aaaaaa"
+        log.write(b"aaaaaa\nb")  # the line must not be split: the file grows past the limit, then rotates
+    assert contents(tmp) == [b"aaaaaaaaaaaa\n", b"b"]
+
+
+def test_a_line_longer_than_the_limit_is_split_only_past_twice_the_limit(tmp: Path) -> None:
+    line = b"x" * 45 + b"\n"
+    with RotatingLog(tmp, BASE, max_files=10, max_file_size=10) as log:
+        log.write(b"ok\n")
+        for i in range(0, len(line), 7):
+            log.write(line[i:i + 7])
+        log.write(b"next\n")
+    files = contents(tmp)
+    assert b"".join(files) == b"ok\n" + line + b"next\n"
+    assert [len(f) for f in files[:-1]] == [20, 20, 9]  # split at 2 x limit, then the tail of the line
+    assert files[-1] == b"next\n"
+
+
+def test_a_whole_long_line_in_one_chunk_fills_a_fresh_file_up_to_twice_the_limit(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=10, max_file_size=10) as log:
+        log.write(b"a\n" + b"y" * 15 + b"\n" + b"z\n")
+    assert contents(tmp) == [b"a\n", b"y" * 15 + b"\n", b"z\n"]
+
+
+def test_memoryview_and_bytearray_input(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=2, max_file_size=100) as log:
+        log.write(memoryview(b"one\n"))
+        log.write(bytearray(b"two\n"))
+        log.write(b"")
+    assert (tmp / BASE).read_bytes() == b"one\ntwo\n"
+
+
+lines_st = st.lists(st.binary(max_size=24).map(lambda b: b.replace(b"\n", b"_")), max_size=60)
+
+
+def _chunk(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:])]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=lines_st,
+    partial=st.binary(max_size=10).map(lambda b: b.replace(b"\n", b"_")),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+    max_files=st.integers(min_value=1, max_value=4),
+    max_file_size=st.integers(min_value=25, max_value=80),
+)
+def test_property_never_splits_a_line_and_keeps_a_suffix(
+    lines: list[bytes], partial: bytes, cuts: list[int], max_files: int, max_file_size: int
+) -> None:
+    # Every line (newline included) is at most max_file_size long, so none may be split.
+    data = b"".join(line + b"\n" for line in lines) + partial
+    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX) as d:
+        with RotatingLog(Path(d), BASE, max_files, max_file_size) as log:
+            for chunk in _chunk(data, cuts):
+                log.write(chunk)
+            assert log.dropped_bytes == 0
+        files = contents(Path(d))
+    assert 1 <= len(files) <= max_files
+    kept = b"".join(files)
+    assert data.endswith(kept)
+    dropped = data[: len(data) - len(kept)]
+    assert dropped == b"" or dropped.endswith(b"\n")  # whole files dropped: the cut is a line boundary
+    for f in files[:-1]:
+        assert f.endswith(b"\n")
+        last_line_start = f.rfind(b"\n", 0, len(f) - 1) + 1
+        assert last_line_start < max_file_size  # grew past the limit only to finish a line begun below it
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(st.binary(max_size=70).map(lambda b: b.replace(b"\n", b"_")), max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+    max_file_size=st.integers(min_value=1, max_value=30),
+)
+def test_property_all_output_kept_and_rotation_only_when_needed(
+    lines: list[bytes], cuts: list[int], max_file_size: int
+) -> None:
+    # Lines may be longer than the limit here: they may be split, but only at exactly 2 x max_file_size.
+    data = b"".join(line + b"\n" for line in lines)
+    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX) as d:
+        with RotatingLog(Path(d), BASE, 10_000, max_file_size) as log:
+            for chunk in _chunk(data, cuts):
+                log.write(chunk)
+        files = contents(Path(d))
+    assert b"".join(files) == data
+    for i, f in enumerate(files[:-1]):
+        assert len(f) <= 2 * max_file_size
+        if not f.endswith(b"\n"):
+            assert len(f) == 2 * max_file_size  # a split line
+        else:
+            nxt = files[i + 1]
+            first_line = nxt[: nxt.find(b"\n") + 1] if b"\n" in nxt else nxt
+            assert len(f) + len(first_line) > max_file_size  # it really did not fit
+
+
+# ---- reopening and external changes ---------------------------------------------------------------------------
+
+
+def test_reopen_continues_the_active_file_and_its_open_line(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=3, max_file_size=10) as log:
+        log.write(b"abc\nde")
+    with RotatingLog(tmp, BASE, max_files=3, max_file_size=10) as log:
+        assert log.size == 6
+        log.write(b"fghij\nk")  # "de" + "fghij\n" is one line begun in this file: it is finished here
+    assert contents(tmp) == [b"abc\ndefghij\n", b"k"]
+
+
+def test_reopen_of_a_full_file_rotates_before_the_next_line(tmp: Path) -> None:
+    (tmp / BASE).write_bytes(b"0123456789\n")
+    with RotatingLog(tmp, BASE, max_files=3, max_file_size=10) as log:
+        assert log.size == 11
+        log.write(b"new\n")
+    assert contents(tmp) == [b"0123456789\n", b"new\n"]
+
+
+def test_reopen_prunes_files_beyond_a_lowered_max_files(tmp: Path) -> None:
+    for k in range(1, 6):
+        (tmp / f"{BASE}.{k}").write_bytes(b"old %d\n" % k)
+    (tmp / f"{BASE}.backup").write_bytes(b"not ours\n")
+    with RotatingLog(tmp, BASE, max_files=3, max_file_size=10):
+        pass
+    assert names(tmp) == {BASE, BASE + ".1", BASE + ".2", BASE + ".backup"}
+
+
+def test_active_file_deleted_externally_is_recreated(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=3, max_file_size=100) as log:
+        log.write(b"before\n")
+        os.unlink(tmp / BASE)
+        log.write(b"after\n")
+        assert (tmp / BASE).read_bytes() == b"after\n"
+        assert log.size == 6
+
+
+def test_a_planted_symlink_is_not_followed_and_nothing_raises(tmp: Path) -> None:
+    target = tmp / "victim"
+    target.write_bytes(b"precious\n")
+    os.symlink(target, tmp / BASE)
+    log = RotatingLog(tmp, BASE, max_files=2, max_file_size=100)
+    log.write(b"attack\n")
+    log.close()
+    assert target.read_bytes() == b"precious\n"
+    assert log.dropped_bytes == 7
+    assert log.last_errno == errno.ELOOP
+
+
+def test_close_is_idempotent_and_write_after_close_is_an_error(tmp: Path) -> None:
+    log = RotatingLog(tmp, BASE, max_files=2, max_file_size=100)
+    log.write(b"x\n")
+    log.flush()
+    log.close()
+    log.close()
+    with pytest.raises(ValueError):
+        log.write(b"y\n")
+    assert (tmp / BASE).read_bytes() == b"x\n"
+
+
+@pytest.mark.parametrize("kwargs", [{"max_files": 0}, {"max_file_size": 0}, {"base": "a/b"}, {"base": ""}])
+def test_bad_arguments_are_refused(tmp: Path, kwargs: dict) -> None:
+    args = {"dir": tmp, "base": BASE, "max_files": 2, "max_file_size": 10} | kwargs
+    with pytest.raises(ValueError):
+        RotatingLog(**args)
+
+
+@pytest.mark.root
+def test_full_disk_drops_and_counts_then_recovers(tmp: Path) -> None:
+    mnt = tmp / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tasksd-test", str(mnt)], check=True)
+    try:
+        filler = mnt / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # fill the filesystem up to its last byte
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        total = 0
+        with RotatingLog(mnt, BASE, max_files=2, max_file_size=1 << 20) as log:
+            for i in range(200):
+                chunk = b"line %05d %s\n" % (i, b"z" * 90)
+                log.write(chunk)  # must not raise
+                total += len(chunk)
+            assert log.last_errno == errno.ENOSPC
+            assert log.dropped_bytes > 0
+            on_disk = (mnt / BASE).stat().st_size
+            assert on_disk + log.dropped_bytes == total
+            filler.unlink()
+            log.write(b"room again\n")
+            assert (mnt / BASE).read_bytes().endswith(b"room again\n")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+# ---- read_tail -------------------------------------------------------------------------------------------------
+
+
+def test_read_tail_across_rotated_files_newest_last(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=4, max_file_size=20) as log:
+        for i in range(8):
+            log.write(b"line %d\n" % i)  # 7 bytes: two lines per file
+    assert len(log_files(tmp, BASE)) == 4
+    assert read_tail(tmp, BASE, 3) == [b"line 5\n", b"line 6\n", b"line 7\n"]
+    assert read_tail(tmp, BASE, 100) == [b"line %d\n" % i for i in range(8)]
+    assert read_tail(tmp, BASE, 0) == []
+
+
+def test_read_tail_small_blocks_and_a_partial_last_line(tmp: Path) -> None:
+    with RotatingLog(tmp, BASE, max_files=10, max_file_size=16) as log:
+        log.write(b"alpha\nbeta\ngamma\ndelta\nepsil")
+    assert read_tail(tmp, BASE, 2, block_size=3) == [b"delta\n", b"epsil"]
+    assert read_tail(tmp, BASE, 5, block_size=3) == [b"alpha\n", b"beta\n", b"gamma\n", b"delta\n", b"epsil"]
+
+
+def test_read_tail_joins_a_split_line(tmp: Path) -> None:
+    long = b"q" * 50 + b"\n"
+    with RotatingLog(tmp, BASE, max_files=10, max_file_size=10) as log:
+        log.write(b"first\n" + long + b"last\n")
+    assert len(log_files(tmp, BASE)) > 2
+    assert read_tail(tmp, BASE, 2) == [long, b"last\n"]
+
+
+def test_read_tail_of_a_missing_stream_is_empty(tmp: Path) -> None:
+    assert read_tail(tmp, "nothing.stderr", 5) == []
+    assert read_tail(tmp / "no-such-dir", BASE, 5) == []
