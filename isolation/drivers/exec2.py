@@ -5,21 +5,26 @@ When Landlock is unavailable the driver is unhealthy and refuses tasks: an exec2
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import threading
+import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
-from isolation import landlock, taskdir
+from isolation import landlock, netns, taskdir
 from isolation.drivers.base import Health, StartError, TaskContext, TaskHandle
 from isolation.drivers.common import CommonDriver, Identity
-from isolation.drivers.exec import _net_for
 from isolation.launchspec import LaunchSpec, Namespaces
-from isolation.users import DynamicUserPool
+from isolation.users import DYNAMIC_USER_HOME, DynamicUserPool, PoolExhausted, dynamic_user
 
 DROPPED_ENV = ("LD_*", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY", "DBUS_SESSION_BUS_ADDRESS", "XDG_*")
 UNVEIL_REFUSED = "task set unveil paths but driver config does not allow this"
+POOL_FILE = "dynamic-users.json"
+
+T = TypeVar("T")
 
 
 class Exec2Driver(CommonDriver):
@@ -28,33 +33,59 @@ class Exec2Driver(CommonDriver):
 
     def __init__(self, runtime, config):
         super().__init__(runtime, config)
-        self._pool_lock = threading.Lock()
-        self._pool_file = Path(runtime.state_dir) / "dynamic-users.json"
-        self._pool = self._load_pool()
+        self._pool_file = Path(runtime.state_dir) / POOL_FILE
 
     # ---- dynamic users -----------------------------------------------------------------------------------
-    def _load_pool(self) -> DynamicUserPool:
-        try:
-            return DynamicUserPool.from_dict(json.loads(self._pool_file.read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            return DynamicUserPool(self.config.dynamic_user_min, self.config.dynamic_user_max)
+    def _with_pool(self, fn: Callable[[DynamicUserPool], T]) -> T:
+        """Run `fn` on the pool as stored on disk, under an exclusive lock, and store the result.
 
-    def _save_pool(self) -> None:
-        tmp = self._pool_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._pool.to_dict()))
-        os.replace(tmp, self._pool_file)
+        The file, not memory, is the truth: a restarted daemon (or a second driver over the same state dir) sees
+        every id still held, so a live task's uid is never handed out twice."""
+        self._pool_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._pool_file.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            pool = self._load_pool()
+            result = fn(pool)
+            tmp = self._pool_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(pool.to_dict()))
+            os.replace(tmp, self._pool_file)
+            return result
+
+    def _load_pool(self) -> DynamicUserPool:
+        lo, hi = self.config.dynamic_user_min, self.config.dynamic_user_max
+        try:
+            data = json.loads(self._pool_file.read_text())
+        except FileNotFoundError:
+            return DynamicUserPool(lo, hi)
+        except (OSError, ValueError):
+            return self._rebuilt_pool(lo, hi)
+        try:
+            return DynamicUserPool.from_dict(data, lo, hi)
+        except (ValueError, KeyError, TypeError):
+            return self._rebuilt_pool(lo, hi)
+
+    def _rebuilt_pool(self, lo: int, hi: int) -> DynamicUserPool:
+        """The pool file is damaged: reserve the uids of every process still in one of our task cgroups, so
+        starting afresh cannot collide with a live task."""
+        owners: dict[str, int] = {}
+        for name in self.runtime.cgroups.names():
+            cg = self.runtime.cgroups.open(name)
+            for pid in cg.pids() if cg is not None else ():
+                try:
+                    uid = os.stat(f"/proc/{pid}").st_uid
+                except OSError:
+                    continue
+                if lo <= uid <= hi and uid not in owners.values():
+                    owners[f"recovered:{name}"] = uid
+        return DynamicUserPool.from_dict({"min": lo, "max": hi, "owners": owners}, lo, hi)
 
     def release(self, handle: TaskHandle) -> None:
         if handle.dynamic_uid and handle.uid is not None:
-            with self._pool_lock:
-                self._pool.release(handle.uid)
-                self._save_pool()
+            self._with_pool(lambda pool: pool.release(handle.uid))
 
     def release_identity(self, ident: Identity) -> None:
         if ident.dynamic:
-            with self._pool_lock:
-                self._pool.release(ident.uid)
-                self._save_pool()
+            self._with_pool(lambda pool: pool.release(ident.uid))
 
     # ---- driver ------------------------------------------------------------------------------------------
     def plugin(self):
@@ -65,22 +96,45 @@ class Exec2Driver(CommonDriver):
             return Health(False, "exec2 is disabled in the plugin config")
         if os.geteuid() != 0:
             return Health(False, "exec2 needs root (namespaces, cgroups, dynamic users)")
-        abi = landlock.abi_version()
-        if abi < 1:
-            return Health(False, "Landlock is not available on this kernel (exec2 never runs a task unconfined)")
+        if landlock.abi_version() < 1:
+            why = landlock.probe()[1] or "Landlock is not available on this kernel"
+            return Health(False, f"{why}; exec2 never runs a task unconfined")
         return Health(True)
+
+    def start(self, ctx: TaskContext) -> TaskHandle:
+        # Everything that can refuse the task is checked before a dynamic uid is taken, and a start that fails
+        # anywhere after that gives the uid back (the common pipeline only does so when the spawn itself fails).
+        health = self.fingerprint()
+        if not health.healthy:
+            raise StartError(health.reason)
+        self.requested_unveils(ctx)
+        network_for(ctx)
+        held = self._with_pool(lambda pool: ctx.task_id in pool.allocations())
+        try:
+            return super().start(ctx)
+        except BaseException:
+            if not ctx.task.user and not held:
+                self._with_pool(lambda pool: pool.release_owner(ctx.task_id))
+            raise
 
     def identity(self, ctx: TaskContext) -> Identity:
         user = ctx.task.user
         if user:
             if user in self.config.user_denylist:
                 raise StartError(f"running as user {user!r} is disallowed by the client's user denylist")
-            return self.host_user(user)
-        owner = ctx.task_id
-        with self._pool_lock:
-            uid = self._pool.allocate(owner, in_use=set())
-            self._save_pool()
-        return Identity(uid, uid, (uid,), f"nomad-{uid}", "/nonexistent", dynamic=True)
+            ident = self.host_user(user)
+            if ident.uid == 0 and "root" in self.config.user_denylist:
+                raise StartError(f"user {user!r} has uid 0, which the client's user denylist refuses")
+            return ident
+        # The owner is the task instance (stable across restarts of the task), so a restarted task keeps the
+        # uid that owns its files in local/ and alloc/data. One instance never runs twice at once: its cgroup
+        # is emptied before every launch.
+        try:
+            uid = self._with_pool(lambda pool: pool.allocate(ctx.task_id))
+        except PoolExhausted as e:
+            raise StartError(str(e)) from None
+        info = dynamic_user(uid)
+        return Identity(info.uid, info.gid, info.groups, info.name, DYNAMIC_USER_HOME, dynamic=True)
 
     def dropped_env(self) -> tuple[str, ...]:
         return DROPPED_ENV
@@ -89,8 +143,6 @@ class Exec2Driver(CommonDriver):
         return {"USER": ident.name, "HOME": ident.home, "TMPDIR": str(td.tmp)}
 
     def resolve_command(self, ctx: TaskContext, td: taskdir.TaskDir, command: str, env: dict) -> str:
-        import shutil
-
         if os.path.isabs(command):
             return command  # a missing command fails at execve and is reported with the step
         for base in (td.local, td.dir):
@@ -101,24 +153,45 @@ class Exec2Driver(CommonDriver):
             raise StartError(f"command {command!r} not found")
         return found
 
-    def unveils(self, ctx: TaskContext, td: taskdir.TaskDir) -> tuple[tuple[str, str], ...]:
-        cfg, plugin = ctx.task.config, self.config.exec2
-        task_unveil = tuple(getattr(cfg, "unveil", ()) or ())
+    def requested_unveils(self, ctx: TaskContext) -> tuple[tuple[str, str], ...]:
+        """The operator's and the task's unveils, checked. Unlike the defaults they must name something: an
+        unveil of a path that does not exist is a mistake, and the launcher child would skip it silently."""
+        plugin = self.config.exec2
+        task_unveil = tuple(getattr(ctx.task.config, "unveil", ()) or ())
         if task_unveil and not plugin.unveil_by_task:
             raise StartError(UNVEIL_REFUSED)
+        rules = []
+        for entry in (*plugin.unveil_paths, *task_unveil):
+            try:
+                modes, path = landlock.parse_unveil(entry)
+            except ValueError as e:
+                raise StartError(str(e)) from None
+            if not os.path.exists(path):
+                raise StartError(f"unveil {entry}: {path} does not exist")
+            rules.append((modes, path))
+        return tuple(rules)
+
+    def unveils(self, ctx: TaskContext, td: taskdir.TaskDir) -> tuple[tuple[str, str], ...]:
         rules: list[tuple[str, str]] = [
             ("rwxc", str(td.dir)), ("rwxc", str(td.shared)), ("rwxc", str(td.secrets)), ("rwxc", str(td.tmp)),
             ("rx", str(td.logs)),
         ]
-        if plugin.unveil_defaults:
+        if self.config.exec2.unveil_defaults:
             rules += [(m, p) for m, p in landlock.EXEC2_DEFAULT_UNVEILS if os.path.exists(p)]
-        for entry in (*plugin.unveil_paths, *task_unveil):
-            modes, path = landlock.parse_unveil(entry)
-            rules.append((modes, path))
+        rules += self.requested_unveils(ctx)
         return tuple(rules)
 
     def isolate(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity, spec: LaunchSpec) -> LaunchSpec:
         rules = self.unveils(ctx, td)
-        ns = Namespaces(mount=True, pid=True, ipc=True, mount_proc=True, net=_net_for(ctx))
+        ns = Namespaces(mount=True, pid=True, ipc=True, mount_proc=True, net=network_for(ctx))
         return replace(spec, namespaces=ns, landlock=rules, landlock_skip_missing=True, no_new_privs=True,
                        caps=(), cwd=ctx.task.config.work_dir or str(td.dir))
+
+
+def network_for(ctx: TaskContext) -> str:
+    """The launch spec's network namespace for the group's network mode (a StartError when it cannot be met)."""
+    mode = getattr(ctx.group.network, "mode", "host") or "host"
+    try:
+        return netns.namespace_for_mode(mode, ctx.netns)
+    except ValueError as e:
+        raise StartError(str(e)) from None

@@ -1,0 +1,224 @@
+"""The exec2 driver on the real kernel: a probe run as the task reports what Landlock, the dynamic user and the
+namespaces let it see and do."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from isolation import landlock
+from isolation.drivers.base import StartError
+from isolation.drivers.exec2 import Exec2Driver
+from manifests.agent_config import AgentConfig, Exec2Plugin
+from manifests.model import Exec2Config, Task
+from tests.helpers import wait_for
+from tests.kernel.conftest import make_ctx
+
+pytestmark = pytest.mark.root
+
+DYNAMIC_MIN, DYNAMIC_MAX = 80000, 89999
+
+# Each line is "key=value"; a failing command reports its own error text (cat's strerror) so the test can tell
+# EACCES from ENOENT.
+PROBE = r"""
+echo "pid=$$"
+echo "uid=$(id -u)"
+echo "gid=$(id -g)"
+echo "passwd=$(cat /etc/passwd 2>&1 >/dev/null && echo readable)"
+echo "outside=$( (echo x > /var/tmp/tasksd-exec2-probe) 2>&1 && echo written)"
+echo "etc=$( (echo x > /etc/tasksd-exec2-probe) 2>&1 && echo written)"
+echo "taskdir=$( (echo x > "$NOMAD_TASK_DIR/probe") 2>&1 && echo written)"
+echo "allocdir=$( (echo x > "$NOMAD_ALLOC_DIR/data/probe") 2>&1 && echo written)"
+echo "secrets=$( (echo x > "$NOMAD_SECRETS_DIR/probe") 2>&1 && echo written)"
+echo "tmp=$( (echo x > "$TMPDIR/probe") 2>&1 && echo written)"
+echo "procs=$(ls /proc 2>&1 | grep -c '^[0-9]')"
+echo "pidns=$(readlink /proc/self/ns/pid)"
+echo "ld_preload=${LD_PRELOAD-unset}"
+echo "display=${DISPLAY-unset}"
+echo "home=$HOME"
+echo "user=$USER"
+echo "tmpdir=$TMPDIR"
+"""
+
+
+def exec2_task(command: str, *args: str, name: str = "t", user: str | None = None, **cfg) -> Task:
+    return Task(name=name, driver="exec2", config=Exec2Config(command=command, args=tuple(args), **cfg), user=user)
+
+
+def config(**plugin) -> AgentConfig:
+    # /proc is not among exec2's default unveils; the probe lists it to see its pid namespace, so the operator
+    # unveils it here (the /proc it sees is the task's own, remounted for its pid namespace).
+    plugin.setdefault("unveil_paths", ("r:/proc",))
+    return AgentConfig(exec2=Exec2Plugin(**plugin), max_kill_timeout=30.0)
+
+
+def parse(out: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def logs(h, task: str = "t") -> tuple[str, str]:
+    base = Path(h.alloc_dir) / "alloc" / "logs"
+    return (base / f"{task}.stdout").read_text(), (base / f"{task}.stderr").read_text()
+
+
+def run_probe(d, cfg: AgentConfig, task: Task, **ctx_kw) -> tuple[dict[str, str], object]:
+    h = d.start(make_ctx(cfg, task, **ctx_kw))
+    res = d.wait(h, 30)
+    out, err = logs(h, task.name)
+    d.destroy(h)
+    assert res is not None and res.exit_code == 0, (res, out, err)
+    return parse(out), h
+
+
+@pytest.fixture
+def exec2(runtime, tmp):
+    """An exec2 driver over the test runtime; tests pick the plugin config."""
+    # exec2 has no chroot: the dynamic user reaches its task dir through the host path, so the test's private
+    # temp dir (0700 root) must be traversable, as a state dir such as /var/lib/tasksd is.
+    os.chmod(tmp, 0o711)
+
+    def make(cfg: AgentConfig) -> Exec2Driver:
+        return Exec2Driver(runtime, cfg)
+    return make
+
+
+def pool_owners(runtime) -> dict[str, int]:
+    path = Path(runtime.state_dir) / "dynamic-users.json"
+    return json.loads(path.read_text())["owners"] if path.exists() else {}
+
+
+def test_defaults_confine_the_task(exec2, monkeypatch):
+    # The host env of the agent reaches exec2 tasks, minus loader and display variables.
+    monkeypatch.setenv("LD_PRELOAD", "/nonexistent/tasksd-preload.so")
+    monkeypatch.setenv("DISPLAY", ":99")
+    cfg = config()
+    seen, h = run_probe(exec2(cfg), cfg, exec2_task("/bin/sh", "-c", PROBE))
+    assert "Permission denied" in seen["passwd"]  # EACCES from Landlock, not ENOENT
+    assert "Permission denied" in seen["outside"] and "Permission denied" in seen["etc"]
+    assert not Path("/var/tmp/tasksd-exec2-probe").exists() and not Path("/etc/tasksd-exec2-probe").exists()
+    for where in ("taskdir", "allocdir", "secrets", "tmp"):
+        assert seen[where] == "written", (where, seen[where])
+    assert (Path(h.alloc_dir) / "alloc" / "data" / "probe").read_text() == "x\n"  # the host sees the alloc dir
+    assert DYNAMIC_MIN <= int(seen["uid"]) <= DYNAMIC_MAX
+    assert seen["gid"] == seen["uid"]
+    assert seen["pid"] == "1"
+    assert 1 <= int(seen["procs"]) <= 5  # sh, its subshell, ls, grep: no host process is visible
+    assert seen["ld_preload"] == "unset" and seen["display"] == "unset"
+    assert seen["home"] == "/nonexistent"
+    assert seen["user"] == f"nomad-{seen['uid']}"
+    assert seen["tmpdir"] == str(Path(h.task_dir) / "tmp")
+
+
+def test_task_unveil_allowed_by_plugin_reads_passwd(exec2):
+    cfg = config(unveil_by_task=True)
+    seen, _ = run_probe(exec2(cfg), cfg, exec2_task("/bin/sh", "-c", PROBE, unveil=("r:/etc/passwd",)))
+    assert seen["passwd"] == "readable"
+    assert "Permission denied" in seen["etc"]  # reading one file unveils nothing else in /etc
+
+
+def test_task_unveil_refused_without_unveil_by_task(exec2, runtime):
+    cfg = config()
+    with pytest.raises(StartError, match="task set unveil paths but driver config does not allow this"):
+        exec2(cfg).start(make_ctx(cfg, exec2_task("/bin/true", unveil=("r:/etc/passwd",))))
+    assert pool_owners(runtime) == {}  # refused before a dynamic uid was taken
+
+
+def test_task_unveil_of_a_missing_path_is_an_error(exec2):
+    cfg = config(unveil_by_task=True)
+    with pytest.raises(StartError, match="/nonexistent/tasksd"):
+        exec2(cfg).start(make_ctx(cfg, exec2_task("/bin/true", unveil=("r:/nonexistent/tasksd",))))
+
+
+def test_concurrent_tasks_get_distinct_uids_released_on_destroy_and_persisted(exec2, runtime):
+    cfg = config()
+    d = exec2(cfg)
+    a = d.start(make_ctx(cfg, exec2_task("/bin/sleep", "1000", name="a")))
+    b = d.start(make_ctx(cfg, exec2_task("/bin/sleep", "1000", name="b")))
+    handles = [a, b]
+    try:
+        assert a.uid != b.uid
+        for h in (a, b):
+            assert DYNAMIC_MIN <= h.uid <= DYNAMIC_MAX
+            assert os.stat(f"/proc/{h.pid}").st_uid == h.uid  # the running process, not only the handle
+        # A daemon restart: a new driver over the same state dir must not hand out either live uid.
+        d2 = exec2(cfg)
+        c = d2.start(make_ctx(cfg, exec2_task("/bin/sleep", "1000", name="c")))
+        handles.append(c)
+        assert c.uid not in (a.uid, b.uid)
+        assert sorted(pool_owners(runtime).values()) == sorted(h.uid for h in handles)
+        d2.stop(a, "SIGTERM", 5)
+        d2.destroy(a)
+        handles.remove(a)
+        assert a.uid not in pool_owners(runtime).values()
+        assert b.uid in pool_owners(runtime).values()
+    finally:
+        for h in handles:
+            d.stop(h, "SIGTERM", 5)
+            d.destroy(h)
+    assert pool_owners(runtime) == {}
+
+
+def test_exec_into_task_is_confined_the_same_way(exec2, tmp):
+    cfg = config()
+    d = exec2(cfg)
+    h = d.start(make_ctx(cfg, exec2_task("/bin/sleep", "1000")))
+    out = tmp / "exec.out"
+    fd_out = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
+    fd_in = os.open("/dev/null", os.O_RDONLY)
+    try:
+        key = d.exec(h, ["/bin/sh", "-c", PROBE], [fd_in, fd_out, fd_out])
+    finally:
+        os.close(fd_out)
+        os.close(fd_in)
+    try:
+        res = d.runtime.wait_exec(key, 30)
+        assert res is not None and res.exit_code == 0, out.read_text()
+        seen = parse(out.read_text())
+        assert "Permission denied" in seen["passwd"]
+        assert "Permission denied" in seen["outside"]
+        assert seen["uid"] == str(h.uid)
+        # In the task's pid namespace: its /proc shows sleep (pid 1) and the exec'd shell, not the host.
+        assert seen["pidns"] == os.readlink(f"/proc/{h.pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+        assert seen["pid"] != "1"
+        assert 2 <= int(seen["procs"]) <= 6
+        assert seen["home"] == "/nonexistent"
+    finally:
+        d.stop(h, "SIGTERM", 5)
+        d.destroy(h)
+
+
+def test_unhealthy_without_landlock_and_refuses_tasks(exec2, monkeypatch, runtime):
+    # Simulated: this kernel has Landlock (ABI 7), so its absence (RHEL 9 kernels) is faked at the probe.
+    monkeypatch.setattr(landlock, "abi_version", lambda: 0)
+    cfg = config()
+    d = exec2(cfg)
+    health = d.fingerprint()
+    assert not health.healthy and "Landlock" in health.reason
+    with pytest.raises(StartError, match="Landlock"):
+        d.start(make_ctx(cfg, exec2_task("/bin/true")))
+    assert pool_owners(runtime) == {}
+
+
+def test_missing_command_is_reported(exec2):
+    cfg = config()
+    with pytest.raises(StartError, match="not found"):
+        exec2(cfg).start(make_ctx(cfg, exec2_task("tasksd-no-such-command")))
+
+
+def test_named_user_is_used_and_root_refused(exec2):
+    cfg = config()
+    seen, h = run_probe(exec2(cfg), cfg, exec2_task("/bin/sh", "-c", PROBE, user="nobody"))
+    assert seen["uid"] == "65534" and not h.dynamic_uid
+    with pytest.raises(StartError, match="denylist"):
+        exec2(cfg).start(make_ctx(cfg, exec2_task("/bin/true", user="root")))
+
+
+def test_unveil_defaults_off_leaves_only_the_task_dirs(exec2):
+    cfg = config(unveil_defaults=False, unveil_paths=("rx:/usr", "rx:/lib", "rx:/lib64", "r:/etc/ld.so.cache"))
+    task = exec2_task("/bin/sh", "-c", 'echo "tmp=$( (echo x > /tmp/tasksd-exec2-probe) 2>&1 && echo written)"')
+    seen, _ = run_probe(exec2(cfg), cfg, task)
+    assert "Permission denied" in seen["tmp"]
+    assert not Path("/tmp/tasksd-exec2-probe").exists()
+
