@@ -2,13 +2,14 @@
 
     sudo .venv/bin/python bench/chroot_scaling.py [--n 100] [--warmup 10] [--files 10,20000]
 
-Nomad builds an exec task's chroot by hard-linking or copying every file of chroot_env into the task dir, so its
-cost grows with the size of /usr. tasksd bind-mounts each chroot_env entry read-only instead: one mount per entry,
-whatever the entry holds. This bench adds one extra chroot_env entry, a temp dir tree mounted at /srv/tree, once
-with a few files and once with many, and times exec task starts ("start -> running", as in bench/spawn.py) for
-each, interleaved. The ratio large/small should stay near 1.
+Nomad builds an exec task's chroot by hard-linking or copying every file of chroot_env into the task dir, so
+its cost grows with the size of /usr. tasksd bind-mounts each chroot_env entry read-only instead: one mount
+per entry, whatever the entry holds. This bench adds one extra chroot_env entry, a temp dir tree mounted at
+/srv/tree, once with a few files and once with many, and times exec task starts ("start -> running", as in
+bench/spawn.py) for each, interleaved. The ratio large/small should stay near 1.
 
-For contrast it also times a hard-link copy of the large tree (no task): the per-task work Nomad's approach does.
+For contrast it also times a hard-link copy of the large tree (no task): the per-task work Nomad's approach
+does.
 """
 from __future__ import annotations
 
@@ -88,8 +89,8 @@ def measure(n: int = 100, warmup: int = 10, files: tuple[int, ...] = (10, 20000)
             bench.run_true("exec", probe, agents[k])
         samples: dict[int, list[float]] = {k: [] for k in sizes}
         for round_no in range(warmup + n):
-            # Alternate the order: a start right after another task's teardown can pay for it (cgroup and mount
-            # work the kernel finishes lazily), and that must not always land on the same tree.
+            # Alternate the order: a start right after another task's teardown can pay for it (cgroup and
+            # mount work the kernel finishes lazily), and that must not always land on the same tree.
             for k in (sizes if round_no % 2 == 0 else sizes[::-1]):
                 started, _ = bench.run_true("exec", agent=agents[k])
                 if round_no >= warmup:
@@ -106,7 +107,8 @@ def measure(n: int = 100, warmup: int = 10, files: tuple[int, ...] = (10, 20000)
 
 
 def render(rows: list[ScalingRow]) -> str:
-    lines = ["| way | files | runs | median ms | p95 ms | x smallest tree |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| way | files | runs | median ms | p95 ms | x smallest tree |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = "" if r.vs_smallest is None else f"{r.vs_smallest:.2f}"
         lines.append(f"| {r.way} | {r.files} | {r.samples} | {r.median_ms:.2f} | {r.p95_ms:.2f} | {ratio} |")

@@ -2,16 +2,17 @@
 
     sudo .venv/bin/python bench/spawn.py [--n 200] [--warmup 20] [--no-install]
 
-Prints one markdown table of medians and 95th percentiles (ms) over N runs per way after a warm-up. The ways run
-interleaved (one sample of each per round) so that drift of the machine during the run hits every row alike.
+Prints one markdown table of medians and 95th percentiles (ms) over N runs per way after a warm-up. The ways
+run interleaved (one sample of each per round, order rotated every round) so that drift of the machine during
+the run hits every row alike.
 
 For tasksd two numbers come from the same sample:
-- "start -> running": from the `driver.start(ctx)` call until it returns a handle with a pid. The launcher replies
-  only once the child's CLOEXEC error pipe closed, i.e. after a successful execve.
+- "start -> running": from the `driver.start(ctx)` call until it returns a handle with a pid. The launcher
+  replies only once the child's CLOEXEC error pipe closed, i.e. after a successful execve.
 - "start+wait /bin/true": until the exit of /bin/true reached the caller. This is the like-for-like row for
   `subprocess.run`, unshare(1) and bwrap, which all run /bin/true to completion.
-Each sample is a fresh task instance (its own alloc dir, cgroup and task dir); it is destroyed and its alloc dir
-removed between samples, outside the timed region.
+Each sample is a fresh task instance (its own alloc dir, cgroup and task dir); it is destroyed and its alloc
+dir removed between samples, outside the timed region.
 
 Targets (issues #3 and #4): raw_exec within 3x of subprocess.run; exec and exec2 within 1.5x of bwrap.
 """
@@ -83,9 +84,9 @@ def median(values: list[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-# ---- the bench runtime ---------------------------------------------------------------------------------------
+# ---- the bench runtime -------------------------------------------------------------------------------------
 class BenchRuntime:
-    """A tasksd Runtime (launcher + cgroup parent below our own cgroup) in a temp state dir, torn down completely.
+    """A tasksd Runtime (launcher, cgroup parent below our own cgroup) in a temp state dir, fully torn down.
 
     Used as a context manager; `run_true` starts one fresh task instance per call.
     """
@@ -95,7 +96,8 @@ class BenchRuntime:
         self.config = config or AgentConfig(raw_exec=RawExecPlugin(enabled=True))
         self.cgroup_parent = cgroup_parent or f"tasksd-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._own_workdir = workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"tasksd-bench-{os.getpid()}-")) if workdir is None else Path(workdir)
+        self.workdir = (Path(tempfile.mkdtemp(prefix=f"tasksd-bench-{os.getpid()}-")) if workdir is None
+                        else Path(workdir))
         # mkdtemp makes it 0700, which would stop exec2's dynamic users from reaching their task dirs; a real
         # state dir (/var/lib/tasksd) is traversable.
         os.chmod(self.workdir, 0o711)
@@ -132,7 +134,8 @@ class BenchRuntime:
         group = Group(name="g", tasks=(task,), network=Network(mode="host"))
         job = Job(name="bench", groups=(group,))
         return TaskContext(job=job, group=group, task=task, index=self._index,
-                           alloc_id=alloc_id_for(job.name, group.name, self._index), config=agent or self.config)
+                           alloc_id=alloc_id_for(job.name, group.name, self._index),
+                           config=agent or self.config)
 
     def run_true(self, driver: str, config=None, agent: AgentConfig | None = None) -> tuple[float, float]:
         """Start /bin/true (or `config`'s command) as a fresh task and wait for it; it must exit 0.
@@ -173,7 +176,7 @@ class BenchRuntime:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-# ---- the plain ways ------------------------------------------------------------------------------------------
+# ---- the plain ways ----------------------------------------------------------------------------------------
 def _timed_run(argv: list[str]) -> Callable[[], float]:
     def sample() -> float:
         t0 = time.perf_counter_ns()
@@ -218,10 +221,10 @@ def probe(argv: list[str]) -> str:
     return f"{argv[0]} exited {proc.returncode}: {proc.stderr.strip()[:200]}"
 
 
-# ---- the bench -----------------------------------------------------------------------------------------------
+# ---- the bench ---------------------------------------------------------------------------------------------
 def measure(n: int = 200, warmup: int = 20, *, cgroup_parent: str | None = None, workdir: Path | None = None,
             install_bwrap: bool = True) -> list[Row]:
-    """Sample every way `n` times (interleaved, after `warmup` unrecorded rounds) and summarise as table rows."""
+    """Sample every way `n` times (interleaved, after `warmup` unrecorded rounds); summarise as table rows."""
     if n < 1:
         raise ValueError("n must be at least 1")
     unavailable: dict[str, str] = {}
@@ -270,8 +273,8 @@ def measure(n: int = 200, warmup: int = 20, *, cgroup_parent: str | None = None,
                 samples[full_row(d)].append(finished)
             ways.append((d, run))
         for round_no in range(warmup + n):
-            # Rotate the order each round: a way that runs right after a task's teardown can pay for kernel work
-            # finished lazily (cgroup removal, mount namespace release); rotation spreads that over every way.
+            # Rotate the order each round: a way that runs right after a task's teardown can pay for kernel
+            # work finished lazily (cgroup removal, mount namespace release); rotation spreads that over all.
             shift = round_no % len(ways)
             for _, run_one in ways[shift:] + ways[:shift]:
                 run_one()
@@ -341,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200, help="recorded runs per way (default 200)")
     ap.add_argument("--warmup", type=int, default=20, help="unrecorded rounds first (default 20)")
-    ap.add_argument("--no-install", action="store_true", help="do not apt-get install bubblewrap when missing")
+    ap.add_argument("--no-install", action="store_true",
+                    help="do not apt-get install bubblewrap when missing")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/spawn.py needs root (namespaces, mounts, cgroups)", file=sys.stderr)

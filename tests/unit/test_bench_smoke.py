@@ -1,8 +1,9 @@
 """Smoke tests for the benches: each runs with a tiny N on the real kernel and yields the expected table.
 
 Timings themselves are not asserted (no timed assertions); what is checked is the shape of the table, the
-invariants that hold whatever the machine's speed, that the target column follows the ratios, and that the benches
-leave nothing behind (the autouse leak check covers the in-process runs, the CLI test checks its own names).
+invariants that hold whatever the machine's speed, that the target column follows the ratios, and that the
+benches leave nothing behind (the autouse leak check covers the in-process runs, the CLI test checks its own
+names).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ EXPECTED_WAYS = [
 ]
 
 
-# ---- pure logic ----------------------------------------------------------------------------------------------
+# ---- pure logic --------------------------------------------------------------------------------------------
 def test_percentile_is_a_measured_value_by_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert spawn.percentile(values, 95) == 95.0
@@ -73,7 +74,7 @@ def test_exec_targets_are_na_without_bwrap():
     assert rows[spawn.start_row("exec")].vs_baseline == 3.0
 
 
-# ---- the real benches ----------------------------------------------------------------------------------------
+# ---- the real benches --------------------------------------------------------------------------------------
 @pytest.mark.root
 @pytest.mark.slow
 def test_spawn_bench_rows(tmp, cgroup_parent):
@@ -84,7 +85,7 @@ def test_spawn_bench_rows(tmp, cgroup_parent):
     for driver in ("raw_exec", "exec", "exec2"):
         started, full = by_way[spawn.start_row(driver)], by_way[spawn.full_row(driver)]
         assert started.median_ms is not None and started.median_ms > 0, started.note
-        # Each sample's start time is part of the same sample's start+wait time, so the medians keep the order.
+        # Each sample's start time is part of the same sample's start+wait time: the medians keep the order.
         assert started.median_ms <= full.median_ms
         assert started.p95_ms >= started.median_ms
     assert by_way[spawn.start_row("raw_exec")].target in ("met", "missed")
@@ -94,7 +95,8 @@ def test_spawn_bench_rows(tmp, cgroup_parent):
         if bwrap.median_ms is None:
             assert row.target == "n/a" and bwrap.note
         else:
-            assert row.target in ("met", "missed") and row.vs_bwrap == pytest.approx(row.median_ms / bwrap.median_ms)
+            assert row.target in ("met", "missed")
+            assert row.vs_bwrap == pytest.approx(row.median_ms / bwrap.median_ms)
     table = spawn.render(rows).splitlines()
     assert table[0].startswith("| way | median ms | p95 ms |")
     assert len([line for line in table if line.startswith("| ")]) == 1 + len(EXPECTED_WAYS)
