@@ -161,6 +161,8 @@ def _do_create(op: dict) -> None:
     path = NETNS_DIR / name
     veth_host, veth_peer = veth_names(name)
     _make_namespace(path)
+    if _complete(path, op["address"]):
+        return  # asked again for a live alloc: rebuilding the veth would cut its tasks' connections
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=bridge):
             ipr.link("add", ifname=bridge, kind="bridge")
@@ -195,6 +197,23 @@ def _do_create(op: dict) -> None:
             ns.addr("add", index=peer, address=op["address"], prefixlen=op["prefixlen"])
             ns.link("set", index=peer, state="up")
             ns.route("add", dst="0.0.0.0/0", gateway=op["gateway"])
+    finally:
+        ksys.setns(own, ksys.CLONE_NEWNET)
+        os.close(own)
+
+
+def _complete(path: Path, address: str) -> bool:
+    """The namespace already has eth0 up with `address` (so its veth and the bridge are in place)."""
+    from pyroute2 import IPRoute
+
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    _enter(path)
+    try:
+        with IPRoute() as ns:
+            eth0 = ns.link_lookup(ifname="eth0")
+            if not eth0 or not ns.get_links(eth0[0])[0].get("flags", 0) & IFF_UP:
+                return False
+            return any(a.get("address") == address for a in ns.get_addr(index=eth0[0]))
     finally:
         ksys.setns(own, ksys.CLONE_NEWNET)
         os.close(own)

@@ -183,9 +183,26 @@ class Exec2Driver(CommonDriver):
 
     def isolate(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity, spec: LaunchSpec) -> LaunchSpec:
         rules = self.unveils(ctx, td)
+        if os.path.exists(spec.path) and not executable_under(spec.path, rules):
+            # Otherwise the launcher would report a bare EACCES at execve, which reads like a file mode problem.
+            raise StartError(f"command {spec.path} is not under an unveiled path with mode x "
+                             f"(unveil x:{os.path.dirname(os.path.realpath(spec.path))} to allow it)")
         ns = Namespaces(mount=True, pid=True, ipc=True, mount_proc=True, net=network_for(ctx))
         return replace(spec, namespaces=ns, landlock=rules, landlock_skip_missing=True, no_new_privs=True,
                        caps=(), cwd=ctx.task.config.work_dir or str(td.dir))
+
+
+def executable_under(path: str, rules: tuple[tuple[str, str], ...]) -> bool:
+    """Whether Landlock will let the task execute `path`: rules apply to what paths resolve to, so compare the
+    resolved command with the resolved rule paths."""
+    real = os.path.realpath(path)
+    for modes, rule in rules:
+        if "x" not in modes:
+            continue
+        base = os.path.realpath(rule)
+        if real == base or real.startswith(base.rstrip("/") + "/"):
+            return True
+    return False
 
 
 def network_for(ctx: TaskContext) -> str:

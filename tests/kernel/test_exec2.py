@@ -222,3 +222,20 @@ def test_unveil_defaults_off_leaves_only_the_task_dirs(exec2):
     assert "Permission denied" in seen["tmp"]
     assert not Path("/tmp/tasksd-exec2-probe").exists()
 
+
+
+def test_command_outside_executable_unveils_is_refused_with_the_reason(exec2, runtime):
+    # /usr/sbin is not among exec2's default unveils (the bin dirs and libraries are).
+    sbin = next((p for p in ("/usr/sbin/nologin", "/usr/sbin/ldconfig") if os.path.exists(p)), None)
+    if sbin is None or os.path.realpath(sbin).startswith(("/usr/bin/", "/usr/lib/")):
+        pytest.skip("no binary in /usr/sbin outside the default unveils on this host")
+    cfg = config()
+    with pytest.raises(StartError, match="not under an unveiled path with mode x"):
+        exec2(cfg).start(make_ctx(cfg, exec2_task(sbin)))
+    assert pool_owners(runtime) == {}  # the uid taken for the refused task was given back
+    cfg = config(unveil_paths=("rx:/usr/sbin",))
+    d = exec2(cfg)
+    h = d.start(make_ctx(cfg, exec2_task(sbin, "-c", "true")))
+    res = d.wait(h, 30)
+    d.destroy(h)
+    assert res is not None and res.error is None and res.exit_code in (0, 1)  # it ran: nologin exits 1, ldconfig 0

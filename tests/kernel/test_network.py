@@ -154,7 +154,6 @@ def test_bridge_group_tasks_share_one_namespace_and_nothing_is_left(drivers, age
     started = []
     try:
         assert path == f"/run/netns/{netns.netns_name(alloc)}"
-        assert netns.create_group_netns(alloc, bridge, f"10.213.{subnet_third}.0/24", 0) == path  # idempotent
         assert bridge in host_links()
         ctx_kw = dict(job=job, network="bridge", netns=path)
         server = task_for("exec2", "/usr/bin/python3", "-c", SERVER, name="server")
@@ -162,6 +161,12 @@ def test_bridge_group_tasks_share_one_namespace_and_nothing_is_left(drivers, age
         started.append((drivers["exec2"], hs))
         ready = Path(hs.alloc_dir) / "alloc" / "data" / "ready"
         wait_for(ready.exists, timeout=20, what="server listening")
+        # Asking again for a live alloc's namespace changes nothing: the same veth stays (a new one would cut
+        # the tasks' connections).
+        ifindex = Path(f"/sys/class/net/{netns.veth_names(netns.netns_name(alloc))[0]}/ifindex")
+        first = ifindex.read_text()
+        assert netns.create_group_netns(alloc, bridge, f"10.213.{subnet_third}.0/24", 0) == path
+        assert ifindex.read_text() == first
 
         # The other task of the group (another driver, even) reaches it over the shared namespace's lo.
         client = task_for("exec", "/usr/bin/python3", "-c", CLIENT + NET_PROBE, name="client")
