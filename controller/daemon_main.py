@@ -1,21 +1,172 @@
-"""Placeholder entry point of the `tasksd` daemon until the daemon lands: only --version and --help work."""
+"""`tasksd`: the daemon. Wires config, state store, runtime (launcher + cgroups), drivers, watcher, API, and runs
+the reconcile loop until SIGTERM/SIGINT — after which tasks keep running (as Nomad and kubelet leave them), and
+the next start re-adopts them."""
 from __future__ import annotations
 
 import argparse
+import fcntl
+import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from manifests.version import __version__
 
+log = logging.getLogger("tasksd")
+
+DEFAULT_CONFIG = "/etc/tasksd/config.hcl"
+DEFAULT_TASKS_DIR = "/etc/tasks.d"
+DEFAULT_STATE_DIR = "/var/lib/tasksd"
+DEFAULT_SOCKET = "/run/tasksd/tasksd.sock"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tasksd",
+        description="Converge this machine to the Nomad jobspecs in a directory: isolated, supervised tasks.")
+    p.add_argument("--version", action="version", version=f"tasksd {__version__}")
+    p.add_argument("--config", help=f"agent config file (HCL or YAML; default {DEFAULT_CONFIG} if it exists)")
+    p.add_argument("--tasks-dir", default=DEFAULT_TASKS_DIR, help=f"manifests directory (default {DEFAULT_TASKS_DIR})")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help=f"state directory (default {DEFAULT_STATE_DIR})")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"API unix socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    return p
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="tasksd", description="Run the Nomad jobspecs of a directory as isolated, supervised tasks."
-    )
-    parser.add_argument("--version", action="version", version=f"tasksd {__version__}")
-    parser.parse_args(argv)
-    print("tasksd: the daemon is not implemented yet; try `tasksctl validate`", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    from controller import logsetup
+
+    logsetup.setup(args.log_format, getattr(logging, args.log_level.upper()))
+    from manifests.agent_config_load import ConfigError, load_agent_config
+
+    config_path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    try:
+        config = load_agent_config(config_path)
+    except ConfigError as e:
+        print(f"tasksd: invalid config:\n{e}", file=sys.stderr)
+        return 2
+    return Daemon(config, config_path, args).run()
+
+
+class Daemon:
+    def __init__(self, config, config_path: str | None, args: argparse.Namespace):
+        self.config = config
+        self.config_path = config_path
+        self.args = args
+        self.state_dir = Path(args.state_dir).resolve()
+        self.tasks_dir = str(Path(args.tasks_dir).absolute())
+
+    def run(self) -> int:
+        from controller import sdnotify
+        from controller.api import Api
+        from controller.controller import Controller
+        from controller.store import Store
+        from controller.watcher import DirWatcher
+        from isolation.drivers import make_drivers
+        from isolation.runtime import Runtime
+
+        self.state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o711)
+        lock = os.open(self.state_dir / "tasksd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.error("another tasksd already runs with state dir %s", self.state_dir)
+            return 1
+        try:
+            runtime = Runtime(self.state_dir, cgroup_parent=self.config.cgroup_parent)
+            for problem in runtime.open():
+                log.warning("cgroups: %s", problem)
+        except Exception as e:  # noqa: BLE001 - the message is what the operator needs
+            log.error("cannot start the task runtime: %s", e)
+            return 1
+        drivers = make_drivers(runtime, self.config)
+        for name, d in drivers.items():
+            h = d.fingerprint()
+            log.info("driver %s: %s", name, "healthy" if h.healthy else f"unavailable: {h.reason}")
+        store = Store(self.state_dir)
+        ctl = Controller(self.config, self.tasks_dir, store, runtime, drivers)
+        self.ctl = ctl
+        watcher = DirWatcher(self.tasks_dir, lambda: ctl.wake("watch"))
+        api = Api(ctl, self.args.socket, self.config.socket_group, self.config.metrics_address)
+
+        def on_term(signum, frame):
+            log.info("received %s: exiting; tasks keep running and are re-adopted on the next start",
+                     signal.Signals(signum).name)
+            ctl.stop_loop()
+
+        def on_hup(signum, frame):
+            threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+        try:
+            watcher.start()
+        except OSError as e:
+            log.warning("cannot watch %s (%s); relying on the periodic resync", self.tasks_dir, e)
+        api.start()
+        loop = threading.Thread(target=self._loop, args=(ctl,), name="reconcile")
+        loop.start()
+
+        def ready():
+            ctl.ready.wait()
+            sdnotify.notify(f"READY=1\nSTATUS=running {len(ctl.records)} tasks from {self.tasks_dir}")
+            log.info("ready: %d tasks from %s; API on %s", len(ctl.records), self.tasks_dir, self.args.socket)
+            interval = sdnotify.watchdog_interval()
+            while interval and loop.is_alive():
+                # Only a live reconcile loop pets the watchdog: a wedged loop gets us restarted by systemd.
+                try:
+                    ctl.call(lambda: None, timeout=interval)
+                    sdnotify.notify("WATCHDOG=1")
+                except Exception:  # noqa: BLE001
+                    pass
+                loop.join(interval)
+
+        threading.Thread(target=ready, name="notify", daemon=True).start()
+        while loop.is_alive():
+            loop.join(0.5)  # wake for signals (Python runs handlers on the main thread)
+        sdnotify.notify("STOPPING=1")
+        watcher.stop()
+        api.stop()
+        ctl.pool.shutdown(wait=True)
+        drained = ctl.draining
+        if drained:
+            runtime.shutdown_launcher()
+        else:
+            runtime.close()
+        store.close()
+        return 0
+
+    def _loop(self, ctl) -> None:
+        try:
+            ctl.run()
+        except Exception:  # noqa: BLE001
+            log.exception("reconcile loop crashed; exiting (tasks keep running)")
+
+    def reload(self) -> None:
+        from manifests.agent_config_load import ConfigError, load_agent_config
+
+        try:
+            config = load_agent_config(self.config_path)
+        except ConfigError as e:
+            log.error("SIGHUP: config not reloaded:\n%s", e)
+            return
+        ctl = self.ctl
+
+        def apply():
+            ctl.config = config
+            for d in ctl.drivers.values():
+                d.config = config
+            ctl.scanner.strict = config.strict_manifest_permissions
+            ctl.event("config_reloaded", f"reloaded {self.config_path or 'defaults'}")
+
+        ctl.call(apply)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ class TaskContext:
     config: AgentConfig
     cpuset: str | None = None  # exclusive cores reserved by the controller for resources.cores
     netns: str | None = None  # the group's network namespace path (bridge mode), set by the controller
+    key: str | None = None  # the launcher key, chosen (and persisted) by the controller before the spawn
 
     @property
     def task_id(self) -> str:

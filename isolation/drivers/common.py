@@ -49,6 +49,10 @@ def in_ranges(value: int, ranges: list[tuple[int, int]]) -> bool:
     return any(a <= value <= b for a, b in ranges)
 
 
+def new_key(alloc_id: str, task: str) -> str:
+    return f"{alloc_id}.{task}.{uuid.uuid4().hex[:8]}"
+
+
 class CommonDriver(Driver):
     name = "common"
     passes_host_env = True
@@ -115,7 +119,7 @@ class CommonDriver(Driver):
         cg_name = f"{ctx.alloc_id}.{task.name}"
         cg = self.runtime.cgroups.create(cg_name, limits)
         cg.kill()  # anything left in the cgroup from an earlier life of this task dies before we launch
-        key = f"{ctx.alloc_id}.{task.name}.{uuid.uuid4().hex[:8]}"
+        key = ctx.key or new_key(ctx.alloc_id, task.name)
         logs = task.logs
         spec = LaunchSpec(
             key=key, path=path, argv=(argv0, *args), env=tuple(sorted(env.items())),

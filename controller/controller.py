@@ -1,0 +1,709 @@
+"""The reconcile loop: one thread owns all state; everything else talks to it through a queue.
+
+Inputs (watch events, launcher exit events, finished actions, API calls, timers) only wake the loop; each pass
+rescans what it needs and runs the pure `plan(desired, observed, now)`. Actions that can take time (stops wait up to
+kill_timeout, starts fork) run on a small worker pool, one action per task at a time (`busy`), so one slow or
+failing task never blocks the others. Every transition is written to the store before it is acted on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from controller.scan import Scanner
+from controller.store import Store, StoreError
+from isolation import netns as netns_mod
+from isolation import taskdir
+from isolation.drivers.base import ExitResult, StartError, TaskContext, TaskHandle
+from isolation.drivers.common import new_key
+from isolation.runtime import Runtime
+from manifests.agent_config import AgentConfig
+from manifests.model import Job, Task
+from reconcilers import restart as restart_policy
+from reconcilers.desired import DesiredTask, desired_tasks
+from reconcilers.plan import (CollectAlloc, Forget, MarkAllocGone, ObservedTask, Start, Stop, alloc_of,
+                              next_wakeup, plan)
+from reconcilers.states import TaskState
+
+log = logging.getLogger("tasksd.controller")
+
+
+@dataclass
+class TaskRecord:
+    task_id: str
+    job: str
+    grp: str
+    idx: int
+    task: str
+    driver: str
+    manifest: str | None
+    state: TaskState = TaskState.PENDING
+    spec_hash: str | None = None
+    task_json: str | None = None
+    handle: TaskHandle | None = None
+    pending_key: str | None = None
+    restart_state: dict | None = None
+    restarts: int = 0
+    next_start_at: float | None = None
+    exit: dict | None = None
+    last_error: str | None = None
+    started_at: float | None = None
+    busy: bool = False  # not persisted: an action is in flight
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id, "job": self.job, "grp": self.grp, "idx": self.idx, "task": self.task,
+            "driver": self.driver, "manifest": self.manifest, "state": self.state.value,
+            "spec_hash": self.spec_hash, "task_json": self.task_json,
+            "handle": json.dumps(self.handle.to_dict()) if self.handle else None,
+            "pending_key": self.pending_key,
+            "restart_state": json.dumps(self.restart_state) if self.restart_state is not None else None,
+            "restarts": self.restarts, "next_start_at": self.next_start_at,
+            "exit": json.dumps(self.exit) if self.exit is not None else None,
+            "last_error": self.last_error, "started_at": self.started_at,
+        }
+
+    @classmethod
+    def from_row(cls, r: dict) -> "TaskRecord":
+        return cls(
+            task_id=r["task_id"], job=r["job"], grp=r["grp"], idx=r["idx"], task=r["task"], driver=r["driver"],
+            manifest=r["manifest"], state=TaskState(r["state"]), spec_hash=r["spec_hash"], task_json=r["task_json"],
+            handle=TaskHandle.from_dict(json.loads(r["handle"])) if r["handle"] else None,
+            pending_key=r["pending_key"],
+            restart_state=json.loads(r["restart_state"]) if r["restart_state"] else None,
+            restarts=r["restarts"], next_start_at=r["next_start_at"],
+            exit=json.loads(r["exit"]) if r["exit"] else None, last_error=r["last_error"],
+            started_at=r["started_at"])
+
+    def status(self) -> dict[str, Any]:
+        ex = self.exit or {}
+        return {
+            "id": self.task_id, "job": self.job, "group": self.grp, "task": self.task, "index": self.idx,
+            "driver": self.driver, "state": self.state.value,
+            "pid": self.handle.pid if self.handle and self.state in (TaskState.RUNNING, TaskState.STOPPING) else None,
+            "restarts": self.restarts, "exit_code": ex.get("exit_code"), "signal": ex.get("signal"),
+            "oom_killed": bool(ex.get("oom_killed")), "started_at": self.started_at, "manifest": self.manifest,
+            "alloc_dir": self.handle.alloc_dir if self.handle else None,
+            "task_dir": self.handle.task_dir if self.handle else None,
+            "last_error": self.last_error, "next_start_at": self.next_start_at,
+        }
+
+
+@dataclass
+class ManifestInfo:
+    path: str
+    content_hash: str
+    status: str  # applied | rejected
+    jobs: list[str]
+    errors: list[dict]
+    warnings: list[dict]
+    good_jobs: list[dict] | None
+    good_hash: str | None
+    first_seen: float
+    effective: list[Job] = field(default_factory=list)  # what runs from this file right now
+
+
+class Controller:
+    def __init__(self, config: AgentConfig, tasks_dir: str, store: Store, runtime: Runtime, drivers: dict,
+                 clock: Callable[[], float] = time.time, workers: int = 8):
+        self.config = config
+        self.tasks_dir = tasks_dir
+        self.store = store
+        self.runtime = runtime
+        self.drivers = drivers
+        self.clock = clock
+        self.queue: queue.Queue = queue.Queue()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="action")
+        self.scanner = Scanner(tasks_dir, config.strict_manifest_permissions)
+        self.records: dict[str, TaskRecord] = {}
+        self.manifests: dict[str, ManifestInfo] = {}
+        self.desired: dict[str, DesiredTask] = {}
+        self.specs: dict[str, tuple[Job, Any, Task]] = {}
+        self.allocs: dict[str, dict] = {}
+        self.collecting: set[str] = set()
+        self.cores_in_use: dict[str, list[int]] = {}
+        self.dir_error: str | None = None
+        self.stopping = False
+        self.draining = False
+        self.ready = threading.Event()
+        self.last_resync = 0.0
+        self.reconcile_count = 0
+        self.store_error: str | None = None
+        self.listeners: list[Callable[[dict], None]] = []
+        self.metrics: dict[str, float] = {"watch_events": 0, "reconciles": 0, "reconcile_seconds": 0.0}
+        self._rand = random.Random()
+        runtime.on_exit = lambda h, r: self.queue.put(("exit", h, r))
+
+    # ---- public, thread-safe -----------------------------------------------------------------------------
+    def wake(self, reason: str = "watch") -> None:
+        self.queue.put(("rescan", reason))
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run fn on the loop thread (API handlers read and change state only this way)."""
+        fut: Future = Future()
+        self.queue.put(("call", fn, fut))
+        return fut.result(timeout)
+
+    def stop_loop(self) -> None:
+        self.queue.put(("quit",))
+
+    # ---- events ------------------------------------------------------------------------------------------
+    def event(self, type_: str, message: str, task_id: str | None = None, manifest: str | None = None,
+              **details) -> None:
+        ev_id = self.store.add_event(type_, message, task_id, manifest, details or None, self.clock())
+        ev = {"id": ev_id, "ts": self.clock(), "type": type_, "task_id": task_id, "manifest": manifest,
+              "message": message, "details": details or None}
+        log.info("%s%s: %s", type_, f" {task_id}" if task_id else (f" {manifest}" if manifest else ""), message)
+        for fn in list(self.listeners):
+            try:
+                fn(ev)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def persist(self, rec: TaskRecord) -> None:
+        try:
+            self.store.put_task(rec.row())
+            if self.store_error:
+                log.warning("state store writable again")
+            self.store_error = None
+        except StoreError as e:
+            # Running tasks keep running; we keep the state in memory and retry on the next transition.
+            if self.store_error != str(e):
+                log.error("%s", e)
+            self.store_error = str(e)
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.recover()
+        self.rescan()
+        self.reconcile()
+        self.ready.set()
+        while not self.stopping:
+            wake = next_wakeup(self.observed(), self.gone_times(), self.config.gc_grace)
+            resync_at = self.last_resync + self.config.resync_interval
+            deadline = min(wake, resync_at) if wake is not None else resync_at
+            timeout = max(0.0, deadline - self.clock())
+            try:
+                ev = self.queue.get(timeout=timeout)
+            except queue.Empty:
+                ev = ("rescan", "timer")
+            rescan = self.handle(ev)
+            # Drain whatever else is queued so a burst of events costs one reconcile, not one each.
+            while True:
+                try:
+                    ev = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                rescan = self.handle(ev) or rescan
+            if self.stopping:
+                break
+            if rescan or self.clock() >= resync_at:
+                self.rescan()
+            self.reconcile()
+            if self.draining and not self.records and not self.allocs and not self.collecting:
+                self.event("drained", "every task stopped and every alloc collected; exiting")
+                self.stopping = True
+
+    def handle(self, ev: tuple) -> bool:
+        kind = ev[0]
+        if kind == "rescan":
+            self.metrics["watch_events"] += ev[1] == "watch"
+            return True
+        if kind == "exit":
+            self.on_exit(ev[1], ev[2])
+        elif kind == "done":
+            ev[1]()
+        elif kind == "call":
+            fn, fut = ev[1], ev[2]
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+        elif kind == "quit":
+            self.stopping = True
+        return False
+
+    # ---- desired state -----------------------------------------------------------------------------------
+    def rescan(self) -> None:
+        self.last_resync = self.clock()
+        result = self.scanner.scan()
+        if result.dir_error != self.dir_error:
+            if result.dir_error:
+                self.event("tasks_dir_error", result.dir_error)
+            self.dir_error = result.dir_error
+        if result.dir_error:
+            return  # keep running what runs; an unreadable directory is not a request to stop everything
+        stored = self.store.manifests() if not self.manifests else {}
+        seen: set[str] = set()
+        for path, fs in sorted(result.files.items()):
+            seen.add(path)
+            info = self.manifests.get(path)
+            if info is None and path in stored:
+                r = stored[path]
+                info = ManifestInfo(path, r["content_hash"], r["status"], json.loads(r["jobs"]),
+                                    json.loads(r["errors"]), json.loads(r["warnings"]),
+                                    json.loads(r["good_jobs"]) if r["good_jobs"] else None, r["good_hash"],
+                                    r["first_seen"])
+                info.effective = [Job.from_dict(j) for j in (info.good_jobs or [])]
+                self.manifests[path] = info
+            digest = fs.content_hash if fs.result is not None else f"refused:{fs.refused}"
+            if info is not None and info.content_hash == digest and (fs.result is None or info.effective or
+                                                                     info.status == "rejected"):
+                continue
+            self.apply_file(path, fs, info, digest)
+        for path in list(self.manifests):
+            if path not in seen:
+                info = self.manifests.pop(path)
+                try:
+                    self.store.delete_manifest(path)
+                except StoreError as e:
+                    log.error("%s", e)
+                self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
+        self.recompute_desired()
+
+    def apply_file(self, path: str, fs, info: ManifestInfo | None, digest: str) -> None:
+        now = self.clock()
+        first_seen = info.first_seen if info else now
+        good_jobs = info.good_jobs if info else None
+        good_hash = info.good_hash if info else None
+        if fs.result is None:
+            errors = [{"message": fs.refused, "line": None, "column": None, "where": ""}]
+            warnings: list[dict] = []
+            names: list[str] = list(info.jobs) if info else []
+            valid_jobs = None
+        else:
+            errors = [p.to_dict() for p in fs.result.errors]
+            warnings = [p.to_dict() for p in fs.result.warnings]
+            names = list(fs.result.names)
+            valid_jobs = list(fs.result.jobs) if fs.result.valid else None
+        if valid_jobs is not None:
+            new = ManifestInfo(path, digest, "applied", names, [], warnings, [j.to_dict() for j in valid_jobs],
+                               digest, first_seen, valid_jobs)
+            self.event("manifest_applied", f"applied (jobs: {', '.join(names)})", manifest=path,
+                       warnings=[w["message"] for w in warnings] or None)
+        else:
+            keep = [Job.from_dict(j) for j in good_jobs] if good_jobs else []
+            new = ManifestInfo(path, digest, "rejected", names, errors, warnings, good_jobs, good_hash, first_seen,
+                               keep)
+            first = errors[0]["message"] if errors else "invalid"
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            kept = "; the last valid version keeps running" if keep else ""
+            self.event("manifest_rejected", f"{first}{more}{kept}", manifest=path, errors=errors)
+        self.manifests[path] = new
+        self._store_manifest(new)
+
+    def _store_manifest(self, m: ManifestInfo) -> None:
+        try:
+            self.store.put_manifest(m.path, m.content_hash, m.status, m.jobs, m.errors, m.warnings, m.good_jobs,
+                                    m.good_hash, m.first_seen)
+        except StoreError as e:
+            log.error("%s", e)
+
+    def recompute_desired(self) -> None:
+        """Effective jobs per file, with duplicate job names resolved: the file seen first keeps the job."""
+        owner: dict[str, str] = {}
+        jobs_by_manifest: dict[str, list[Job]] = {}
+        for m in sorted(self.manifests.values(), key=lambda m: (m.first_seen, m.path)):
+            clash = [j.name for j in m.effective if j.name in owner]
+            if clash:
+                msg = (f"job {clash[0]!r} is already defined in {owner[clash[0]]}; this file is rejected "
+                       f"until one of them is renamed or removed")
+                if m.status != "duplicate" or m.errors[:1] != [{"message": msg, "line": None, "column": None,
+                                                                 "where": ""}]:
+                    m.status = "duplicate"
+                    m.errors = [{"message": msg, "line": None, "column": None, "where": ""}]
+                    self.event("manifest_rejected", msg, manifest=m.path)
+                    self._store_manifest(m)
+                continue
+            for j in m.effective:
+                owner[j.name] = m.path
+            jobs_by_manifest[m.path] = m.effective
+        if self.draining:
+            jobs_by_manifest = {}
+        self.desired = desired_tasks(jobs_by_manifest)
+        self.specs = {}
+        for jobs in jobs_by_manifest.values():
+            for job in jobs:
+                for group in job.groups:
+                    for i in range(group.count):
+                        for t in group.tasks:
+                            self.specs[f"{job.name}/{group.name}/{i}/{t.name}"] = (job, group, t)
+
+    # ---- observed state and the plan ---------------------------------------------------------------------
+    def observed(self) -> dict[str, ObservedTask]:
+        return {
+            tid: ObservedTask(tid, alloc_of(tid), r.state, r.spec_hash, r.next_start_at, r.busy,
+                              successful=bool(r.exit and r.exit.get("exit_code") == 0 and not r.exit.get("error")))
+            for tid, r in self.records.items()
+        }
+
+    def gone_times(self) -> dict[str, float | None]:
+        return {a: r.get("gone_at") for a, r in self.allocs.items() if a not in self.collecting}
+
+    def reconcile(self) -> None:
+        t0 = time.perf_counter()
+        grace = 0.0 if self.draining else self.config.gc_grace
+        actions = plan(self.desired, self.observed(), self.clock(), self.gone_times(), grace)
+        for a in actions:
+            try:
+                if isinstance(a, Start):
+                    self.start(a.task_id, a.reason)
+                elif isinstance(a, Stop):
+                    self.stop(a.task_id, a.reason)
+                elif isinstance(a, Forget):
+                    self.forget(a.task_id, a.reason)
+                elif isinstance(a, MarkAllocGone):
+                    self.mark_alloc_gone(a.alloc)
+                elif isinstance(a, CollectAlloc):
+                    self.collect_alloc(a.alloc)
+            except Exception as e:  # noqa: BLE001 - one action's bug must not stop the others
+                log.exception("action %s failed: %s", a, e)
+        self.metrics["reconciles"] += 1
+        self.metrics["reconcile_seconds"] += time.perf_counter() - t0
+        self.reconcile_count += 1
+
+    # ---- actions -----------------------------------------------------------------------------------------
+    def _alloc_id(self, alloc: str) -> str:
+        job, group, index = alloc.split("/")
+        return taskdir.alloc_id_for(job, group, int(index))
+
+    def _ensure_alloc(self, alloc: str, group) -> dict:
+        rec = self.allocs.get(alloc)
+        if rec is None or rec.get("gone_at") is not None:
+            rec = {"alloc": alloc, "alloc_id": self._alloc_id(alloc), "gone_at": None,
+                   "netns": rec.get("netns") if rec else None, "slot": rec.get("slot") if rec else None}
+        mode = getattr(group.network, "mode", "host")
+        if mode == "bridge" and not rec.get("netns"):
+            used = {a.get("slot") for a in self.allocs.values() if a.get("slot") is not None}
+            slot = next(i for i in range(1 << 20) if i not in used)
+            rec["netns"] = netns_mod.create_group_netns(rec["alloc_id"], self.config.bridge_name,
+                                                        self.config.bridge_subnet, slot)
+            rec["slot"] = slot
+        self.allocs[alloc] = rec
+        try:
+            self.store.put_alloc(alloc, rec["alloc_id"], None, rec.get("netns"), rec.get("slot"))
+        except StoreError as e:
+            log.error("%s", e)
+        return rec
+
+    def _reserve_cores(self, tid: str, n: int) -> str:
+        used = {c for t, cs in self.cores_in_use.items() if t != tid for c in cs}
+        free = [c for c in sorted(os.sched_getaffinity(0)) if c not in used]
+        if len(free) < n:
+            raise StartError(f"resources.cores = {n} but only {len(free)} cores are free on this node")
+        self.cores_in_use[tid] = free[:n]
+        return ",".join(map(str, free[:n]))
+
+    def start(self, tid: str, reason: str) -> None:
+        d = self.desired[tid]
+        job, group, task = self.specs[tid]
+        rec = self.records.get(tid)
+        if rec is None:
+            rec = TaskRecord(tid, d.job, d.group, d.index, d.task, d.driver, d.manifest)
+            self.records[tid] = rec
+        if rec.spec_hash != d.spec_hash or rec.restart_state is None:
+            # A new spec gets a fresh restart budget; the interval starts at the first start, as in Nomad.
+            rec.restart_state = dataclasses.asdict(restart_policy.RestartTracker.begin(self.clock()))
+            if rec.spec_hash is not None and rec.spec_hash != d.spec_hash:
+                rec.restarts = 0
+        rec.manifest, rec.driver = d.manifest, d.driver
+        rec.spec_hash, rec.task_json = d.spec_hash, json.dumps(task.to_dict())
+        try:
+            alloc = self._ensure_alloc(alloc_of(tid), group)
+            cpuset = self._reserve_cores(tid, task.resources.cores) if task.resources.cores else None
+        except (StartError, OSError, ValueError) as e:
+            self._start_failed(rec, str(e))
+            return
+        key = new_key(alloc["alloc_id"], task.name)
+        rec.state, rec.busy, rec.pending_key, rec.next_start_at = TaskState.STARTING, True, key, None
+        self.persist(rec)  # the key is on disk before the process exists: a crash now cannot duplicate it
+        ctx = TaskContext(job=job, group=group, task=task, index=d.index, alloc_id=alloc["alloc_id"],
+                          config=self.config, cpuset=cpuset, netns=alloc.get("netns"), key=key)
+        driver = self.drivers[d.driver]
+
+        def work():
+            try:
+                handle = driver.start(ctx)
+                self.queue.put(("done", lambda: self._started(tid, key, handle)))
+            except Exception as e:  # noqa: BLE001 - reported as the task's error
+                msg = str(e) if isinstance(e, (StartError, OSError)) else f"{type(e).__name__}: {e}"
+                self.queue.put(("done", lambda: self._start_error(tid, key, msg)))
+
+        self.pool.submit(work)
+
+    def _started(self, tid: str, key: str, handle: TaskHandle) -> None:
+        rec = self.records.get(tid)
+        if rec is None or rec.pending_key != key:
+            return
+        rec.handle, rec.pending_key, rec.busy = handle, None, False
+        rec.state, rec.started_at, rec.last_error = TaskState.RUNNING, handle.started_at, None
+        self.persist(rec)
+        self.event("started", f"started (pid {handle.pid})", tid, pid=handle.pid)
+        early = self.runtime.result(handle.key)
+        if early is not None:  # it already exited while the start reply travelled
+            self.on_exit(handle, early)
+
+    def _start_error(self, tid: str, key: str, msg: str) -> None:
+        rec = self.records.get(tid)
+        if rec is None or rec.pending_key != key:
+            return
+        rec.pending_key, rec.busy = None, False
+        self._start_failed(rec, msg)
+
+    def _start_failed(self, rec: TaskRecord, msg: str) -> None:
+        rec.last_error = msg
+        self.event("start_failed", msg, rec.task_id)
+        self._apply_decision(rec, None, start_failure=True)
+
+    def on_exit(self, handle: TaskHandle, result: ExitResult) -> None:
+        rec = next((r for r in self.records.values() if r.handle and r.handle.key == handle.key), None)
+        if rec is None:
+            self.runtime.ack(handle)
+            return
+        if rec.state == TaskState.STOPPING or rec.busy:
+            return  # the stop in flight collects it
+        rec.exit = result.to_dict()
+        what = (f"exited with code {result.exit_code}" if result.signal is None
+                else f"killed by signal {result.signal}")
+        if result.oom_killed:
+            what += " (OOM killed)"
+        if result.error:
+            what = result.error
+        self.event("exited", what, rec.task_id, exit_code=result.exit_code, signal=result.signal,
+                   oom_killed=result.oom_killed)
+        rec.busy = True
+        self.persist(rec)
+        driver = self.drivers[rec.driver]
+
+        def work():
+            try:
+                driver.destroy(handle)  # leftovers in its cgroup die, the cgroup goes
+            except Exception as e:  # noqa: BLE001
+                log.warning("cleanup of %s: %s", rec.task_id, e)
+            self.queue.put(("done", lambda: self._exited(rec.task_id, handle, result)))
+
+        self.pool.submit(work)
+
+    def _exited(self, tid: str, handle: TaskHandle, result: ExitResult) -> None:
+        rec = self.records.get(tid)
+        if rec is None or rec.handle is None or rec.handle.key != handle.key:
+            return
+        rec.busy = False
+        rec.handle = None
+        self.cores_in_use.pop(tid, None)
+        self._apply_decision(rec, result)
+
+    def _apply_decision(self, rec: TaskRecord, result: ExitResult | None, start_failure: bool = False) -> None:
+        spec = self.specs.get(rec.task_id)
+        if spec is None:  # no longer desired: nothing to restart
+            rec.state = TaskState.STOPPED
+            self.persist(rec)
+            return
+        job, _, task = spec
+        now = self.clock()
+        d = self.desired[rec.task_id]
+        tracker = (restart_policy.RestartTracker(**rec.restart_state) if rec.restart_state
+                   else restart_policy.RestartTracker.begin(now))
+        if start_failure or result is None:
+            tracker, decision = restart_policy.on_start_failure(tracker, task.restart, now=now, rand=self._rand.random())
+        else:
+            tracker, decision = restart_policy.on_exit(
+                tracker, task.restart, job.type, exit_code=result.exit_code if result.exit_code is not None else -1,
+                signal=result.signal or 0, oom_killed=result.oom_killed, now=now, rand=self._rand.random(),
+                hook=d.hook, sidecar=d.sidecar)
+        rec.restart_state = dataclasses.asdict(tracker)
+        if decision.kind == restart_policy.DecisionKind.RESTART:
+            rec.restarts += 1
+            rec.state = TaskState.RESTARTING
+            rec.next_start_at = now + decision.delay
+            self.event("restarting", f"restarting in {decision.delay:.3g}s ({decision.reason})", rec.task_id,
+                       delay=decision.delay)
+        elif decision.kind == restart_policy.DecisionKind.COMPLETE:
+            rec.state = TaskState.COMPLETE
+            self.event("complete", "completed successfully", rec.task_id)
+        else:
+            rec.state = TaskState.FAILED
+            self.event("failed", decision.reason, rec.task_id)
+        self.persist(rec)
+
+    def stop(self, tid: str, reason: str) -> None:
+        rec = self.records[tid]
+        if rec.handle is None:
+            rec.state, rec.next_start_at = TaskState.STOPPED, None
+            self.persist(rec)
+            return
+        task = Task.from_dict(json.loads(rec.task_json)) if rec.task_json else None
+        sig = task.kill_signal if task else "SIGINT"
+        timeout = task.kill_timeout if task else 5.0
+        rec.state, rec.busy = TaskState.STOPPING, True
+        self.persist(rec)
+        self.event("killing", f"stopping ({reason}): {sig}, kill_timeout {timeout:g}s", tid)
+        driver, handle = self.drivers[rec.driver], rec.handle
+
+        def work():
+            try:
+                result = driver.stop(handle, sig, timeout)
+            except Exception as e:  # noqa: BLE001
+                result = ExitResult(exit_code=None, error=f"stop failed: {e}")
+            try:
+                driver.destroy(handle)
+            except Exception as e:  # noqa: BLE001
+                log.warning("cleanup of %s: %s", tid, e)
+            self.queue.put(("done", lambda: self._stopped(tid, handle, result)))
+
+        self.pool.submit(work)
+
+    def _stopped(self, tid: str, handle: TaskHandle, result: ExitResult) -> None:
+        rec = self.records.get(tid)
+        if rec is None:
+            return
+        rec.busy, rec.handle, rec.exit = False, None, result.to_dict()
+        rec.state, rec.next_start_at = TaskState.STOPPED, None
+        self.cores_in_use.pop(tid, None)
+        self.persist(rec)
+        self.event("killed", f"stopped (exit {result.exit_code}, signal {result.signal})", tid)
+
+    def forget(self, tid: str, reason: str) -> None:
+        self.records.pop(tid, None)
+        self.cores_in_use.pop(tid, None)
+        try:
+            self.store.delete_task(tid)
+        except StoreError as e:
+            log.error("%s", e)
+
+    def mark_alloc_gone(self, alloc: str) -> None:
+        rec = self.allocs.get(alloc) or {"alloc": alloc, "alloc_id": self._alloc_id(alloc), "netns": None,
+                                          "slot": None}
+        rec["gone_at"] = self.clock()
+        self.allocs[alloc] = rec
+        try:
+            self.store.put_alloc(alloc, rec["alloc_id"], rec["gone_at"], rec.get("netns"), rec.get("slot"))
+        except StoreError as e:
+            log.error("%s", e)
+
+    def collect_alloc(self, alloc: str) -> None:
+        rec = self.allocs[alloc]
+        self.collecting.add(alloc)
+        alloc_dir = self.runtime.alloc_root / rec["alloc_id"]
+
+        def work():
+            try:
+                taskdir.remove_alloc(alloc_dir)
+                if rec.get("netns"):
+                    netns_mod.remove_group_netns(rec["alloc_id"])
+            except Exception as e:  # noqa: BLE001
+                log.warning("GC of %s: %s", alloc, e)
+            self.queue.put(("done", lambda: self._collected(alloc)))
+
+        self.pool.submit(work)
+
+    def _collected(self, alloc: str) -> None:
+        self.collecting.discard(alloc)
+        self.allocs.pop(alloc, None)
+        try:
+            self.store.delete_alloc(alloc)
+        except StoreError as e:
+            log.error("%s", e)
+        self.event("gc", f"alloc {alloc} garbage-collected")
+
+    # ---- recovery after a restart ------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Re-adopt what the last run left: running tasks keep running; exits seen meanwhile go through policy."""
+        self.allocs = self.store.allocs()
+        for row in self.store.tasks().values():
+            rec = TaskRecord.from_row(row)
+            self.records[rec.task_id] = rec
+            if rec.task_json:
+                try:
+                    t = Task.from_dict(json.loads(rec.task_json))
+                    if t.resources.cores and rec.handle:
+                        cpus = rec.handle.exec_env.get("cpuset")
+                        if cpus:
+                            self.cores_in_use[rec.task_id] = [int(c) for c in cpus.split(",")]
+                except Exception:  # noqa: BLE001
+                    pass
+            if rec.handle is None:
+                if rec.state in (TaskState.STARTING, TaskState.RUNNING, TaskState.STOPPING):
+                    # Crashed between writing the key and recording the handle: the next start kills whatever
+                    # is in the task's cgroup first, so this can never become a duplicate.
+                    rec.state, rec.pending_key = TaskState.PENDING, None
+                    self.persist(rec)
+                continue
+            driver = self.drivers.get(rec.driver)
+            result = driver.recover(rec.handle) if driver else ExitResult(None, error="driver unavailable")
+            if result is None:
+                if rec.state != TaskState.RUNNING:
+                    rec.state = TaskState.RUNNING
+                    self.persist(rec)
+                self.event("recovered", f"re-adopted running process (pid {rec.handle.pid})", rec.task_id)
+            else:
+                # It ended while we were away. Decide by policy once desired state is known (after rescan).
+                rec.state = TaskState.RUNNING
+                self.queue.put(("exit", rec.handle, result))
+
+    # ---- API support (these run on the loop thread via `call`, except where noted) -----------------------
+    def status_snapshot(self) -> dict[str, Any]:
+        rejected = [{"path": m.path, "status": m.status, "errors": m.errors} for m in self.manifests.values()
+                    if m.status != "applied"]
+        return {"tasks": [r.status() for _, r in sorted(self.records.items())], "rejected_manifests": rejected,
+                "tasks_dir_error": self.dir_error, "store_error": self.store_error}
+
+    def manifest_snapshot(self) -> list[dict[str, Any]]:
+        return [{"path": m.path, "status": m.status, "jobs": m.jobs, "errors": m.errors, "warnings": m.warnings,
+                 "content_hash": m.content_hash, "running_version": m.good_hash}
+                for m in sorted(self.manifests.values(), key=lambda m: m.path)]
+
+    def health_snapshot(self) -> dict[str, Any]:
+        return {"ready": self.ready.is_set(), "drivers": {n: vars(d.fingerprint()) for n, d in self.drivers.items()},
+                "tasks_dir": self.tasks_dir, "tasks_dir_error": self.dir_error, "store_error": self.store_error}
+
+    def stats_snapshot(self) -> list[dict[str, Any]]:
+        """Any thread: reads cgroup files only (each task's cgroup, no process scan)."""
+        out = []
+        for tid, rec in sorted(list(self.records.items())):
+            h = rec.handle
+            if h is None:
+                continue
+            try:
+                s = self.drivers[rec.driver].stats(h)
+            except Exception:  # noqa: BLE001 - gone between listing and reading
+                continue
+            out.append({"id": tid, "pid": h.pid, **s, "sampled_at": time.time()})
+        return out
+
+    def store_reader(self) -> Store:
+        return Store(self.store.dir.parent, readonly=True)
+
+    def api_signal(self, tid: str, sig: str) -> dict[str, Any]:
+        rec = self.records[tid]
+        if rec.handle is None or rec.state != TaskState.RUNNING:
+            raise LookupError(f"task {tid} is not running (state {rec.state.value})")
+        self.drivers[rec.driver].signal(rec.handle, sig)
+        self.event("signaled", f"sent {sig}", tid, signal=sig)
+        return {"id": tid, "signal": sig}
+
+    def api_restart(self, tid: str) -> dict[str, Any]:
+        """Restart now, as `nomad alloc restart`: not counted against the restart policy."""
+        rec = self.records[tid]
+        old_pid = rec.handle.pid if rec.handle else None
+        if rec.handle is not None and not rec.busy:
+            self.stop(tid, "restart requested")
+        rec.spec_hash = None  # makes the plan start it again once stopped, with a fresh restart budget
+        rec.next_start_at = None
+        return {"id": tid, "old_pid": old_pid}
+
+    def api_drain(self) -> dict[str, Any]:
+        """Stop every task (kill_signal, kill_timeout) and keep nothing desired until tasksd restarts."""
+        self.draining = True
+        self.event("drain", "draining: every task stops; restart tasksd to run them again")
+        self.recompute_desired()
+        return {"draining": True, "tasks": len(self.records)}

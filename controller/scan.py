@@ -1,0 +1,106 @@
+"""Read the tasks directory: which manifests exist, which are valid, which jobs each one contributes.
+
+Content decides, never mtime: a stat signature (inode, size, mtime_ns, ctime_ns) only lets an unchanged file skip
+the read; any change is read, hashed, and re-parsed only when the hash differs. Symlinks are followed (the
+Kubernetes ConfigMap `..data` swap). As root, a manifest is root's command line, so files (and the directory)
+writable by group/others or owned by another user are refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from manifests.loader import LoadResult, load_bytes, scan_dir, MAX_MANIFEST_BYTES
+from manifests.problems import Problem
+
+
+@dataclass
+class FileState:
+    path: str
+    signature: tuple | None
+    content_hash: str
+    result: LoadResult | None  # None when refused before parsing
+    refused: str | None = None
+
+
+@dataclass
+class ScanResult:
+    files: dict[str, FileState] = field(default_factory=dict)
+    dir_error: str | None = None
+
+
+def permission_problem(st: os.stat_result, what: str, strict: bool) -> str | None:
+    if not strict or os.geteuid() != 0:
+        return None
+    if st.st_uid not in (0, os.geteuid()):
+        return f"{what} is owned by uid {st.st_uid}, not root: refused (a manifest is root's command line)"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): refused"
+    return None
+
+
+class Scanner:
+    def __init__(self, tasks_dir: str | os.PathLike, strict_permissions: bool = True):
+        self.tasks_dir = Path(tasks_dir)
+        self.strict = strict_permissions
+        self._cache: dict[str, FileState] = {}
+
+    def scan(self) -> ScanResult:
+        out = ScanResult()
+        try:
+            dst = os.stat(self.tasks_dir)
+        except OSError as e:
+            out.dir_error = f"cannot read tasks dir {self.tasks_dir}: {e.strerror}"
+            return out
+        problem = permission_problem(dst, f"tasks dir {self.tasks_dir}", self.strict)
+        if problem:
+            out.dir_error = problem
+            return out
+        for p in scan_dir(self.tasks_dir):
+            fs = self._scan_file(str(p))
+            if fs is not None:
+                out.files[fs.path] = fs
+        self._cache = {k: v for k, v in self._cache.items() if k in out.files}
+        return out
+
+    def _scan_file(self, path: str) -> FileState | None:
+        try:
+            st = os.stat(path)  # follows symlinks: the target is what gets run
+        except OSError:
+            return None  # vanished between listing and stat (a rename in flight): the next scan sees the result
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        sig = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
+        cached = self._cache.get(path)
+        if cached is not None and cached.signature == sig:
+            return cached
+        problem = permission_problem(st, path, self.strict)
+        if problem:
+            fs = FileState(path, sig, "", None, refused=problem)
+            self._cache[path] = fs
+            return fs
+        if st.st_size > MAX_MANIFEST_BYTES:
+            fs = FileState(path, sig, "", None, refused=f"{path} is {st.st_size} bytes, more than the "
+                                                         f"{MAX_MANIFEST_BYTES} allowed for a manifest")
+            self._cache[path] = fs
+            return fs
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_MANIFEST_BYTES + 1)
+        except OSError:
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if cached is not None and cached.content_hash == digest and cached.result is not None:
+            cached.signature = sig
+            return cached
+        result = load_bytes(data, path)
+        fs = FileState(path, sig, digest, result)
+        self._cache[path] = fs
+        return fs
+
+
+def refused_problem(message: str) -> Problem:
+    return Problem(message)

@@ -1,0 +1,160 @@
+"""The crash-safe state store: sqlite in WAL mode under <state>/db/tasksd.db.
+
+Every state transition is written before the controller acts on it (and a spawn's key is written before the
+spawn), so `kill -9` at any moment leaves a record from which the next start re-adopts instead of duplicating.
+One connection, used only from the controller thread; readers (the API, `tasksctl status` with the daemon down)
+open their own read-only connections.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS manifests (
+    path TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    status TEXT NOT NULL,               -- applied | rejected
+    jobs TEXT NOT NULL,                 -- JSON list of job names found in the file
+    errors TEXT NOT NULL,               -- JSON list of problems
+    warnings TEXT NOT NULL,
+    good_jobs TEXT,                     -- JSON of the last valid version's jobs (kept running on invalid edits)
+    good_hash TEXT,
+    first_seen REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    job TEXT NOT NULL, grp TEXT NOT NULL, idx INTEGER NOT NULL, task TEXT NOT NULL,
+    driver TEXT NOT NULL,
+    manifest TEXT,
+    state TEXT NOT NULL,
+    spec_hash TEXT,
+    task_json TEXT,                     -- the Task spec this record runs (for stop signal/timeout after removal)
+    handle TEXT,                        -- JSON TaskHandle of the live process
+    pending_key TEXT,                   -- launcher key of a spawn in flight (written before the spawn)
+    restart_state TEXT,                 -- JSON restart tracker state
+    restarts INTEGER NOT NULL DEFAULT 0,
+    next_start_at REAL,
+    exit TEXT,                          -- JSON ExitResult of the last run
+    last_error TEXT,
+    started_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS allocs (
+    alloc TEXT PRIMARY KEY,             -- job/group/index
+    alloc_id TEXT NOT NULL,
+    gone_at REAL,
+    netns TEXT,
+    slot INTEGER
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    type TEXT NOT NULL,
+    task_id TEXT,
+    manifest TEXT,
+    message TEXT NOT NULL,
+    details TEXT
+);
+"""
+
+MAX_EVENTS = 10000
+
+
+class StoreError(Exception):
+    """The store cannot be written (disk full, read-only). Running tasks are unaffected."""
+
+
+class Store:
+    def __init__(self, state_dir: str | os.PathLike, readonly: bool = False):
+        self.dir = Path(state_dir) / "db"
+        self.path = self.dir / "tasksd.db"
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against process crashes
+            self.db.executescript(SCHEMA)
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _write(self, sql: str, args: Iterable[Any] = ()) -> None:
+        try:
+            self.db.execute(sql, tuple(args))
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"cannot write state to {self.path}: {e}") from e
+
+    # ---- manifests ---------------------------------------------------------------------------------------
+    def manifests(self) -> dict[str, dict]:
+        return {r["path"]: dict(r) for r in self.db.execute("SELECT * FROM manifests")}
+
+    def put_manifest(self, path: str, content_hash: str, status: str, jobs: list[str], errors: list[dict],
+                     warnings: list[dict], good_jobs: list[dict] | None, good_hash: str | None,
+                     first_seen: float) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO manifests VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (path, content_hash, status, json.dumps(jobs), json.dumps(errors), json.dumps(warnings),
+             json.dumps(good_jobs) if good_jobs is not None else None, good_hash, first_seen, time.time()))
+
+    def delete_manifest(self, path: str) -> None:
+        self._write("DELETE FROM manifests WHERE path=?", (path,))
+
+    # ---- tasks -------------------------------------------------------------------------------------------
+    def tasks(self) -> dict[str, dict]:
+        return {r["task_id"]: dict(r) for r in self.db.execute("SELECT * FROM tasks")}
+
+    def put_task(self, rec: dict) -> None:
+        rec = dict(rec, updated_at=time.time())
+        cols = ",".join(rec)
+        marks = ",".join("?" * len(rec))
+        self._write(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})", rec.values())
+
+    def delete_task(self, task_id: str) -> None:
+        self._write("DELETE FROM tasks WHERE task_id=?", (task_id,))
+
+    # ---- allocs ------------------------------------------------------------------------------------------
+    def allocs(self) -> dict[str, dict]:
+        return {r["alloc"]: dict(r) for r in self.db.execute("SELECT * FROM allocs")}
+
+    def put_alloc(self, alloc: str, alloc_id: str, gone_at: float | None, netns: str | None = None,
+                  slot: int | None = None) -> None:
+        self._write("INSERT OR REPLACE INTO allocs VALUES (?,?,?,?,?)", (alloc, alloc_id, gone_at, netns, slot))
+
+    def delete_alloc(self, alloc: str) -> None:
+        self._write("DELETE FROM allocs WHERE alloc=?", (alloc,))
+
+    # ---- events ------------------------------------------------------------------------------------------
+    def add_event(self, type_: str, message: str, task_id: str | None = None, manifest: str | None = None,
+                  details: dict | None = None, ts: float | None = None) -> int:
+        try:
+            cur = self.db.execute(
+                "INSERT INTO events (ts,type,task_id,manifest,message,details) VALUES (?,?,?,?,?,?)",
+                (ts or time.time(), type_, task_id, manifest, message, json.dumps(details) if details else None))
+            if cur.lastrowid and cur.lastrowid % 500 == 0:
+                self.db.execute("DELETE FROM events WHERE id <= ?", (cur.lastrowid - MAX_EVENTS,))
+            return cur.lastrowid or 0
+        except sqlite3.OperationalError:
+            return 0  # the event log is best effort; state writes are not
+
+    def events(self, after: int = 0, limit: int = 1000, task_id: str | None = None) -> list[dict]:
+        sql = "SELECT * FROM events WHERE id > ?"
+        args: list[Any] = [after]
+        if task_id:
+            sql += " AND task_id = ?"
+            args.append(task_id)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        rows = [dict(r) for r in self.db.execute(sql, args)]
+        rows.reverse()
+        for r in rows:
+            r["details"] = json.loads(r["details"]) if r["details"] else None
+        return rows

@@ -1,0 +1,72 @@
+"""Watch the tasks directory (not the files) and wake the controller, debounced.
+
+Any event means "rescan the whole directory": the controller is level-triggered, so which file an event names does
+not matter. That also covers events that never name the manifest (the ConfigMap `..data` symlink swap) and editor
+droppings (the scanner filters names). A periodic resync in the controller covers lost events and inotify overflow.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+try:
+    # watchdog holds an unpaired IN_MOVED_FROM (a rename out of the directory) for 0.5 s to pair it with a
+    # IN_MOVED_TO, and every later event waits behind it. We never pair moves (any event triggers a full rescan),
+    # so that delay is pure latency: remove it for this process.
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    InotifyMoveEventGrouper.delay = 0.0
+except ImportError:  # another watchdog version: correct anyway, only a rename out may be picked up later
+    pass
+
+DEBOUNCE = 0.02
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, fire: Callable[[], None]):
+        self.fire = fire
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return  # reads (our own scans) must not wake us
+        self.fire()
+
+
+class DirWatcher:
+    def __init__(self, directory: str, wake: Callable[[], None], debounce: float = DEBOUNCE):
+        self.directory = directory
+        self.wake = wake
+        self.debounce = debounce
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._observer = Observer()
+
+    def _fire(self) -> None:
+        # Collapse a burst (an editor's save is 3-6 events) into one wake-up a few ms later.
+        with self._lock:
+            if self._timer is not None:
+                return
+            self._timer = threading.Timer(self.debounce, self._flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+        self.wake()
+
+    def start(self) -> None:
+        self._observer.schedule(_Handler(self._fire), self.directory, recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(5)
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None

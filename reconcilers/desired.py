@@ -1,0 +1,58 @@
+"""Desired state: the task instances that valid manifests ask for, each with a hash of everything that, when it
+changes, means the running process must be replaced."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DesiredTask:
+    task_id: str  # job/group/index/task
+    job: str
+    group: str
+    index: int
+    task: str
+    driver: str
+    spec_hash: str
+    manifest: str
+    job_type: str
+    hook: str | None = None  # lifecycle hook: prestart | poststart | poststop
+    sidecar: bool = False
+
+
+def task_id(job: str, group: str, index: int, task: str) -> str:
+    return f"{job}/{group}/{index}/{task}"
+
+
+def spec_hash(job, group, task) -> str:
+    """What a running task depends on: its own spec, the group's network and meta, the job's type and meta.
+
+    Count is deliberately not part of it: scaling 3 -> 1 must not restart instance 0.
+    """
+    material = {
+        "task": task.to_dict(),
+        "network": group.network.to_dict(),
+        "group_meta": dict(group.meta),
+        "job_meta": dict(job.meta),
+        "job_type": job.type,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def desired_tasks(jobs_by_manifest: dict[str, list]) -> dict[str, DesiredTask]:
+    """Expand jobs (per manifest path) into one DesiredTask per (group instance, task)."""
+    out: dict[str, DesiredTask] = {}
+    for path, jobs in jobs_by_manifest.items():
+        for job in jobs:
+            for group in job.groups:
+                for index in range(group.count):
+                    for task in group.tasks:
+                        tid = task_id(job.name, group.name, index, task.name)
+                        lc = task.lifecycle
+                        out[tid] = DesiredTask(
+                            task_id=tid, job=job.name, group=group.name, index=index, task=task.name,
+                            driver=task.driver, spec_hash=spec_hash(job, group, task), manifest=path,
+                            job_type=job.type, hook=lc.hook if lc else None, sidecar=bool(lc and lc.sidecar))
+    return out

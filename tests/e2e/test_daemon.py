@@ -1,0 +1,140 @@
+"""The real daemon converging a temp tasks dir: edits, saves, swaps, invalid edits, duplicates, crashes."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import raw_job
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+TID = "web/g/0/t"
+
+
+def pid_of(daemon, tid=TID) -> int:
+    return daemon.wait_state(tid, "running")["pid"]
+
+
+def test_rename_in_edit_rewrite_delete(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    pid = pid_of(daemon)
+    assert Path(f"/proc/{pid}").exists()
+
+    daemon.write("web.hcl", raw_job("web"), atomic=False)  # identical rewrite in place: nothing restarts
+    daemon.write("other.hcl", raw_job("other"))  # a later change proves the rewrite was seen and ignored
+    pid_of(daemon, "other/g/0/t")
+    assert daemon.task(TID)["pid"] == pid
+
+    daemon.write("web.hcl", raw_job("web", args=["2000"]), atomic=False)  # changed spec: replaced
+    wait_for(lambda: (t := daemon.task(TID)) and t["state"] == "running" and t["pid"] != pid, what="new pid")
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert daemon.task("other/g/0/t")["state"] == "running"  # an unrelated job was not touched
+
+    (daemon.tasks_dir / "web.hcl").unlink()
+    wait_for(lambda: TID not in daemon.tasks(), what="task forgotten after delete")
+
+
+def test_vim_style_save_and_droppings_are_ignored(daemon):
+    daemon.start()
+    path = daemon.write("web.hcl", raw_job("web"))
+    pid = pid_of(daemon)
+    # vim: probe file 4913, swap file, backup by rename, then write the new file.
+    (daemon.tasks_dir / "4913").write_text("x")
+    (daemon.tasks_dir / "4913").unlink()
+    (daemon.tasks_dir / ".web.hcl.swp").write_text("binary junk {{{")
+    os.rename(path, daemon.tasks_dir / "web.hcl~")
+    path.write_text(raw_job("web", args=["3000"]))
+    (daemon.tasks_dir / ".web.hcl.swp").unlink()
+    wait_for(lambda: (t := daemon.task(TID)) and t["state"] == "running" and t["pid"] != pid, what="restart")
+    new = daemon.task(TID)["pid"]
+    (daemon.tasks_dir / "web.hcl~").unlink()
+    daemon.write("z.hcl", raw_job("z"))
+    pid_of(daemon, "z/g/0/t")
+    assert daemon.task(TID)["pid"] == new  # the backup file never counted as a manifest
+    snap = daemon.client.get("/v1/manifests")
+    assert {Path(m["path"]).name for m in snap} == {"web.hcl", "z.hcl"}
+
+
+def test_configmap_symlink_swap(daemon):
+    daemon.start()
+    v1 = daemon.tasks_dir / "..2026_v1"
+    v1.mkdir()
+    (v1 / "web.hcl").write_text(raw_job("web"))
+    os.symlink("..2026_v1", daemon.tasks_dir / "..data")
+    os.symlink("..data/web.hcl", daemon.tasks_dir / "web.hcl")
+    pid = pid_of(daemon)
+    v2 = daemon.tasks_dir / "..2026_v2"
+    v2.mkdir()
+    (v2 / "web.hcl").write_text(raw_job("web", args=["4000"]))
+    os.symlink("..2026_v2", daemon.tasks_dir / "..data_tmp")
+    os.rename(daemon.tasks_dir / "..data_tmp", daemon.tasks_dir / "..data")  # the atomic swap
+    wait_for(lambda: (t := daemon.task(TID)) and t["state"] == "running" and t["pid"] != pid, what="swap seen")
+
+
+def test_invalid_edit_keeps_last_good_version_running(daemon):
+    daemon.start()
+    path = daemon.write("web.hcl", raw_job("web"))
+    pid = pid_of(daemon)
+    daemon.write("web.hcl", raw_job("web").replace('driver = "raw_exec"', 'driver = "docker"'))
+    wait_for(lambda: daemon.client.get("/v1/tasks")["rejected_manifests"], what="rejection recorded")
+    rejected = daemon.client.get("/v1/tasks")["rejected_manifests"][0]
+    assert rejected["path"] == str(path)
+    assert "docker" in rejected["errors"][0]["message"]
+    assert daemon.task(TID)["pid"] == pid and daemon.task(TID)["state"] == "running"
+
+
+def test_duplicate_job_name_rejects_the_later_file(daemon):
+    daemon.start()
+    first = daemon.write("a.hcl", raw_job("web"))
+    pid = pid_of(daemon)
+    second = daemon.write("b.hcl", raw_job("web", args=["5000"]))
+    wait_for(lambda: any(m["status"] == "duplicate" for m in daemon.client.get("/v1/manifests")), what="dup")
+    dup = next(m for m in daemon.client.get("/v1/manifests") if m["status"] == "duplicate")
+    assert dup["path"] == str(second) and str(first) in dup["errors"][0]["message"]
+    assert daemon.task(TID)["pid"] == pid
+
+
+def test_world_writable_manifest_is_refused(daemon):
+    daemon.start()
+    path = daemon.write("web.hcl", raw_job("web"))
+    os.chmod(path, 0o666)
+    daemon.write("z.hcl", raw_job("z"))
+    pid_of(daemon, "z/g/0/t")
+    assert TID not in daemon.tasks()
+    m = next(m for m in daemon.client.get("/v1/manifests") if m["path"] == str(path))
+    assert m["status"] == "rejected" and "writable by group or others" in m["errors"][0]["message"]
+
+
+def test_kill9_and_restart_readopts_the_same_processes(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    daemon.write("other.hcl", raw_job("other"))
+    pid = pid_of(daemon)
+    other = pid_of(daemon, "other/g/0/t")
+    daemon.kill9()
+    daemon.start()
+    assert daemon.task(TID)["pid"] == pid and daemon.task(TID)["state"] == "running"
+    assert daemon.task("other/g/0/t")["pid"] == other
+    assert daemon.task(TID)["restarts"] == 0
+
+
+def test_task_that_dies_while_tasksd_is_down_is_restarted_by_policy(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web", extra='group "g" { restart { delay = "0s" } }' * 0,
+                                    task_extra='restart {\n attempts = 3\n delay = "1s"\n mode = "fail"\n }'))
+    pid = pid_of(daemon)
+    daemon.terminate()  # SIGTERM: tasksd exits, tasks keep running
+    assert Path(f"/proc/{pid}").exists()
+    os.kill(pid, signal.SIGKILL)
+    daemon.start()
+    wait_for(lambda: (t := daemon.task(TID)) and t["state"] == "running" and t["pid"] != pid, timeout=30,
+             what="restarted after the crash it missed")
+    t = daemon.task(TID)
+    assert t["restarts"] == 1
+    events = daemon.client.get(f"/v1/events?task={TID}")
+    assert any(e["type"] == "exited" and "signal 9" in e["message"] for e in events)
