@@ -148,14 +148,14 @@ def test_concurrent_tasks_get_distinct_uids_released_on_destroy_and_persisted(ex
         handles.append(c)
         assert c.uid not in (a.uid, b.uid)
         assert sorted(pool_owners(runtime).values()) == sorted(h.uid for h in handles)
-        d2.stop(a, "SIGTERM", 5)
+        d2.stop(a, "SIGKILL", 5)
         d2.destroy(a)
         handles.remove(a)
         assert a.uid not in pool_owners(runtime).values()
         assert b.uid in pool_owners(runtime).values()
     finally:
         for h in handles:
-            d.stop(h, "SIGTERM", 5)
+            d.stop(h, "SIGKILL", 5)
             d.destroy(h)
     assert pool_owners(runtime) == {}
 
@@ -185,7 +185,7 @@ def test_exec_into_task_is_confined_the_same_way(exec2, tmp):
         assert 2 <= int(seen["procs"]) <= 6
         assert seen["home"] == "/nonexistent"
     finally:
-        d.stop(h, "SIGTERM", 5)
+        d.stop(h, "SIGKILL", 5)
         d.destroy(h)
 
 
@@ -239,3 +239,37 @@ def test_command_outside_executable_unveils_is_refused_with_the_reason(exec2, ru
     res = d.wait(h, 30)
     d.destroy(h)
     assert res is not None and res.error is None and res.exit_code in (0, 1)  # it ran: nologin exits 1, ldconfig 0
+
+
+def test_damaged_pool_file_is_rebuilt_from_live_tasks(exec2, runtime):
+    cfg = config()
+    d = exec2(cfg)
+    a = d.start(make_ctx(cfg, exec2_task("/bin/sleep", "1000", name="a")))
+    handles = [a]
+    try:
+        (Path(runtime.state_dir) / "dynamic-users.json").write_text("{not json")
+        b = d.start(make_ctx(cfg, exec2_task("/bin/sleep", "1000", name="b")))
+        handles.append(b)
+        assert b.uid != a.uid  # a fresh pool would have started over at a's id
+        assert a.uid in pool_owners(runtime).values()
+    finally:
+        for h in handles:
+            d.stop(h, "SIGKILL", 5)
+            d.destroy(h)
+    assert pool_owners(runtime) == {}
+
+
+def test_stop_signal_reaches_a_task_that_handles_it(exec2):
+    # The task is pid 1 of its namespace: the kernel delivers a signal from outside only when pid 1 handles it
+    # (or it is SIGKILL), so the other tests stop their plain `sleep` with SIGKILL rather than wait out the
+    # kill timeout. A task with a handler gets the stop signal itself.
+    cfg = config()
+    d = exec2(cfg)
+    task = exec2_task("/bin/sh", "-c", 'trap "exit 7" TERM; echo > "$NOMAD_ALLOC_DIR/data/ready"; sleep 1000 & wait')
+    h = d.start(make_ctx(cfg, task))
+    try:
+        wait_for((Path(h.alloc_dir) / "alloc" / "data" / "ready").exists, what="trap installed")
+        res = d.stop(h, "SIGTERM", 30)
+        assert res.exit_code == 7 and res.signal is None
+    finally:
+        d.destroy(h)
