@@ -157,6 +157,10 @@ def _signals(spec: LaunchSpec, fds: dict) -> None:
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
+        # getsignal is a table lookup; only the few non-default ones cost a syscall.
+        current = signal.getsignal(sig)
+        if current is signal.SIG_DFL or current is None:
+            continue
         try:
             signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):

@@ -53,6 +53,21 @@ class Task:
 
 
 @dataclass
+class Spawning:
+    """A forked child whose setup has not finished yet (no exec, no error report so far)."""
+
+    spec: LaunchSpec
+    pid: int
+    start_time: int
+    conn: "Conn"
+    rid: object
+    err_r: int
+    log_ends: list
+    report: bytes = b""
+    status: int | None = None  # set when reaped before its error pipe was read
+
+
+@dataclass
 class Conn:
     sock: socket.socket
     buf: bytearray = field(default_factory=bytearray)
@@ -75,6 +90,7 @@ class Launcher:
         self.sel = selectors.DefaultSelector()
         self.tasks: dict[str, Task] = {}
         self.by_pid: dict[int, str] = {}
+        self.spawning: dict[int, Spawning] = {}
         self.exits: dict[str, dict] = {}
         self.logs: dict[int, tuple[RotatingLog, str]] = {}  # pipe read fd -> (log, task key)
         self.conns: dict[int, Conn] = {}
@@ -138,6 +154,8 @@ class Launcher:
                         self._reap()
                     elif kind == "log":
                         self._pump(key.fd)
+                    elif kind == "spawn":
+                        self._spawn_progress(obj)
                     elif kind == "conn":
                         if mask & selectors.EVENT_READ:
                             self._read_conn(obj)
@@ -235,6 +253,8 @@ class Launcher:
             return
         try:
             reply = handler(req, conn)
+            if reply is None:
+                return  # deferred: the handler answers later
             reply.update(id=rid, ok=True)
         except LaunchError as e:
             reply = {"id": rid, "ok": False, "error": str(e), "step": e.step, "errno": e.errno}
@@ -269,30 +289,32 @@ class Launcher:
         self.running = False
         return {}
 
-    def op_spawn(self, req, conn) -> dict:
+    def op_spawn(self, req, conn) -> dict | None:
         spec = LaunchSpec.from_dict(req["spec"])
         if spec.key in self.tasks:
             t = self.tasks[spec.key]
             return {"pid": t.pid, "start_time": t.start_time, "existing": True}
+        if any(p.spec.key == spec.key for p in self.spawning.values()):
+            raise LaunchError(f"task {spec.key} is already being spawned", "spawn", errno.EALREADY)
         passed = self._take_fds(conn, int(req.get("nfds", 0)))
         try:
-            task = self._spawn(spec, passed)
+            self._spawn(spec, passed, conn, req.get("id"))
         finally:
             for fd in passed:
                 os.close(fd)
-        return {"pid": task.pid, "start_time": task.start_time}
+        return None  # answered once the child has exec'd (or failed), see _spawn_done
 
-    def op_exec(self, req, conn) -> dict:
+    def op_exec(self, req, conn) -> dict | None:
         """Start a process inside a running task's namespaces (tasksctl exec); its stdio are the passed fds."""
         spec = LaunchSpec.from_dict(req["spec"])
         passed = self._take_fds(conn, int(req.get("nfds", 0)))
         target = int(req["target_pid"])
         try:
-            task = self._spawn(spec, passed, enter_pid=target)
+            self._spawn(spec, passed, conn, req.get("id"), enter_pid=target)
         finally:
             for fd in passed:
                 os.close(fd)
-        return {"pid": task.pid, "start_time": task.start_time}
+        return None
 
     def _take_fds(self, conn: Conn, n: int) -> list[int]:
         if n > len(conn.fds):
@@ -301,7 +323,10 @@ class Launcher:
         return taken
 
     # ---- spawning ----------------------------------------------------------------------------------------
-    def _spawn(self, spec: LaunchSpec, passed: list[int], enter_pid: int | None = None) -> Task:
+    def _spawn(self, spec: LaunchSpec, passed: list[int], conn: Conn, rid, enter_pid: int | None = None) -> None:
+        """Fork the child and return at once. The reply waits for the error pipe: EOF without a report means the
+        child exec'd. Meanwhile the launcher can fork the next task, so the slow part of one child's setup (mounts,
+        execve) overlaps with the next spawn instead of queueing behind it."""
         opened: list[int] = []
         parent_ends: list[tuple[int, LogTarget | None, str]] = []
         try:
@@ -313,22 +338,17 @@ class Launcher:
                 stdout = self._log_pipe(spec.stdout, opened, parent_ends, "stdout")
                 stderr = self._log_pipe(spec.stderr, opened, parent_ends, "stderr")
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            opened += [err_r, err_w]
+            opened.append(err_w)
             enter = _open_ns_fds(enter_pid) if enter_pid else None
             try:
                 pid = self._fork(spec, {"stdin": stdin, "stdout": stdout, "stderr": stderr, "errpipe": err_w},
                                  enter)
+            except BaseException:
+                os.close(err_r)
+                raise
             finally:
                 for fd in (enter or {}).values():
                     os.close(fd)
-            os.close(err_w)
-            opened.remove(err_w)
-            report = _read_all(err_r)
-            if report:
-                os.waitpid(pid, 0)
-                info = json.loads(report)
-                raise LaunchError(f"spawn failed at step {info['step']}: {info['message']}", info["step"],
-                                  info["errno"])
         except BaseException:
             for fd, _, _ in parent_ends:
                 os.close(fd)
@@ -336,16 +356,53 @@ class Launcher:
         finally:
             for fd in opened:
                 os.close(fd)
-        task = Task(spec.key, pid, ksys.process_start_time(pid), time.time(), spec.namespaces.pid)
+        pending = Spawning(spec=spec, pid=pid, start_time=ksys.process_start_time(pid), conn=conn, rid=rid,
+                           err_r=err_r, log_ends=parent_ends)
+        self.spawning[pid] = pending
+        os.set_blocking(err_r, False)
+        self.sel.register(err_r, selectors.EVENT_READ, ("spawn", pending))
+
+    def _spawn_progress(self, pending: "Spawning") -> None:
+        try:
+            chunk = os.read(pending.err_r, 4096)
+        except BlockingIOError:
+            return
+        if chunk:
+            pending.report += chunk
+            return
+        # EOF: the child either exec'd (close-on-exec) or wrote its report and exited.
+        self.sel.unregister(pending.err_r)
+        os.close(pending.err_r)
+        self.spawning.pop(pending.pid, None)
+        spec = pending.spec
+        if pending.report:
+            if pending.status is None:
+                os.waitpid(pending.pid, 0)  # it exits right after writing the report
+            for fd, _, _ in pending.log_ends:
+                os.close(fd)
+            try:
+                info = json.loads(pending.report)
+                msg, step, err = f"spawn failed at step {info['step']}: {info['message']}", info["step"], info["errno"]
+            except (ValueError, KeyError):
+                msg, step, err = "spawn failed", "unknown", errno.EIO
+            self._reply(pending.conn, {"id": pending.rid, "ok": False, "error": msg, "step": step, "errno": err})
+            return
+        task = Task(spec.key, pending.pid, pending.start_time, time.time(), spec.namespaces.pid)
         self.tasks[spec.key] = task
-        self.by_pid[pid] = spec.key
-        for fd, target, _ in parent_ends:
+        self.by_pid[pending.pid] = spec.key
+        for fd, target, _ in pending.log_ends:
             log = RotatingLog(Path(target.dir), target.base, target.max_files, target.max_file_size)
             os.set_blocking(fd, False)
             self.logs[fd] = (log, spec.key)
             task.logs.append(fd)
             self.sel.register(fd, selectors.EVENT_READ, ("log", None))
-        return task
+        self._reply(pending.conn, {"id": pending.rid, "ok": True, "pid": task.pid, "start_time": task.start_time})
+        if pending.status is not None:  # it already ran to completion (e.g. /bin/true) before we got here
+            self._record_exit(task, pending.status)
+
+    def _reply(self, conn: Conn, obj: dict) -> None:
+        if conn.sock.fileno() in self.conns and self.conns[conn.sock.fileno()] is conn:
+            self._send(conn, obj)
 
     def _log_pipe(self, target: LogTarget | None, opened: list, parent_ends: list, name: str) -> int:
         if target is None:
@@ -386,17 +443,24 @@ class Launcher:
                 return
             if pid == 0:
                 return
-            key = self.by_pid.pop(pid, None)
+            if pid in self.spawning:
+                self.spawning[pid].status = status  # reported once its error pipe says how the spawn went
+                continue
+            key = self.by_pid.get(pid)
             if key is None:
                 continue  # an orphaned grandchild we adopted as subreaper: reaped, nothing to report
-            task = self.tasks.pop(key)
-            for fd in list(task.logs):
-                self._pump(fd, final=False)
-            rec = {"key": key, "pid": pid, "start_time": task.start_time, "finished_at": time.time(),
-                   **_describe_status(status)}
-            self.exits[key] = rec
-            _write_atomic(self.exits_dir / f"{_safe_key(key)}.json", json.dumps(rec))
-            self._broadcast({"event": "exit", **rec})
+            self._record_exit(self.tasks[key], status)
+
+    def _record_exit(self, task: Task, status: int) -> None:
+        self.by_pid.pop(task.pid, None)
+        self.tasks.pop(task.key, None)
+        for fd in list(task.logs):
+            self._pump(fd, final=False)
+        rec = {"key": task.key, "pid": task.pid, "start_time": task.start_time, "finished_at": time.time(),
+               **_describe_status(status)}
+        self.exits[task.key] = rec
+        _write_atomic(self.exits_dir / f"{_safe_key(task.key)}.json", json.dumps(rec))
+        self._broadcast({"event": "exit", **rec})
 
     def _pump(self, fd: int, final: bool = False) -> None:
         entry = self.logs.get(fd)
@@ -444,18 +508,6 @@ def _open_ns_fds(pid: int) -> dict[str, int]:
     # The root directory matters for chroot'ed tasks: keep a handle to it to chroot after setns(mnt).
     fds["root"] = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     return fds
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            b = os.read(fd, 4096)
-        except InterruptedError:
-            continue
-        if not b:
-            return b"".join(chunks)
-        chunks.append(b)
 
 
 def _safe_key(key: str) -> str:

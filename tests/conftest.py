@@ -59,8 +59,10 @@ def _cgroup_tree(dirs: list[Path]) -> set[str]:
 
 
 def _mounts() -> set[str]:
+    # Only mounts below our own temp dirs: the mount table is shared with everything else on the machine.
+    ours = os.path.join(tempfile.gettempdir(), TMP_PREFIX)
     with open("/proc/self/mountinfo") as f:
-        return {line.split()[4] for line in f}
+        return {p for p in (line.split()[4] for line in f) if p.startswith(ours)}
 
 
 def _netns() -> set[str]:

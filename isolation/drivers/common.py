@@ -131,7 +131,8 @@ class CommonDriver(Driver):
         spec = self.isolate(ctx, td, ident, spec)
         baseline = cg.oom_kills()
         try:
-            reply = self.runtime.client.request("spawn", spec=spec.to_dict())
+            spec_dict = spec.to_dict()
+            reply = self.runtime.client.request("spawn", spec=spec_dict)
         except Exception as e:
             self.release_identity(ident)
             raise StartError(str(e)) from e
@@ -140,7 +141,7 @@ class CommonDriver(Driver):
             boot_id=self.runtime.boot_id, cgroup=cg_name, alloc_id=ctx.alloc_id, alloc_dir=str(td.alloc_dir),
             task_dir=str(td.dir), started_at=_now(), oom_baseline=baseline, uid=ident.uid,
             dynamic_uid=ident.dynamic, netns=ctx.netns,
-            exec_env={"spec": {**spec.to_dict(), "stdout": None, "stderr": None}},
+            exec_env={"spec": {**spec_dict, "stdout": None, "stderr": None}, "cpuset": cpuset},
         )
         self.runtime.register(handle)
         return handle
