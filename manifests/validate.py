@@ -214,7 +214,45 @@ def check_template(t: Template) -> list[Finding]:
         out.append(("change_signal", 'change_mode = "signal" needs change_signal'))
     if not t.left_delimiter or not t.right_delimiter:
         out.append(("left_delimiter", "template delimiters must not be empty"))
+    elif t.data:
+        for name in sorted(template_calls(t.data, t.left_delimiter, t.right_delimiter)):
+            if (msg := forbidden_template_function(name)) is not None:
+                out.append(("data", msg))
     return out
+
+
+TEMPLATE_FORBIDDEN: dict[str, str] = {
+    **{f: "Consul" for f in ("key", "keyExists", "keyOrDefault", "ls", "safeLs", "tree", "safeTree", "service",
+                             "services", "connect", "caLeaf", "caRoots", "node", "nodes", "datacenters")},
+    **{f: "Vault" for f in ("secret", "secrets", "pkiCert")},
+    **{f: "the Nomad servers" for f in ("nomadVar", "nomadVarList", "nomadVarListSafe", "nomadVarExists",
+                                         "nomadService", "nomadServices", "nomadNamespaces")},
+}
+# The daemon renders templates as root: functions that would act on the host are refused, not emulated.
+TEMPLATE_UNSAFE: dict[str, str] = {
+    "file": "reads host files as root", "writeToFile": "writes host files as root",
+    "executeTemplate": "is not supported", "plugin": "runs host programs as root", "sockaddr": "is not supported",
+    "timestamp": "is not supported (templates render deterministically)"}
+
+
+def forbidden_template_function(name: str) -> str | None:
+    if name in TEMPLATE_FORBIDDEN:
+        return (f"template function {name!r} needs {TEMPLATE_FORBIDDEN[name]}, which tasksd does not have; "
+                f"put the value in the job (env, meta) or an artifact instead")
+    if name in TEMPLATE_UNSAFE:
+        return f"template function {name!r} {TEMPLATE_UNSAFE[name]}"
+    return None
+
+
+def template_calls(text: str, left: str = "{{", right: str = "}}") -> set[str]:
+    """Bare identifiers inside the template's actions (string literals and comments removed): the functions it
+    calls, found without parsing so validation can reject cluster-only functions early."""
+    names: set[str] = set()
+    pattern = re.escape(left) + r"(.*?)" + re.escape(right)
+    for m in re.finditer(pattern, text, re.S):
+        body = re.sub(r'"(?:[^"\\]|\\.)*"|`[^`]*`|/\*.*?\*/', " ", m.group(1), flags=re.S)
+        names.update(re.findall(r"(?<![\w.$])[A-Za-z_]\w*", body))
+    return names
 
 
 def _escapes_alloc(dest: str) -> bool:
