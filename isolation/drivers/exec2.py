@@ -126,9 +126,9 @@ class Exec2Driver(CommonDriver):
             if ident.uid == 0 and "root" in self.config.user_denylist:
                 raise StartError(f"user {user!r} has uid 0, which the client's user denylist refuses")
             return ident
-        # The owner is the task instance (stable across restarts of the task), so a restarted task keeps the
-        # uid that owns its files in local/ and alloc/data. One instance never runs twice at once: its cgroup
-        # is emptied before every launch.
+        # The owner is the task instance: a start retried before the last run was destroyed keeps its uid (and
+        # so its files in local/ and alloc/data). One instance never runs twice at once (its cgroup is emptied
+        # before every launch), so no two live processes share an owner.
         try:
             uid = self._with_pool(lambda pool: pool.allocate(ctx.task_id))
         except PoolExhausted as e:
