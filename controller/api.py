@@ -6,18 +6,22 @@ the loop thread, so the API cannot race the reconcile loop. Malformed requests g
 from __future__ import annotations
 
 import json
+import logging
 import os
+import select
 import socket
 import socketserver
 import threading
-import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from controller import exec_proto
 from controller.controller import Controller
+
+log = logging.getLogger("tasksd.api")
 
 
 class ApiError(Exception):
@@ -27,13 +31,16 @@ class ApiError(Exception):
 
 
 def resolve_task_id(ctl: Controller, ident: str) -> str:
-    """Canonical `job/group/index/task`, or a unique shortening: the task name alone, `job/task`..."""
+    """Canonical `job/group/index/task`, or a unique shortening: the task name alone, `job/task`, trailing parts
+    (`group/index/task`), or the job name alone when the job runs a single task instance."""
     ids = list(ctl.records)
     if ident in ctl.records:
         return ident
     parts = ident.split("/")
     matches = [t for t in ids if t.split("/")[-len(parts):] == parts or
                (len(parts) == 2 and t.split("/")[0] == parts[0] and t.split("/")[3] == parts[1])]
+    if not matches and len(parts) == 1:
+        matches = [t for t in ids if t.split("/")[0] == parts[0]]
     if not matches:
         raise ApiError(404, f"no task {ident!r} (see `tasksctl status` for ids)")
     if len(matches) > 1:
@@ -76,10 +83,17 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _error(self, status: int, message: str) -> None:
+        # The request body may be unread (refused before reading): never parse it as the next request.
+        self.close_connection = True
         self._send_json(status, {"error": message, "status": status})
 
     def _body(self) -> dict:
-        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ApiError(400, "Content-Length must be an integer") from None
+        if n < 0:
+            raise ApiError(400, "Content-Length must not be negative")
         if n > 1 << 20:
             raise ApiError(413, "request body too large")
         if not n:
@@ -124,6 +138,10 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, f"unknown endpoint {method} {url.path}")
         except ApiError as e:
             self._error(e.status, str(e))
+        except LookupError as e:  # the controller refuses an action on a task in the wrong state
+            self._error(409, str(e.args[0]) if e.args else str(e))
+        except TimeoutError:
+            self._error(503, "the reconcile loop did not answer in time; see tasksd's log")
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as e:  # noqa: BLE001 - a handler bug is a 500, never a dead daemon
@@ -138,6 +156,24 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch("POST")
 
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def client_gone(self) -> bool:
+        """For streams: a client that hung up shows as readable with nothing to read (or an error)."""
+        try:
+            ready = select.select([self.connection], [], [], 0)[0]
+            if not ready:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
 
 class Api:
     def __init__(self, ctl: Controller, socket_path: str, socket_group: str | None = None,
@@ -147,6 +183,7 @@ class Api:
         self.socket_group = socket_group
         self.tcp_address = tcp_address
         self._servers: list = []
+        self.stopping = False
         self._threads: list[threading.Thread] = []
         self.routes = [
             ("GET", ["tasks"], self.list_tasks),
@@ -155,12 +192,17 @@ class Api:
             ("GET", ["events"], self.events),
             ("GET", ["logs", "**"], self.logs),
             ("GET", ["stats"], self.stats),
+            ("GET", ["specs"], self.specs),
             ("GET", ["health"], self.health),
             ("POST", ["signal", "**"], self.signal),
             ("POST", ["restart", "**"], self.restart),
             ("POST", ["drain"], self.drain),
         ]
         self.extra_metrics = None
+        self.exec_socket_path = exec_proto.exec_socket_path(socket_path)
+        from controller.metrics import instrument
+
+        instrument(ctl)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -181,6 +223,7 @@ class Api:
             os.chown(path, 0, grp.getgrnam(self.socket_group).gr_gid)
             os.chmod(path, 0o660)
         self._serve(srv)
+        self._start_exec_server()
         if self.tcp_address:
             host, _, port = self.tcp_address.rpartition(":")
             self._serve(_TCPServer((host or "127.0.0.1", int(port)), MetricsOnlyHandler, self.ctl, self))
@@ -191,14 +234,34 @@ class Api:
         t.start()
         self._threads.append(t)
 
+    def _start_exec_server(self) -> None:
+        path = Path(self.exec_socket_path)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            srv = _Server(str(path), ExecHandler, self.ctl, self)
+        finally:
+            os.umask(old)
+        if self.socket_group:
+            import grp
+
+            os.chown(path, 0, grp.getgrnam(self.socket_group).gr_gid)
+            os.chmod(path, 0o660)
+        self._serve(srv)
+
     def stop(self) -> None:
+        self.stopping = True
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()
-        try:
-            os.unlink(self.socket_path)
-        except OSError:
-            pass
+        for p in (self.socket_path, self.exec_socket_path):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
 
     # ---- endpoints ---------------------------------------------------------------------------------------
     def list_tasks(self, h: Handler, q: dict) -> None:
@@ -220,6 +283,9 @@ class Api:
     def stats(self, h: Handler, q: dict) -> None:
         h._send_json(200, self.ctl.stats_snapshot())
 
+    def specs(self, h: Handler, q: dict) -> None:
+        h._send_json(200, self.ctl.call(self.ctl.spec_snapshot))
+
     def events(self, h: Handler, q: dict) -> None:
         after = _int(q.get("after", "0"), "after")
         limit = _int(q.get("limit", "1000"), "limit")
@@ -227,7 +293,7 @@ class Api:
         if task:
             task = self.ctl.call(lambda: resolve_task_id(self.ctl, task))
         if q.get("follow") not in ("1", "true"):
-            h._send_json(200, self.ctl.store_reader().events(after, limit, task))
+            h._send_json(200, self._read_events(after, limit, task))
             return
         # Follow: newline-delimited JSON, one event per line, as they happen.
         h.send_response(200)
@@ -243,22 +309,33 @@ class Api:
                 pending.append(ev)
                 cv.notify()
 
+        # Listen before reading the backlog so nothing falls between the two; ids drop the overlap.
         self.ctl.listeners.append(listener)
+        last = after
         try:
-            for ev in self.ctl.store_reader().events(after, limit, task):
-                h.wfile.write((json.dumps(ev) + "\n").encode())
-            h.wfile.flush()
-            while True:
+            backlog = self._read_events(after, limit, task)
+            while not h.client_gone():
                 with cv:
-                    cv.wait_for(lambda: pending, timeout=15)
-                    batch, pending[:] = list(pending), []
+                    if not backlog:
+                        cv.wait_for(lambda: pending, timeout=1)
+                    batch, pending[:] = backlog + list(pending), []
+                backlog = []
                 for ev in batch:
+                    if ev["id"] and ev["id"] <= last:
+                        continue
+                    last = ev["id"] or last
                     h.wfile.write((json.dumps(ev, default=str) + "\n").encode())
-                h.wfile.write(b"" if batch else b"\n")  # a keepalive line notices a gone client
                 h.wfile.flush()
         finally:
             self.ctl.listeners.remove(listener)
             h.close_connection = True
+
+    def _read_events(self, after: int, limit: int, task: str | None) -> list[dict]:
+        reader = self.ctl.store_reader()
+        try:
+            return reader.events(after, limit, task)
+        finally:
+            reader.close()
 
     def logs(self, h: Handler, q: dict, ident: str) -> None:
         stream = q.get("stream", "stdout")
@@ -284,7 +361,7 @@ class Api:
         h.wfile.write(data)
         h.wfile.flush()
         if follow:
-            for chunk in follow_log(logdir, base, lambda: False):
+            for chunk in follow_log(logdir, base, h.client_gone):
                 h.wfile.write(chunk)
                 h.wfile.flush()
         h.close_connection = True
@@ -333,3 +410,61 @@ def _int(v: str, name: str) -> int:
         return int(v)
     except ValueError:
         raise ApiError(400, f"{name} must be an integer") from None
+
+
+class ExecHandler(socketserver.BaseRequestHandler):
+    """One `tasksctl exec`: start argv in the task with the caller's fds, then report its exit status."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        ctl: Controller = self.server.ctl
+        try:
+            req, fds = exec_proto.recv_request(sock)
+        except exec_proto.ExecProtocolError as e:
+            self._reply_error(e.status, str(e))
+            return
+        except OSError:
+            return
+        try:
+            try:
+                tid, handle, driver = ctl.call(lambda: self._locate(ctl, req["task"]))
+                key = driver.exec(handle, list(req["argv"]), fds, bool(req.get("tty")))
+            finally:
+                for fd in fds:  # the launcher holds its own copies now; ours would keep a pty open
+                    os.close(fd)
+        except ApiError as e:
+            self._reply_error(e.status, str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - StartError, LauncherError: the message is for the operator
+            self._reply_error(422, f"cannot exec in the task: {e}")
+            return
+        ctl.call(lambda: ctl.event("exec", f"exec {' '.join(req['argv'])[:200]}", tid, tty=bool(req.get("tty"))))
+        try:
+            exec_proto.send_msg(sock, {"started": True, "task_id": tid, "key": key})
+        except OSError:
+            pass  # the caller left; the process still runs with its fds and is reaped by the launcher
+        result = None
+        while result is None and not self.server.api.stopping:
+            result = ctl.runtime.wait_exec(key, 1.0)
+        if result is None:
+            return
+        try:
+            exec_proto.send_msg(sock, {"exit_code": result.exit_code, "signal": result.signal})
+        except OSError:
+            pass
+
+    @staticmethod
+    def _locate(ctl: Controller, ident: str):
+        from reconcilers.states import TaskState
+
+        tid = resolve_task_id(ctl, ident)
+        rec = ctl.records[tid]
+        if rec.handle is None or rec.state != TaskState.RUNNING:
+            raise ApiError(409, f"task {tid} is not running (state {rec.state.value}); exec needs a running task")
+        return tid, rec.handle, ctl.drivers[rec.driver]
+
+    def _reply_error(self, status: int, message: str) -> None:
+        try:
+            exec_proto.send_msg(self.request, {"error": message, "status": status})
+        except OSError:
+            pass

@@ -80,3 +80,141 @@ class Client:
                 yield chunk
         finally:
             conn.close()
+
+
+# ---- exec ----------------------------------------------------------------------------------------------------
+
+def _connect_exec(api_socket: str) -> socket.socket:
+    from controller.exec_proto import exec_socket_path
+
+    path = exec_socket_path(api_socket)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        s.close()
+        raise ClientError(f"tasksd is not running (no exec socket at {path}); start it, or pass --socket / "
+                          f"TASKSD_SOCKET") from None
+    except PermissionError:
+        s.close()
+        raise ClientError(f"permission denied on {path}: run as root (or a member of the configured "
+                          f"socket_group)") from None
+    return s
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _started(reader) -> None:
+    msg = reader.next()
+    if msg is None:
+        raise ClientError("tasksd closed the exec connection without an answer; see its log")
+    if "error" in msg:
+        raise ClientError(msg["error"], msg.get("status"))
+
+
+def run_exec(api_socket: str, task: str, argv: list[str], interactive: bool = False, tty: bool = False,
+             stdin: int = 0, stdout: int = 1) -> int:
+    """Run argv in the task with our stdio (or a pty we relay) and return its exit status (128+N for signal N)."""
+    from controller.exec_proto import VERSION, LineReader, exit_status, send_msg
+
+    sock = _connect_exec(api_socket)
+    reader = LineReader(sock)
+    req = {"v": VERSION, "task": task, "argv": list(argv), "tty": tty}
+    try:
+        if not tty:
+            fin = stdin if interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                send_msg(sock, req, [fin, stdout, 2])
+            finally:
+                if fin != stdin:
+                    os.close(fin)
+            _started(reader)
+            done = reader.next()
+        else:
+            done = _relay_pty(sock, reader, req, interactive, stdin, stdout)
+        if done is None:
+            raise ClientError("tasksd closed the exec connection before the command ended (it may still run)")
+        return exit_status(done)
+    finally:
+        sock.close()
+
+
+def _relay_pty(sock: socket.socket, reader, req: dict, interactive: bool, stdin: int, stdout: int):
+    import errno
+    import fcntl
+    import select
+    import signal
+    import termios
+    import threading
+    import tty as ttymod
+
+    from controller.exec_proto import send_msg
+
+    master, slave = os.openpty()
+    os.set_inheritable(master, False)
+
+    def copy_winsize(*_a) -> None:
+        try:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, fcntl.ioctl(stdin, termios.TIOCGWINSZ, b"\0" * 8))
+        except OSError:
+            pass  # stdin is not a terminal: the pty keeps its default size
+
+    copy_winsize()
+    try:
+        try:
+            send_msg(sock, req, [slave, slave, slave])
+        finally:
+            os.close(slave)  # from now on only the process in the task holds the slave: its exit gives us EIO
+        _started(reader)
+        saved = None
+        if interactive and os.isatty(stdin):
+            saved = termios.tcgetattr(stdin)
+            ttymod.setraw(stdin)  # keys (Ctrl-C too) go to the remote terminal, which does its own line editing
+        old_winch = None
+        if threading.current_thread() is threading.main_thread():
+            old_winch = signal.signal(signal.SIGWINCH, copy_winsize)
+        try:
+            done = None
+            master_open, stdin_open = True, interactive
+            while done is None or master_open:
+                rlist = [sock] if done is None else []
+                rlist += [master] if master_open else []
+                rlist += [stdin] if stdin_open and done is None else []
+                # After the exit message only buffered output remains: do not wait for more.
+                ready = select.select(rlist, [], [], 0 if done is not None else None)[0]
+                if done is not None and not ready:
+                    break
+                if master in ready:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError as e:
+                        if e.errno != errno.EIO:
+                            raise
+                        data = b""
+                    if data:
+                        _write_all(stdout, data)
+                    else:
+                        master_open = False
+                if stdin in ready:
+                    data = os.read(stdin, 65536)
+                    if data:
+                        _write_all(master, data)
+                    else:
+                        stdin_open = False
+                        _write_all(master, b"\x04")  # piped stdin ended: EOF for a canonical-mode reader
+                if sock in ready:
+                    more = reader.feed()
+                    done = reader.pop()
+                    if done is None and not more:
+                        return None
+            return done
+        finally:
+            if saved is not None:
+                termios.tcsetattr(stdin, termios.TCSAFLUSH, saved)
+            if old_winch is not None:
+                signal.signal(signal.SIGWINCH, old_winch)
+    finally:
+        os.close(master)

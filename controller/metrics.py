@@ -1,10 +1,65 @@
 """Prometheus text exposition of tasks and of the controller itself (prometheus_client's format and escaping)."""
 from __future__ import annotations
 
+import bisect
+import functools
+import threading
+import time
+
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from reconcilers.states import TaskState
+
+
+# Reconcile passes are pure planning plus dispatch to workers: sub-millisecond normally, so the buckets start low.
+RECONCILE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class DurationHistogram:
+    """Cumulative-bucket histogram kept by hand: observed on the loop thread, read by the API thread."""
+
+    def __init__(self, buckets: tuple[float, ...] = RECONCILE_BUCKETS):
+        self.buckets = tuple(sorted(buckets))
+        self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._counts[bisect.bisect_left(self.buckets, seconds)] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[list[tuple[str, int]], float]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        out, acc = [], 0
+        for bound, n in zip([*map(str, self.buckets), "+Inf"], counts):
+            acc += n
+            out.append((bound, acc))
+        return out, total
+
+
+def instrument(ctl) -> DurationHistogram:
+    """Time every reconcile pass into a histogram on `ctl`. Wraps the instance's method (once) so the loop's
+    own code stays free of metrics plumbing."""
+    hist = getattr(ctl, "reconcile_histogram", None)
+    if hist is not None:
+        return hist
+    hist = DurationHistogram()
+    inner = ctl.reconcile
+
+    @functools.wraps(inner)
+    def timed() -> None:
+        t0 = time.perf_counter()
+        try:
+            inner()
+        finally:
+            hist.observe(time.perf_counter() - t0)
+
+    ctl.reconcile = timed
+    ctl.reconcile_histogram = hist
+    return hist
 
 
 class _Collector:
@@ -44,8 +99,11 @@ class _Collector:
                 ooms.add_metric(lv, 1 if oom else 0)
         yield from (cpu, mem, peak, pids, restarts, ooms, state)
         m = ctl.metrics
-        yield CounterMetricFamily("tasksd_reconciles", "Reconcile passes", value=m["reconciles"])
-        yield CounterMetricFamily("tasksd_reconcile_seconds", "Time spent reconciling", value=m["reconcile_seconds"])
+        hist = getattr(ctl, "reconcile_histogram", None)
+        if hist is not None:
+            buckets, total = hist.snapshot()
+            yield HistogramMetricFamily("tasksd_reconcile_duration_seconds", "Duration of reconcile passes",
+                                        buckets=buckets, sum_value=total)
         yield CounterMetricFamily("tasksd_watch_events", "Wake-ups from the directory watch", value=m["watch_events"])
         yield GaugeMetricFamily("tasksd_queue_depth", "Events waiting for the reconcile loop", value=ctl.queue.qsize())
         man = ctl.call(lambda: [m.status for m in ctl.manifests.values()])

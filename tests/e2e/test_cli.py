@@ -1,0 +1,219 @@
+"""Every tasksctl command end to end: a real tasksd on temp dirs, tasksctl run as its own process."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO, raw_job
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+TID = "web/g/0/t"
+
+
+def tasksctl(daemon, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TASKSD_SOCKET": daemon.socket}
+    return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True, text=True,
+                          input=input, env=env, cwd=str(REPO), timeout=timeout)
+
+
+def popen(daemon, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TASKSD_SOCKET": daemon.socket}
+    return subprocess.Popen([sys.executable, "-m", "controller.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=str(REPO))
+
+
+def read_until(stream, needle: bytes, timeout: float = 30) -> bytes:
+    """Read a child's pipe until `needle` shows up (select with a deadline, never a fixed sleep)."""
+    buf = b""
+    fd = stream.fileno()
+
+    def got() -> bool:
+        nonlocal buf
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"EOF before {needle!r}; got {buf!r}")
+            buf += chunk
+        return needle in buf
+
+    wait_for(got, timeout=timeout, what=f"{needle!r} in output (so far {buf!r})")
+    return buf
+
+
+def running_pid(daemon, tid: str = TID) -> int:
+    return daemon.wait_state(tid, "running")["pid"]
+
+
+def test_status_signal_and_shortened_ids(daemon):
+    daemon.start()
+    script = 'trap "echo got-usr1" USR1; echo ready; while true; do sleep 0.2; done'
+    daemon.write("web.hcl", raw_job("web", "/bin/sh", ["-c", script]))
+    running_pid(daemon)
+    r = tasksctl(daemon, "status")
+    assert r.returncode == 0 and TID in r.stdout and "running" in r.stdout
+    r = tasksctl(daemon, "status", "--json")
+    assert json.loads(r.stdout)["tasks"][0]["id"] == TID
+    r = tasksctl(daemon, "signal", "t", "USR1")  # the task name alone is unambiguous here
+    assert r.returncode == 0, r.stderr
+    assert f"sent SIGUSR1 to {TID}" in r.stdout
+    wait_for(lambda: "got-usr1" in tasksctl(daemon, "logs", "web/t").stdout, what="trap output in logs")
+    r = tasksctl(daemon, "signal", "nope", "HUP")
+    assert r.returncode == 1 and "no task 'nope'" in r.stderr and "tasksctl status" in r.stderr
+    r = tasksctl(daemon, "signal", "t", "SIGBOGUS")
+    assert r.returncode == 1 and "SIGBOGUS" in r.stderr
+
+
+def test_ambiguous_id_is_refused_with_the_candidates(daemon):
+    daemon.start()
+    daemon.write("a.hcl", raw_job("a"))
+    daemon.write("b.hcl", raw_job("b"))
+    running_pid(daemon, "a/g/0/t")
+    running_pid(daemon, "b/g/0/t")
+    r = tasksctl(daemon, "signal", "t", "HUP")
+    assert r.returncode == 1
+    assert "ambiguous" in r.stderr and "a/g/0/t" in r.stderr and "b/g/0/t" in r.stderr
+
+
+def test_logs_tail_stderr_and_follow(daemon):
+    daemon.start()
+    fifo = daemon.root / "feed"
+    os.mkfifo(fifo)
+    script = f'echo one; echo two; echo err >&2; exec 3<>{fifo}; while read l <&3; do echo "$l"; done'
+    daemon.write("web.hcl", raw_job("web", "/bin/sh", ["-c", script]))
+    running_pid(daemon)
+    wait_for(lambda: "two" in tasksctl(daemon, "logs", TID).stdout, what="first lines logged")
+    assert tasksctl(daemon, "logs", "-n", "1", TID).stdout == "two\n"
+    assert tasksctl(daemon, "logs", "--stderr", TID).stdout == "err\n"
+    follower = popen(daemon, "logs", "-f", "-n", "1", TID)
+    try:
+        read_until(follower.stdout, b"two\n")
+        with open(fifo, "w") as f:  # the task reads this and prints it: new output while we follow
+            f.write("three\n")
+        out = read_until(follower.stdout, b"three\n")
+        assert b"one" not in out  # -n 1 started at the last line
+    finally:
+        follower.kill()
+        follower.wait()
+
+
+def test_restart_waits_for_the_new_process(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    pid = running_pid(daemon)
+    r = tasksctl(daemon, "restart", "web")
+    assert r.returncode == 0, r.stderr
+    new = daemon.task(TID)["pid"]
+    assert new != pid and f"running again (pid {new})" in r.stdout
+    assert f"restarting {TID} (pid {pid})" in r.stdout
+    assert daemon.task(TID)["restarts"] == 0  # an operator's restart is not the policy's
+
+
+def test_events_list_and_follow(daemon):
+    daemon.start()
+    follower = popen(daemon, "events", "-f", "--json")
+    try:
+        daemon.write("web.hcl", raw_job("web", "/bin/sh", ["-c", "exit 3"],
+                                        task_extra='restart {\n attempts = 1\n delay = "1s"\n mode = "fail"\n}'))
+        daemon.write("bad.hcl", 'job "bad" {')
+        out = read_until(follower.stdout, b'"failed"')
+        types = [json.loads(line)["type"] for line in out.decode().splitlines() if line.strip()]
+        for t in ("manifest_applied", "manifest_rejected", "started", "exited", "restarting", "failed"):
+            assert t in types, (t, types)
+    finally:
+        follower.kill()
+        follower.wait()
+    r = tasksctl(daemon, "events", "--task", "web")
+    assert r.returncode == 0
+    assert "exited with code 3" in r.stdout and "restarting in 1." in r.stdout  # 1s plus jitter
+    evs = json.loads(tasksctl(daemon, "events", "--json").stdout)
+    assert any(e["type"] == "manifest_rejected" and e["manifest"].endswith("bad.hcl") for e in evs)
+
+
+def test_events_record_kill_and_gc(daemon):
+    daemon.start()
+    path = daemon.write("web.hcl", raw_job("web"))
+    running_pid(daemon)
+    path.unlink()
+    wait_for(lambda: any(e["type"] == "gc" for e in daemon.client.get("/v1/events")), what="gc event")
+    types = [e["type"] for e in daemon.client.get(f"/v1/events")]
+    assert "killing" in types and "killed" in types and "manifest_removed" in types
+
+
+def test_stats_reports_cgroup_numbers(daemon):
+    daemon.start()
+    daemon.write("busy.hcl", raw_job("busy", "/bin/sh", ["-c", "while :; do :; done"]))
+    daemon.write("web.hcl", raw_job("web"))
+    running_pid(daemon, "busy/g/0/t")
+    running_pid(daemon)
+    r = tasksctl(daemon, "stats", "--json", "--interval", "0.5")
+    assert r.returncode == 0, r.stderr
+    rows = {s["id"]: s for s in json.loads(r.stdout)}
+    busy, idle = rows["busy/g/0/t"], rows[TID]
+    assert busy["cpu_percent"] > 20  # a spinning shell, whatever the machine's speed
+    assert idle["cpu_percent"] < busy["cpu_percent"]
+    assert busy["memory_current"] > 0 and busy["pids"] >= 1
+    text = tasksctl(daemon, "stats", "busy").stdout
+    assert "busy/g/0/t" in text and TID not in text and "CPU%" in text
+
+
+def test_plan_create_update_stop_unchanged(daemon, tmp):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    daemon.write("same.hcl", raw_job("same"))
+    daemon.write("old.hcl", raw_job("old"))
+    for tid in (TID, "same/g/0/t", "old/g/0/t"):
+        running_pid(daemon, tid)
+    r = tasksctl(daemon, "plan")
+    assert r.returncode == 0, r.stdout + r.stderr  # the daemon's own dir: nothing to do
+    checkout = tmp / "checkout"
+    checkout.mkdir()
+    (checkout / "web.hcl").write_text(raw_job("web", args=["2000"]).replace('"2s"', '"3s"'))
+    (checkout / "same.hcl").write_text(raw_job("same"))
+    (checkout / "new.hcl").write_text(raw_job("new"))
+    r = tasksctl(daemon, "plan", "--tasks-dir", str(checkout), "--json")
+    assert r.returncode == 3, r.stderr
+    changes = {c["id"]: c for c in json.loads(r.stdout)["changes"]}
+    assert changes[TID]["action"] == "update"
+    assert changes[TID]["fields"] == ["config.args", "kill_timeout"]
+    assert changes["same/g/0/t"]["action"] == "unchanged"
+    assert changes["new/g/0/t"]["action"] == "create"
+    assert changes["old/g/0/t"]["action"] == "stop"
+    text = tasksctl(daemon, "plan", "--tasks-dir", str(checkout)).stdout
+    assert "1 to create, 1 to update, 1 to stop, 1 unchanged" in text
+    (checkout / "same.hcl").write_text('job "same" {')  # invalid: the daemon would keep it running
+    r = tasksctl(daemon, "plan", "--tasks-dir", str(checkout), "--json")
+    assert r.returncode == 1
+    plan = json.loads(r.stdout)
+    assert {c["id"]: c["action"] for c in plan["changes"]}["same/g/0/t"] == "unchanged"
+    assert plan["invalid"][0]["path"].endswith("same.hcl")
+    assert daemon.task("old/g/0/t")["state"] == "running"  # planning changed nothing
+
+
+def test_drain_stops_everything_and_exits(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    pid = running_pid(daemon)
+    r = tasksctl(daemon, "drain")
+    assert r.returncode == 0 and "draining" in r.stdout
+    daemon.proc.wait(120)
+    daemon.proc = None
+    assert not Path(f"/proc/{pid}").exists()
+    r = tasksctl(daemon, "status", "--state-dir", str(daemon.state_dir), "--json")
+    assert json.loads(r.stdout)["offline"] is True
+
+
+def test_daemon_not_running_says_how_to_fix(daemon):
+    r = tasksctl(daemon, "events")
+    assert r.returncode == 1 and "tasksd is not running" in r.stderr and "--socket" in r.stderr
+    r = tasksctl(daemon, "exec", "t", "--", "true")
+    assert r.returncode == 1 and "tasksd is not running" in r.stderr
