@@ -707,3 +707,10 @@ class Controller:
         self.event("drain", "draining: every task stops; restart tasksd to run them again")
         self.recompute_desired()
         return {"draining": True, "tasks": len(self.records)}
+
+    def spec_snapshot(self) -> dict[str, Any]:
+        """What runs now, per task, for `tasksctl plan` to diff a directory against (client-side planning)."""
+        return {"tasks_dir": self.tasks_dir, "draining": self.draining,
+                "tasks": {tid: {"state": r.state.value, "spec_hash": r.spec_hash, "manifest": r.manifest,
+                                "task": json.loads(r.task_json) if r.task_json else None}
+                          for tid, r in sorted(self.records.items())}}
