@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from isolation import cgroups, taskdir, taskenv
+from isolation import artifacts, cgroups, taskdir, taskenv, templates
 from isolation.drivers.base import UNKNOWN_EXIT, Driver, ExitResult, StartError, TaskContext, TaskHandle
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.runtime import Runtime
@@ -109,6 +109,13 @@ class CommonDriver(Driver):
             node_attrs=taskenv.node_attributes(dict(self.config.meta)), drop=self.dropped_env())
         env.update(self.extra_env(ctx, td, ident))
         variables = {**taskenv.node_attributes(dict(self.config.meta)), **env}
+        if task.artifacts or task.templates:
+            try:
+                env.update(self.prestart_files(ctx, td, ident, variables, env))
+            except BaseException:
+                self.release_identity(ident)
+                raise
+            variables = {**taskenv.node_attributes(dict(self.config.meta)), **env}
         command = taskenv.interpolate(cfg.command, variables, os.environ)
         args = [taskenv.interpolate(a, variables, os.environ) for a in cfg.args]
         path = self.resolve_command(ctx, td, command, env)
@@ -145,6 +152,42 @@ class CommonDriver(Driver):
         )
         self.runtime.register(handle)
         return handle
+
+    # ---- prestart: artifacts and templates ---------------------------------------------------------------
+    def prestart_files(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity, variables: dict[str, str],
+                       env: dict[str, str]) -> dict[str, str]:
+        """Fetch artifacts, then render templates (a template may read an artifact), as Nomad's task runner does
+        before the driver starts the task. Returns what `env = true` templates add to the environment; like
+        Nomad, those override the task's own `env`."""
+        task = ctx.task
+        try:
+            artifacts.fetch_all(
+                task.artifacts, lambda s: taskenv.interpolate(s, variables, os.environ), alloc_dir=td.alloc_dir,
+                task=task.name, state_dir=self.runtime.state_dir, uid=ident.uid, gid=ident.gid)
+        except artifacts.ArtifactError as e:
+            raise type(e)(f"prestart: {e}") from e  # the class says whether retrying can help
+        added: dict[str, str] = {}
+        for i, t in enumerate(task.templates):
+            where = f"template[{i}] ({t.destination})"
+            try:
+                if t.source is not None:
+                    text = artifacts.read_beneath(td.alloc_dir, task.name,
+                                                  taskenv.interpolate(t.source, variables, os.environ)).decode()
+                else:
+                    text = t.data or ""
+                out = templates.render(text, env, left=t.left_delimiter, right=t.right_delimiter)
+                dest = taskenv.interpolate(t.destination, variables, os.environ)
+                artifacts.write_beneath(td.alloc_dir, task.name, dest, out.encode(), int(t.perms, 8),
+                                        ident.uid, ident.gid)
+                if t.env:
+                    added.update(templates.parse_env_file(out))
+            except artifacts.ArtifactError as e:
+                raise type(e)(f"prestart: {where}: {e}") from e
+            except (templates.TemplateError, UnicodeDecodeError) as e:
+                raise artifacts.PermanentArtifactError(f"prestart: {where}: {e}") from e
+            except OSError as e:
+                raise StartError(f"prestart: {where}: {e}") from e
+        return added
 
     def release_identity(self, ident: Identity) -> None:
         """Undo `identity` when the start failed (dynamic users)."""
