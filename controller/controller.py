@@ -436,7 +436,8 @@ class Controller:
                 self.queue.put(("done", lambda: self._started(tid, key, handle)))
             except Exception as e:  # noqa: BLE001 - reported as the task's error
                 msg = str(e) if isinstance(e, (StartError, OSError)) else f"{type(e).__name__}: {e}"
-                self.queue.put(("done", lambda: self._start_error(tid, key, msg)))
+                recoverable = getattr(e, "recoverable", True)  # e.g. an artifact checksum mismatch is not
+                self.queue.put(("done", lambda: self._start_error(tid, key, msg, recoverable)))
 
         self.pool.submit(work)
 
@@ -452,17 +453,17 @@ class Controller:
         if early is not None:  # it already exited while the start reply travelled
             self.on_exit(handle, early)
 
-    def _start_error(self, tid: str, key: str, msg: str) -> None:
+    def _start_error(self, tid: str, key: str, msg: str, recoverable: bool = True) -> None:
         rec = self.records.get(tid)
         if rec is None or rec.pending_key != key:
             return
         rec.pending_key, rec.busy = None, False
-        self._start_failed(rec, msg)
+        self._start_failed(rec, msg, recoverable)
 
-    def _start_failed(self, rec: TaskRecord, msg: str) -> None:
+    def _start_failed(self, rec: TaskRecord, msg: str, recoverable: bool = True) -> None:
         rec.last_error = msg
         self.event("start_failed", msg, rec.task_id)
-        self._apply_decision(rec, None, start_failure=True)
+        self._apply_decision(rec, None, start_failure=True, recoverable=recoverable)
 
     def on_exit(self, handle: TaskHandle, result: ExitResult) -> None:
         rec = next((r for r in self.records.values() if r.handle and r.handle.key == handle.key), None)
@@ -502,7 +503,8 @@ class Controller:
         self.cores_in_use.pop(tid, None)
         self._apply_decision(rec, result)
 
-    def _apply_decision(self, rec: TaskRecord, result: ExitResult | None, start_failure: bool = False) -> None:
+    def _apply_decision(self, rec: TaskRecord, result: ExitResult | None, start_failure: bool = False,
+                        recoverable: bool = True) -> None:
         spec = self.specs.get(rec.task_id)
         if spec is None:  # no longer desired: nothing to restart
             rec.state = TaskState.STOPPED
@@ -514,7 +516,8 @@ class Controller:
         tracker = (restart_policy.RestartTracker(**rec.restart_state) if rec.restart_state
                    else restart_policy.RestartTracker.begin(now))
         if start_failure or result is None:
-            tracker, decision = restart_policy.on_start_failure(tracker, task.restart, now=now, rand=self._rand.random())
+            tracker, decision = restart_policy.on_start_failure(
+                tracker, task.restart, now=now, rand=self._rand.random(), recoverable=recoverable)
         else:
             tracker, decision = restart_policy.on_exit(
                 tracker, task.restart, job.type, exit_code=result.exit_code if result.exit_code is not None else -1,
