@@ -118,7 +118,8 @@ def plan(desired: dict[str, DesiredTask], observed: dict[str, ObservedTask], now
         elif o.state == TaskState.RESTARTING and o.next_start_at is not None and now >= o.next_start_at:
             actions.append(Start(tid, "restart policy"))
 
-    for tid in sorted(observed):
+    # Highest index first, as Nomad scales down: with count 3 -> 1, instance 2 goes before instance 1.
+    for tid in sorted(observed, key=_scale_down_order):
         if tid in desired:
             continue
         o = observed[tid]
@@ -139,6 +140,13 @@ def plan(desired: dict[str, DesiredTask], observed: dict[str, ObservedTask], now
         elif now >= gone + gc_grace and not any(alloc_of(t) == alloc for t in observed):
             actions.append(CollectAlloc(alloc))
     return actions
+
+
+def _scale_down_order(task_id: str) -> tuple:
+    parts = task_id.split("/")
+    if len(parts) == 4 and parts[2].isdigit():
+        return (parts[0], parts[1], -int(parts[2]), parts[3])
+    return (task_id, "", 0, "")
 
 
 def next_wakeup(observed: dict[str, ObservedTask], alloc_gone_at: dict[str, float | None],
