@@ -487,7 +487,7 @@ class Controller:
 
         def work():
             try:
-                driver.destroy(handle)  # leftovers in its cgroup die, the cgroup goes
+                driver.destroy(handle, keep_identity=True)  # leftovers die; a dynamic uid stays for the restart
             except Exception as e:  # noqa: BLE001
                 log.warning("cleanup of %s: %s", rec.task_id, e)
             self.queue.put(("done", lambda: self._exited(rec.task_id, handle, result)))
@@ -576,7 +576,12 @@ class Controller:
         self.event("killed", f"stopped (exit {result.exit_code}, signal {result.signal})", tid)
 
     def forget(self, tid: str, reason: str) -> None:
-        self.records.pop(tid, None)
+        rec = self.records.pop(tid, None)
+        if rec is not None and rec.driver in self.drivers:
+            try:
+                self.drivers[rec.driver].forget(tid)
+            except Exception as e:  # noqa: BLE001
+                log.warning("forget %s: %s", tid, e)
         self.cores_in_use.pop(tid, None)
         try:
             self.store.delete_task(tid)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal as _signal
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -230,7 +231,13 @@ class CommonDriver(Driver):
     def stop(self, handle: TaskHandle, signal: str, timeout: float) -> ExitResult:
         timeout = min(timeout, self.config.max_kill_timeout)
         result = self.runtime.result(handle.key)
-        if result is None and self.runtime.send_signal(handle, signal_number(signal)):
+        signum = signal_number(signal)
+        if result is None and _dropped_by_pid1(handle, signum):
+            # PID 1 of a pid namespace does not die from a signal it has no handler for: the kernel drops it.
+            # Outside a namespace that signal would have killed it, so do what it would have done, now,
+            # instead of waiting out kill_timeout (Nomad's exec drivers wait).
+            timeout = 0.0
+        elif result is None and self.runtime.send_signal(handle, signum):
             result = self.runtime.wait(handle.key, timeout)
         cg = self.runtime.cgroups.open(handle.cgroup)
         if result is None:
@@ -241,14 +248,20 @@ class CommonDriver(Driver):
             cg.kill()  # the main process is gone; daemonised grandchildren in its cgroup go with it
         return result or ExitResult(exit_code=None, error="the task did not exit after SIGKILL")
 
-    def destroy(self, handle: TaskHandle) -> None:
+    def forget(self, task_id: str) -> None:
+        """The task instance is gone for good (its manifest is removed): give back what outlives single runs."""
+
+    def destroy(self, handle: TaskHandle, keep_identity: bool = False) -> None:
+        """Kill what is left in the task's cgroup and remove it. keep_identity: the task will run again (restart
+        policy), so a dynamic uid stays with it and it can still own its files in local/ and alloc/data."""
         cg = self.runtime.cgroups.open(handle.cgroup)
         if cg is not None:
             cg.kill()
             cg.remove()
         taskdir.unmount_task(taskdir.TaskDir(Path(handle.alloc_dir), handle.task_id.rsplit("/", 1)[1]))
         self.runtime.ack(handle)
-        self.release(handle)
+        if not keep_identity:
+            self.release(handle)
 
     def stats(self, handle: TaskHandle) -> dict[str, Any]:
         cg = self.runtime.cgroups.open(handle.cgroup)
@@ -293,6 +306,25 @@ class CommonDriver(Driver):
         if not found:
             raise StartError(f"{command}: command not found in the task's PATH")
         return found
+
+
+_DEFAULT_NOT_FATAL = {_signal.SIGCHLD, _signal.SIGCONT, _signal.SIGURG, _signal.SIGWINCH, _signal.SIGSTOP,
+                      _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU}
+
+
+def _dropped_by_pid1(handle: TaskHandle, signum: int) -> bool:
+    """True when the task is PID 1 of its own pid namespace and neither catches nor ignores `signum`."""
+    ns = (handle.exec_env.get("spec") or {}).get("namespaces") or {}
+    if not ns.get("pid") or signum in _DEFAULT_NOT_FATAL or signum == _signal.SIGKILL:
+        return False
+    try:
+        fields = dict(line.split(":\t", 1) for line in open(f"/proc/{handle.pid}/status").read().splitlines()
+                      if ":\t" in line)
+        caught, ignored = int(fields["SigCgt"], 16), int(fields["SigIgn"], 16)
+    except (OSError, KeyError, ValueError):
+        return False
+    bit = 1 << (signum - 1)
+    return not (caught & bit) and not (ignored & bit)
 
 
 def _now() -> float:

@@ -98,9 +98,9 @@ class ExecDriver(CommonDriver):
 
 
 def _net_for(ctx: TaskContext) -> str:
-    mode = getattr(ctx.group.network, "mode", "host") or "host"
-    if mode == "none":
-        return "new"
-    if mode in ("bridge", "group") and ctx.netns:
-        return ctx.netns
-    return "host"
+    from isolation import netns
+
+    try:
+        return netns.namespace_for_mode(getattr(ctx.group.network, "mode", "host") or "host", ctx.netns)
+    except ValueError as e:
+        raise StartError(str(e)) from None

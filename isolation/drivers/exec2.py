@@ -83,6 +83,9 @@ class Exec2Driver(CommonDriver):
         if handle.dynamic_uid and handle.uid is not None:
             self._with_pool(lambda pool: pool.release(handle.uid))
 
+    def forget(self, task_id: str) -> None:
+        self._with_pool(lambda pool: pool.release_owner(task_id))
+
     def release_identity(self, ident: Identity) -> None:
         if ident.dynamic:
             self._with_pool(lambda pool: pool.release(ident.uid))

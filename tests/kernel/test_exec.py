@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,23 @@ def test_exec_into_running_task_sees_the_tasks_view(drivers, agent_config, tmp):
     assert uid == "65534" and int(nprocs) <= 5 and chroot == "chroot"
     d.stop(h, "SIGTERM", 5)
     d.destroy(h)
+
+
+def test_stop_of_pid1_without_handler_does_not_wait_out_kill_timeout(drivers, agent_config):
+    # /bin/sleep as PID 1 of its namespace has no SIGTERM handler, so the kernel would drop SIGTERM and stop
+    # would wait out kill_timeout; tasksd recognises that case and kills at once. A shell that traps TERM is
+    # signalled normally.
+    from isolation.drivers.common import _dropped_by_pid1
+
+    d = drivers["exec"]
+    plain = d.start(make_ctx(agent_config, exec_task("/bin/sleep", "1000", name="plain")))
+    trapping = d.start(make_ctx(agent_config, exec_task(
+        "/bin/sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done", name="trap")))
+    wait_for(lambda: "ready" in (Path(trapping.alloc_dir) / "alloc/logs/trap.stdout").read_text(), what="trap")
+    assert _dropped_by_pid1(plain, signal.SIGTERM)
+    assert not _dropped_by_pid1(trapping, signal.SIGTERM)
+    assert d.stop(plain, "SIGTERM", 25).signal == signal.SIGKILL
+    res = d.stop(trapping, "SIGTERM", 25)
+    assert res.exit_code == 0 and res.signal is None  # its own handler ran
+    d.destroy(plain)
+    d.destroy(trapping)

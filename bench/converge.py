@@ -1,0 +1,222 @@
+"""Converge costs of the real daemon (issue #5): time until N raw_exec `sleep` tasks run, drop-one latency,
+restart latency after SIGKILL (restart delay 0), tasksd's memory (RSS and PSS of daemon + launcher), idle CPU, and
+re-adoption time after `kill -9` of tasksd.
+
+    python bench/converge.py [--n 100,1000] [--idle 30] [--drops 20]
+
+Run as root. Everything lives in a temp dir and a cgroup parent below our own cgroup; the daemon is drained at the
+end (tasks stopped, launcher gone). Latencies are taken from the daemon's own event stream (timestamps of
+`started` events), not from polling.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from controller.client import Client, ClientError  # noqa: E402
+
+
+def manifest(name: str, args: str = "100000") -> str:
+    return (f'job "{name}" {{\n  group "g" {{\n    restart {{\n      attempts = 10\n      delay = "0s"\n'
+            f'      interval = "5m"\n      mode = "delay"\n    }}\n'
+            f'    task "t" {{\n      driver = "raw_exec"\n      config {{\n        command = "/bin/sleep"\n'
+            f'        args = ["{args}"]\n      }}\n      resources {{\n        memory = 16\n      }}\n'
+            f'      logs {{\n        max_files = 2\n        max_file_size = 1\n      }}\n    }}\n  }}\n}}\n')
+
+
+class Bench:
+    def __init__(self, root: Path):
+        self.root = root
+        self.tasks_dir = root / "tasks.d"
+        self.tasks_dir.mkdir()
+        self.state = root / "state"
+        self.sock = str(root / "tasksd.sock")
+        self.cgroup_parent = f"tasksd-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        (root / "config.hcl").write_text(
+            f'client {{\n cgroup_parent = "{self.cgroup_parent}"\n gc_grace = "1s"\n resync_interval = "5m"\n}}\n'
+            'plugin "raw_exec" {\n config {\n enabled = true\n }\n}\n')
+        self.proc: subprocess.Popen | None = None
+        self.client = Client(self.sock, timeout=120)
+        self.events: list[dict] = []
+        self._cv = threading.Condition()
+
+    def start(self) -> float:
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.daemon_main", "--config", str(self.root / "config.hcl"),
+             "--tasks-dir", str(self.tasks_dir), "--state-dir", str(self.state), "--socket", self.sock,
+             "--log-level", "warning"],
+            cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=open(self.root / "log", "ab"))
+        while True:
+            try:
+                if self.client.get("/v1/health")["ready"]:
+                    break
+            except (ClientError, OSError):
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit(f"tasksd died: {(self.root / 'log').read_text()[-2000:]}")
+            time.sleep(0.005)
+        t = time.perf_counter() - t0
+        threading.Thread(target=self._follow, daemon=True).start()
+        return t
+
+    def _follow(self) -> None:
+        try:
+            after = max((e["id"] for e in self.events), default=0)
+            for chunk in self.client.stream(f"/v1/events?follow=1&after={after}"):
+                for line in chunk.splitlines():
+                    if line.strip():
+                        ev = json.loads(line)
+                        ev["seen"] = time.time()
+                        with self._cv:
+                            self.events.append(ev)
+                            self._cv.notify_all()
+        except Exception:  # noqa: BLE001 - the daemon went away
+            pass
+
+    def wait_event(self, type_: str, task_id: str, after_ts: float, timeout: float = 60) -> dict:
+        def find():
+            return next((e for e in self.events if e["type"] == type_ and e["task_id"] == task_id
+                         and e["ts"] >= after_ts), None)
+
+        with self._cv:
+            if not self._cv.wait_for(find, timeout):
+                raise TimeoutError(f"no {type_} event for {task_id}")
+            return find()
+
+    def running(self) -> int:
+        return sum(1 for t in self.client.get("/v1/tasks")["tasks"] if t["state"] == "running")
+
+    def procs(self) -> list[psutil.Process]:
+        main = psutil.Process(self.proc.pid)
+        out = [main]
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if "isolation.launcher" in cmd and str(self.state) in cmd:
+                out.append(p)
+        return out
+
+    def memory(self) -> tuple[float, float]:
+        rss = pss = 0
+        for p in self.procs():
+            m = p.memory_full_info()
+            rss += m.rss
+            pss += m.pss
+        return rss / 2**20, pss / 2**20
+
+    def cpu_seconds(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.procs())
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def drain(self) -> None:
+        try:
+            self.client.post("/v1/drain")
+            self.proc.wait(600)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        from isolation import cgroups
+
+        cgroups.CgroupManager(cgroups.detect(), self.cgroup_parent).remove_parent()
+
+
+def write_all(b: Bench, n: int) -> None:
+    for i in range(n):
+        tmp = b.tasks_dir / f".j{i}.tmp"
+        tmp.write_text(manifest(f"j{i}"))
+        os.replace(tmp, b.tasks_dir / f"j{i}.hcl")
+
+
+def run(n: int, idle: float, drops: int) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="tasksd-bench-"))
+    os.chmod(root, 0o755)
+    b = Bench(root)
+    out: dict = {"n": n}
+    try:
+        b.start()
+        t0 = time.perf_counter()
+        write_all(b, n)
+        while b.running() < n:
+            time.sleep(0.01)
+        out["all_running_s"] = time.perf_counter() - t0
+
+        lat = []
+        for i in range(drops):
+            name = f"drop{i}"
+            tmp = b.tasks_dir / f".{name}.tmp"
+            tmp.write_text(manifest(name))
+            t = time.time()
+            os.replace(tmp, b.tasks_dir / f"{name}.hcl")
+            ev = b.wait_event("started", f"{name}/g/0/t", t)
+            lat.append((ev["ts"] - t) * 1000)
+        out["drop_one_median_ms"] = statistics.median(lat)
+        out["drop_one_p95_ms"] = sorted(lat)[max(0, int(len(lat) * 0.95) - 1)]
+
+        rl = []
+        tasks = {t["id"]: t for t in b.client.get("/v1/tasks")["tasks"]}
+        for i in range(min(drops, n)):
+            tid = f"j{i}/g/0/t"
+            t = time.time()
+            os.kill(tasks[tid]["pid"], 9)
+            ev = b.wait_event("started", tid, t)
+            rl.append((ev["ts"] - t) * 1000)
+        out["restart_median_ms"] = statistics.median(rl)
+
+        time.sleep(2)  # let the restarts above settle before sampling idle cost
+        rss, pss = b.memory()
+        out["rss_mb"], out["pss_mb"] = rss, pss
+        c0, w0 = b.cpu_seconds(), time.perf_counter()
+        time.sleep(idle)
+        out["idle_cpu_pct"] = 100 * (b.cpu_seconds() - c0) / (time.perf_counter() - w0)
+
+        pids = {t["id"]: t["pid"] for t in b.client.get("/v1/tasks")["tasks"]}
+        b.kill9()
+        out["readopt_s"] = b.start()
+        after = {t["id"]: t["pid"] for t in b.client.get("/v1/tasks")["tasks"]}
+        out["readopt_restarted"] = sum(1 for k, v in pids.items() if after.get(k) != v)
+    finally:
+        b.drain()
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", default="100,1000")
+    ap.add_argument("--idle", type=float, default=30.0)
+    ap.add_argument("--drops", type=int, default=20)
+    args = ap.parse_args(argv)
+    rows = [run(int(n), args.idle, args.drops) for n in args.n.split(",")]
+    print("| N | all running (s) | drop-one median (ms) | drop-one p95 (ms) | restart after SIGKILL, delay 0 (ms) "
+          "| RSS daemon+launcher (MB) | PSS (MB) | idle CPU (%) | re-adoption after kill -9 (s) | restarted |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['n']} | {r['all_running_s']:.2f} | {r['drop_one_median_ms']:.1f} | {r['drop_one_p95_ms']:.1f} "
+              f"| {r['restart_median_ms']:.1f} | {r['rss_mb']:.1f} | {r['pss_mb']:.1f} | {r['idle_cpu_pct']:.2f} "
+              f"| {r['readopt_s']:.2f} | {r['readopt_restarted']} |")
+    print("\nTargets (issue #5): 1000 running within 3 s; drop-one median < 20 ms; restart within 5 ms + delay; "
+          "PSS <= supervisord's 28 MB; idle CPU <= 0.1%; re-adoption < 2 s with no restart.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
