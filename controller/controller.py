@@ -134,6 +134,7 @@ class Controller:
         self.dir_error: str | None = None
         self.stopping = False
         self.draining = False
+        self._desired_cache: dict = {}
         self.ready = threading.Event()
         self.last_resync = 0.0
         self.reconcile_count = 0
@@ -329,14 +330,25 @@ class Controller:
             jobs_by_manifest[m.path] = m.effective
         if self.draining:
             jobs_by_manifest = {}
-        self.desired = desired_tasks(jobs_by_manifest)
-        self.specs = {}
-        for jobs in jobs_by_manifest.values():
-            for job in jobs:
-                for group in job.groups:
-                    for i in range(group.count):
-                        for t in group.tasks:
-                            self.specs[f"{job.name}/{group.name}/{i}/{t.name}"] = (job, group, t)
+        # Expanding a file's jobs hashes every task spec: cache it per (file, version) so one changed file
+        # among a thousand costs one expansion, not a thousand.
+        cache: dict = {}
+        self.desired, self.specs = {}, {}
+        for path, jobs in jobs_by_manifest.items():
+            key = (path, self.manifests[path].good_hash, id(jobs))
+            entry = self._desired_cache.get(key)
+            if entry is None:
+                specs = {}
+                for job in jobs:
+                    for group in job.groups:
+                        for i in range(group.count):
+                            for t in group.tasks:
+                                specs[f"{job.name}/{group.name}/{i}/{t.name}"] = (job, group, t)
+                entry = (desired_tasks({path: jobs}), specs)
+            cache[key] = entry
+            self.desired.update(entry[0])
+            self.specs.update(entry[1])
+        self._desired_cache = cache
 
     # ---- observed state and the plan ---------------------------------------------------------------------
     def observed(self) -> dict[str, ObservedTask]:
@@ -605,6 +617,13 @@ class Controller:
 
         def work():
             try:
+                # Task cgroups kept across restarts (destroy with keep_identity) go with their alloc.
+                for name in self.runtime.cgroups.names():
+                    if name.startswith(rec["alloc_id"] + "."):
+                        cg = self.runtime.cgroups.open(name)
+                        if cg is not None:
+                            cg.kill()
+                            cg.remove()
                 taskdir.remove_alloc(alloc_dir)
                 if rec.get("netns"):
                     netns_mod.remove_group_netns(rec["alloc_id"])

@@ -22,7 +22,7 @@ try:
 except ImportError:  # another watchdog version: correct anyway, only a rename out may be picked up later
     pass
 
-DEBOUNCE = 0.02
+DEBOUNCE = 0.005  # an editor's save is a burst of events within a millisecond or two
 
 
 class _Handler(FileSystemEventHandler):

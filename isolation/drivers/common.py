@@ -253,12 +253,15 @@ class CommonDriver(Driver):
 
     def destroy(self, handle: TaskHandle, keep_identity: bool = False) -> None:
         """Kill what is left in the task's cgroup and remove it. keep_identity: the task will run again (restart
-        policy), so a dynamic uid stays with it and it can still own its files in local/ and alloc/data."""
+        policy), so its cgroup, tmpfs mounts and dynamic uid stay for the next run (which starts faster and still
+        owns its files); whatever is left is removed with the alloc (GC) or by a later full destroy."""
         cg = self.runtime.cgroups.open(handle.cgroup)
         if cg is not None:
             cg.kill()
-            cg.remove()
-        taskdir.unmount_task(taskdir.TaskDir(Path(handle.alloc_dir), handle.task_id.rsplit("/", 1)[1]))
+            if not keep_identity:
+                cg.remove()
+        if not keep_identity:
+            taskdir.unmount_task(taskdir.TaskDir(Path(handle.alloc_dir), handle.task_id.rsplit("/", 1)[1]))
         self.runtime.ack(handle)
         if not keep_identity:
             self.release(handle)
