@@ -135,6 +135,8 @@ class Controller:
         self.stopping = False
         self.draining = False
         self._desired_cache: dict = {}
+        self._early_exits: dict[str, ExitResult] = {}
+        self._loaded_stored = False
         self.ready = threading.Event()
         self.last_resync = 0.0
         self.reconcile_count = 0
@@ -236,29 +238,24 @@ class Controller:
     # ---- desired state -----------------------------------------------------------------------------------
     def rescan(self) -> None:
         self.last_resync = self.clock()
-        result = self.scanner.scan()
+        if not self._loaded_stored:
+            self._load_stored_manifests()
+        result = self.scanner.scan(known=lambda path, digest: (
+            (m := self.manifests.get(path)) is not None and m.content_hash == digest))
         if result.dir_error != self.dir_error:
             if result.dir_error:
                 self.event("tasks_dir_error", result.dir_error)
             self.dir_error = result.dir_error
         if result.dir_error:
             return  # keep running what runs; an unreadable directory is not a request to stop everything
-        stored = self.store.manifests() if not self.manifests else {}
         seen: set[str] = set()
         for path, fs in sorted(result.files.items()):
             seen.add(path)
             info = self.manifests.get(path)
-            if info is None and path in stored:
-                r = stored[path]
-                info = ManifestInfo(path, r["content_hash"], r["status"], json.loads(r["jobs"]),
-                                    json.loads(r["errors"]), json.loads(r["warnings"]),
-                                    json.loads(r["good_jobs"]) if r["good_jobs"] else None, r["good_hash"],
-                                    r["first_seen"])
-                info.effective = [Job.from_dict(j) for j in (info.good_jobs or [])]
-                self.manifests[path] = info
+            if fs.known:
+                continue  # same content as the version we hold
             digest = fs.content_hash if fs.result is not None else f"refused:{fs.refused}"
-            if info is not None and info.content_hash == digest and (fs.result is None or info.effective or
-                                                                     info.status == "rejected"):
+            if info is not None and info.content_hash == digest:
                 continue
             self.apply_file(path, fs, info, digest)
         for path in list(self.manifests):
@@ -270,6 +267,22 @@ class Controller:
                     log.error("%s", e)
                 self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
         self.recompute_desired()
+
+    def _load_stored_manifests(self) -> None:
+        """What the last run applied, so unchanged files need no parsing and invalid edits made while tasksd was
+        down still keep the last good version."""
+        self._loaded_stored = True
+        for path, r in self.store.manifests().items():
+            info = ManifestInfo(path, r["content_hash"], r["status"], json.loads(r["jobs"]),
+                                json.loads(r["errors"]), json.loads(r["warnings"]),
+                                json.loads(r["good_jobs"]) if r["good_jobs"] else None, r["good_hash"],
+                                r["first_seen"])
+            try:
+                info.effective = [Job.from_dict(j) for j in (info.good_jobs or [])]
+            except Exception as e:  # noqa: BLE001 - a cache from an older tasksd: parse the file again
+                log.warning("cached jobs of %s unreadable (%s); re-parsing", path, e)
+                info.content_hash = ""
+            self.manifests[path] = info
 
     def apply_file(self, path: str, fs, info: ManifestInfo | None, digest: str) -> None:
         now = self.clock()
@@ -461,7 +474,7 @@ class Controller:
         rec.state, rec.started_at, rec.last_error = TaskState.RUNNING, handle.started_at, None
         self.persist(rec)
         self.event("started", f"started (pid {handle.pid})", tid, pid=handle.pid)
-        early = self.runtime.result(handle.key)
+        early = self._early_exits.pop(key, None) or self.runtime.result(handle.key)
         if early is not None:  # it already exited while the start reply travelled
             self.on_exit(handle, early)
 
@@ -480,6 +493,10 @@ class Controller:
     def on_exit(self, handle: TaskHandle, result: ExitResult) -> None:
         rec = next((r for r in self.records.values() if r.handle and r.handle.key == handle.key), None)
         if rec is None:
+            if any(r.pending_key == handle.key for r in self.records.values()):
+                # It exited before its start reply was processed (a short task): keep it for _started.
+                self._early_exits[handle.key] = result
+                return
             self.runtime.ack(handle)
             return
         if rec.state == TaskState.STOPPING or rec.busy:
@@ -646,6 +663,13 @@ class Controller:
     def recover(self) -> None:
         """Re-adopt what the last run left: running tasks keep running; exits seen meanwhile go through policy."""
         self.allocs = self.store.allocs()
+        self.runtime.begin_recovery()
+        try:
+            self._recover_tasks()
+        finally:
+            self.runtime.end_recovery()
+
+    def _recover_tasks(self) -> None:
         for row in self.store.tasks().values():
             rec = TaskRecord.from_row(row)
             self.records[rec.task_id] = rec

@@ -12,6 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from manifests.loader import LoadResult, load_bytes, scan_dir, MAX_MANIFEST_BYTES
 from manifests.problems import Problem
@@ -22,8 +23,9 @@ class FileState:
     path: str
     signature: tuple | None
     content_hash: str
-    result: LoadResult | None  # None when refused before parsing
+    result: LoadResult | None  # None when refused before parsing, or when `known`
     refused: str | None = None
+    known: bool = False
 
 
 @dataclass
@@ -47,8 +49,12 @@ class Scanner:
         self.tasks_dir = Path(tasks_dir)
         self.strict = strict_permissions
         self._cache: dict[str, FileState] = {}
+        self._known = None
 
-    def scan(self) -> ScanResult:
+    def scan(self, known: "Callable[[str, str], bool] | None" = None) -> ScanResult:
+        """known(path, digest): the caller already holds the parsed result of this exact content (from its state
+        store), so the file is not parsed again — a restart with 1000 manifests re-reads them but parses none."""
+        self._known = known
         out = ScanResult()
         try:
             dst = os.stat(self.tasks_dir)
@@ -96,6 +102,10 @@ class Scanner:
         if cached is not None and cached.content_hash == digest and cached.result is not None:
             cached.signature = sig
             return cached
+        if self._known is not None and self._known(path, digest):
+            fs = FileState(path, sig, digest, None, known=True)
+            self._cache[path] = fs
+            return fs
         result = load_bytes(data, path)
         fs = FileState(path, sig, digest, result)
         self._cache[path] = fs

@@ -43,6 +43,7 @@ class Runtime:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._watcher: threading.Thread | None = None
         self._closed = False
+        self._view: dict | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def open(self) -> list[str]:
@@ -159,7 +160,16 @@ class Runtime:
             log.debug("ack %s: %s", handle.key, e)
 
     def launcher_view(self) -> dict:
+        if self._view is not None:
+            return self._view
         return self.client.request("list")
+
+    def begin_recovery(self) -> None:
+        """Recovering N tasks asks the launcher about each: fetch its list once (O(N), not O(N^2))."""
+        self._view = self.client.request("list")
+
+    def end_recovery(self) -> None:
+        self._view = None
 
     # ---- signals -----------------------------------------------------------------------------------------
     def send_signal(self, handle: TaskHandle, sig: int) -> bool:

@@ -75,9 +75,12 @@ def _mkdir(path: Path, mode: int, uid: int = 0, gid: int = 0) -> None:
 
 
 def _is_mountpoint(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        target = str(path)
-        return any(line.split()[4] == target for line in f)
+    """A tmpfs mounted on `path` has its own device number. O(1): reading /proc/self/mountinfo instead costs
+    O(number of mounts) per start, which with two mounts per task made starting N tasks O(N^2)."""
+    try:
+        return os.lstat(path).st_dev != os.lstat(path.parent).st_dev
+    except FileNotFoundError:
+        return False
 
 
 def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secrets_mb: int = 1) -> TaskDir:

@@ -7,6 +7,7 @@ Task objects to decide whether a running task must restart, and caches parsed jo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,12 +33,19 @@ class _Plain:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         kwargs = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in data:
                 kwargs[f.name] = _from_plain(hints[f.name], data[f.name])
         return cls(**kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    # get_type_hints re-evaluates every annotation string on each call: the daemon decodes thousands of cached
+    # jobs at start, so evaluate once per class.
+    return typing.get_type_hints(cls)
 
 
 def _to_plain(value: Any) -> Any:
