@@ -59,7 +59,7 @@ REFERENCE = {  # issue #8, "from this machine kind"
     ("restart_ms", "supervisord"): "33 ms",
     ("pickup_ms", "supervisord"): "425 ms",
     ("all_running_s", "runit"): "3.9 s (999)",
-    ("per_task_kb", "runit"): "1.3 MB per service",
+    ("rss_per_task_kb", "runit"): "1.3 MB per service",  # RSS: runsv pages shared by all count N times
     ("restart_ms", "runit"): "5 ms",
     ("pickup_ms", "runit"): "3.7 s",
 }
@@ -67,6 +67,7 @@ MEASURES = [  # key, label, format
     ("all_running_s", "time until all run (s)", ".2f"),
     ("rss_mb", "supervisor RSS (MB)", ".1f"),
     ("pss_mb", "supervisor PSS (MB)", ".1f"),
+    ("rss_per_task_kb", "supervisor RSS per task (KB)", ".0f"),
     ("per_task_kb", "supervisor PSS per task (KB)", ".0f"),
     ("idle_cpu_pct", "idle CPU (%)", ".3f"),
     ("restart_ms", "restart after SIGKILL, median (ms)", ".1f"),
@@ -204,6 +205,7 @@ def run_tasksd(n: int, opts: Options) -> Result:
 
         values["rss_mb"], values["pss_mb"] = b.memory()
         values["per_task_kb"] = values["pss_mb"] * 1024 / n
+        values["rss_per_task_kb"] = values["rss_mb"] * 1024 / n
         values["idle_cpu_pct"] = idle_cpu(b.procs, opts.idle)
 
         tasks = {t["id"]: t for t in b.client.get("/v1/tasks")["tasks"]}
@@ -330,6 +332,7 @@ def run_supervisord(n: int, opts: Options, why_not: str) -> Result:
 
         values["rss_mb"], values["pss_mb"] = memory(s.procs())
         values["per_task_kb"] = values["pss_mb"] * 1024 / n
+        values["rss_per_task_kb"] = values["rss_mb"] * 1024 / n
         values["idle_cpu_pct"] = idle_cpu(s.procs, opts.idle)
 
         server = s.rpc()
@@ -466,6 +469,7 @@ def run_runit(n: int, opts: Options, bins: dict[str, str], why_not: str) -> Resu
 
         values["rss_mb"], values["pss_mb"] = memory(r.procs())
         values["per_task_kb"] = values["pss_mb"] * 1024 / max(best, 1)
+        values["rss_per_task_kb"] = values["rss_mb"] * 1024 / max(best, 1)
         values["idle_cpu_pct"] = idle_cpu(r.procs, opts.idle)
 
         lat = []
@@ -575,9 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     for n in (int(x) for x in args.n.split(",")):
         # One supervisor at a time so they never compete for the CPUs; same N, same machine, same run.
-        results.append(run_tasksd(n, opts))
-        results.append(run_supervisord(n, opts, sup_why))
-        results.append(run_runit(n, opts, runit_bins, runit_why))
+        for run_one in (lambda: run_tasksd(n, opts), lambda: run_supervisord(n, opts, sup_why),
+                        lambda: run_runit(n, opts, runit_bins, runit_why)):
+            results.append(run_one())
+            # Progress on stderr: a long run that fails late still leaves the rows it finished.
+            print(f"{results[-1]}", file=sys.stderr, flush=True)
     iso = isolated_rows(args.spawn_n, opts.install) if args.spawn_n > 0 else []
     shown = " ".join(["bench/peers.py", *(argv if argv is not None else sys.argv[1:])])
     print(render(results, iso, shown))
