@@ -239,19 +239,31 @@ class Runtime:
                     handle = self._adopted.pop(fd, None)
                 if handle is None:
                     continue
-                info = None
+                threading.Thread(target=self._collect_adopted_exit, args=(fd, handle), name="pidfd-exit",
+                                 daemon=True).start()
+
+    def _collect_adopted_exit(self, fd: int, handle: TaskHandle) -> None:
+        """The exit status of a task we are not the parent of. PIDFD_GET_INFO (Linux >= 6.15) has it only once
+        its real parent reaped it: that is init here, which takes up to ~2 s, so ask a few times before saying
+        "unknown". One short-lived thread per exit, not a poll per task."""
+        info = None
+        deadline = time.monotonic() + 5.0
+        try:
+            while info is None and time.monotonic() < deadline and not self._closed:
                 try:
                     info = ksys.pidfd_get_info(fd)
                 except OSError:
-                    info = None
-                os.close(fd)
-                raw: dict = {"key": handle.key, "finished_at": time.time()}
+                    break
                 if info is None:
-                    # Not our child: its real parent (init) reaps it, and the kernel may not keep the status.
-                    raw.update(exit_code=None, signal=None, error=UNKNOWN_EXIT)
-                else:
-                    raw.update(_decode_wait_status(info))
-                self._finish(handle, raw)
+                    time.sleep(0.05)
+        finally:
+            os.close(fd)
+        raw: dict = {"key": handle.key, "finished_at": time.time()}
+        if info is None:
+            raw.update(exit_code=None, signal=None, error=UNKNOWN_EXIT)
+        else:
+            raw.update(_decode_wait_status(info))
+        self._finish(handle, raw)
 
 
 def _decode_wait_status(status: int) -> dict:

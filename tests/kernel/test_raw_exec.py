@@ -194,3 +194,30 @@ def test_recover_after_daemon_restart_and_refuse_pid_reuse(tmp, cgroup_parent, a
         d2.destroy(quick)
     finally:
         teardown_runtime(rt2)
+
+
+def test_task_survives_a_launcher_crash_and_its_exit_status_is_still_learned(tmp, cgroup_parent, agent_config):
+    """The launcher is killed (a crash, not an upgrade): the task keeps running, a new runtime re-adopts it by
+    identity through a pidfd, and its exit code comes from PIDFD_GET_INFO once init has reaped it."""
+    from tests.kernel.conftest import teardown_runtime
+
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    rt.open()
+    d = make_drivers(rt, agent_config)["raw_exec"]
+    h = d.start(make_ctx(agent_config, raw_task("/bin/sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done")))
+    old_launcher = rt.client.launcher_pid
+    rt.close()
+    os.kill(old_launcher, signal.SIGKILL)
+    os.waitpid(old_launcher, 0)  # it was our child (we started it)
+    rt2 = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    rt2.open()
+    try:
+        assert rt2.client.launcher_pid != old_launcher
+        d2 = make_drivers(rt2, agent_config)["raw_exec"]
+        assert d2.recover(h) is None  # adopted through a pidfd
+        os.kill(h.pid, signal.SIGTERM)
+        res = d2.wait(h, 30)
+        assert res is not None and res.exit_code == 7 and res.error is None
+        d2.destroy(h)
+    finally:
+        teardown_runtime(rt2)
