@@ -138,3 +138,28 @@ def test_task_that_dies_while_tasksd_is_down_is_restarted_by_policy(daemon):
     assert t["restarts"] == 1
     events = daemon.client.get(f"/v1/events?task={TID}")
     assert any(e["type"] == "exited" and "signal 9" in e["message"] for e in events)
+
+
+def test_removed_job_alloc_dir_is_collected_after_grace(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    pid_of(daemon)
+    alloc_dir = Path(daemon.client.get(f"/v1/tasks/{TID}")["alloc_dir"])
+    assert (alloc_dir / "alloc" / "data").is_dir()
+    (daemon.tasks_dir / "web.hcl").unlink()
+    wait_for(lambda: not alloc_dir.exists(), timeout=30, what="alloc dir garbage-collected (gc_grace 1s)")
+    events = daemon.client.get("/v1/events")
+    assert any(e["type"] == "gc" for e in events)
+
+
+def test_sighup_reloads_the_config(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    pid = pid_of(daemon)
+    daemon.config_path.write_text(daemon.config_path.read_text().replace("enabled = true", "enabled = false"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(e["type"] == "config_reloaded" for e in daemon.client.get("/v1/events")), what="reload")
+    daemon.write("other.hcl", raw_job("other"))
+    t = wait_for(lambda: (t := daemon.task("other/g/0/t")) and t["last_error"] and t, what="refused start")
+    assert "raw_exec is disabled" in t["last_error"]
+    assert daemon.task(TID)["pid"] == pid  # a reload restarts nothing
