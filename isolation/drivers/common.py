@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from isolation import artifacts, cgroups, taskdir, taskenv, templates
-from isolation.drivers.base import UNKNOWN_EXIT, Driver, ExitResult, StartError, TaskContext, TaskHandle
+from isolation.drivers.base import UNKNOWN_EXIT, Driver, ExitResult, Health, StartError, TaskContext, TaskHandle
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.runtime import Runtime
 from isolation.users import lookup_user
@@ -210,6 +210,23 @@ class CommonDriver(Driver):
         for g in (ident.gid, *ident.groups):
             if in_ranges(g, gids):
                 raise StartError(f"running as gid {g} is disallowed by the {self.name} plugin config")
+
+    def isolated_health(self, needs: str) -> Health | None:
+        """The checks exec and exec2 share; None when they pass."""
+        if not self.plugin().enabled:
+            return Health(False, f"{self.name} is disabled in the plugin config")
+        if os.geteuid() != 0:
+            return Health(False, f"{self.name} needs root ({needs})")
+        return None
+
+    def allowed_user(self, user: str) -> Identity:
+        """A named host user, refused when on the client's denylist (by name, or as uid 0 when root is)."""
+        if user in self.config.user_denylist:
+            raise StartError(f"running as user {user!r} is disallowed by the client's user denylist")
+        ident = self.host_user(user)
+        if ident.uid == 0 and "root" in self.config.user_denylist:
+            raise StartError(f"user {user!r} has uid 0, which the client's user denylist refuses")
+        return ident
 
     def host_user(self, name: str | None) -> Identity:
         if not name:

@@ -28,20 +28,10 @@ class ExecDriver(CommonDriver):
         return self.config.exec
 
     def fingerprint(self) -> Health:
-        if not self.config.exec.enabled:
-            return Health(False, "exec is disabled in the plugin config")
-        if os.geteuid() != 0:
-            return Health(False, "exec needs root (namespaces, mounts, cgroups)")
-        return Health(True)
+        return self.isolated_health("namespaces, mounts, cgroups") or Health(True)
 
     def identity(self, ctx: TaskContext) -> Identity:
-        user = ctx.task.user or "nobody"
-        if user in self.config.user_denylist:
-            raise StartError(f"running as user {user!r} is disallowed by the client's user denylist")
-        ident = self.host_user(user)
-        if ident.uid == 0 and "root" in self.config.user_denylist:
-            raise StartError(f"user {user!r} has uid 0, which the client's user denylist refuses")
-        return ident
+        return self.allowed_user(ctx.task.user or "nobody")
 
     def task_paths(self, td: taskdir.TaskDir) -> TaskPaths:
         return TaskPaths("/alloc", "/local", "/secrets", "/tmp")

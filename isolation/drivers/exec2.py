@@ -95,10 +95,9 @@ class Exec2Driver(CommonDriver):
         return self.config.exec2
 
     def fingerprint(self) -> Health:
-        if not self.config.exec2.enabled:
-            return Health(False, "exec2 is disabled in the plugin config")
-        if os.geteuid() != 0:
-            return Health(False, "exec2 needs root (namespaces, cgroups, dynamic users)")
+        problem = self.isolated_health("namespaces, cgroups, dynamic users")
+        if problem:
+            return problem
         if landlock.abi_version() < 1:
             why = landlock.probe()[1] or "Landlock is not available on this kernel"
             return Health(False, f"{why}; exec2 never runs a task unconfined")
@@ -121,14 +120,8 @@ class Exec2Driver(CommonDriver):
             raise
 
     def identity(self, ctx: TaskContext) -> Identity:
-        user = ctx.task.user
-        if user:
-            if user in self.config.user_denylist:
-                raise StartError(f"running as user {user!r} is disallowed by the client's user denylist")
-            ident = self.host_user(user)
-            if ident.uid == 0 and "root" in self.config.user_denylist:
-                raise StartError(f"user {user!r} has uid 0, which the client's user denylist refuses")
-            return ident
+        if ctx.task.user:
+            return self.allowed_user(ctx.task.user)
         # The owner is the task instance: a start retried before the last run was destroyed keeps its uid (and
         # so its files in local/ and alloc/data). One instance never runs twice at once (its cgroup is emptied
         # before every launch), so no two live processes share an owner.
