@@ -49,6 +49,7 @@ class Task:
     start_time: int
     started_at: float
     pidns: bool
+    popen: object = None  # set for fast-path spawns: told the exit status so it never reaps or warns itself
     logs: list = field(default_factory=list)  # fds of log pipes still open
 
 
@@ -96,6 +97,8 @@ class Launcher:
         self.conns: dict[int, Conn] = {}
         self.running = True
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.own_cgroups = _own_cgroups()
+        self.own_oom_score_adj = int(Path("/proc/self/oom_score_adj").read_text())
         self.boot_id = ksys.boot_id()
 
     # ---- setup -------------------------------------------------------------------------------------------
@@ -121,8 +124,11 @@ class Launcher:
         signal.set_wakeup_fd(w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C meant for a foreground tasksd must not reach us
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # A ^C meant for a foreground tasksd must not stop us. A Python handler rather than SIG_IGN: ignored
+        # signals survive execve, handled ones are reset, and tasks spawned without Python in the child
+        # (the raw_exec fast path) must start with SIGINT and SIGHUP at their defaults.
+        signal.signal(signal.SIGINT, lambda *_: None)
+        signal.signal(signal.SIGHUP, lambda *_: None)
         self.sel.register(r, selectors.EVENT_READ, ("signal", None))
         return srv
 
@@ -323,7 +329,76 @@ class Launcher:
         return taken
 
     # ---- spawning ----------------------------------------------------------------------------------------
+    def _fast_path_ok(self, spec: LaunchSpec, passed: list[int], enter_pid: int | None) -> bool:
+        """raw_exec-style tasks need nothing Python must do between fork and exec except joining the cgroup,
+        which the launcher can do for them (see _spawn_fast). Anything else goes through isolation.child."""
+        ns = spec.namespaces
+        return (enter_pid is None and not passed and spec.rootfs is None and not spec.tmpfs
+                and spec.landlock is None and spec.caps is None and not spec.no_new_privs and not spec.ctty
+                and spec.setsid and not (ns.mount or ns.pid or ns.ipc or ns.uts or ns.mount_proc)
+                and ns.net == "host" and spec.oom_score_adj == self.own_oom_score_adj
+                and all(self._own_procs_for(p) for p in spec.cgroup_procs))
+
+    def _own_procs_for(self, procs: str) -> str | None:
+        """Our own cgroup.procs in the hierarchy that `procs` belongs to."""
+        best = None
+        for mount, own in self.own_cgroups:
+            if procs.startswith(mount + "/") and (best is None or len(mount) > len(best[0])):
+                best = (mount, own)
+        return f"{best[0]}{best[1]}/cgroup.procs".replace("//", "/") if best else None
+
+    def _spawn_fast(self, spec: LaunchSpec, conn: Conn, rid) -> bool:
+        """Spawn without running Python in the child: subprocess's C fork/exec (vfork when no uid change).
+
+        The child must be in the task's cgroup before its first instruction, so the launcher itself joins the
+        task's cgroups, spawns (the child inherits them), and goes back — safe because the launcher is
+        single-threaded. oom_score_adj is inherited too, so this path is taken only when the task's value equals
+        ours. Returns False (nothing done) when the fast path cannot be used; the caller then forks normally."""
+        import subprocess
+
+        opened: list[int] = []
+        parent_ends: list[tuple[int, LogTarget | None, str]] = []
+        moved: list[str] = []
+        proc = None
+        try:
+            stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            opened.append(stdin)
+            stdout = self._log_pipe(spec.stdout, opened, parent_ends, "stdout")
+            stderr = self._log_pipe(spec.stderr, opened, parent_ends, "stderr")
+            try:
+                for procs in spec.cgroup_procs:
+                    _write_procs(procs)
+                    moved.append(procs)
+                proc = subprocess.Popen(
+                    list(spec.argv), executable=spec.path, env=dict(spec.env), cwd=spec.cwd,
+                    stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True, restore_signals=True,
+                    start_new_session=True, umask=spec.umask,
+                    user=spec.uid, group=spec.gid,
+                    extra_groups=list(spec.groups) if spec.groups is not None else None)
+            finally:
+                for procs in reversed(moved):
+                    own = self._own_procs_for(procs)
+                    if own:
+                        _write_procs(own)
+        except OSError as e:
+            for fd, _, _ in parent_ends:
+                os.close(fd)
+            if proc is None and not moved and e.errno not in (errno.ENOENT, errno.EACCES):
+                raise
+            raise LaunchError(f"spawn failed: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+                              "execve", e.errno or errno.EIO) from None
+        finally:
+            for fd in opened:
+                os.close(fd)
+        pending = Spawning(spec=spec, pid=proc.pid, start_time=ksys.process_start_time(proc.pid), conn=conn,
+                           rid=rid, err_r=-1, log_ends=parent_ends)
+        self._spawn_succeeded(pending, popen=proc)
+        return True
+
     def _spawn(self, spec: LaunchSpec, passed: list[int], conn: Conn, rid, enter_pid: int | None = None) -> None:
+        if self._fast_path_ok(spec, passed, enter_pid):
+            self._spawn_fast(spec, conn, rid)
+            return
         """Fork the child and return at once. The reply waits for the error pipe: EOF without a report means the
         child exec'd. Meanwhile the launcher can fork the next task, so the slow part of one child's setup (mounts,
         execve) overlaps with the next spawn instead of queueing behind it."""
@@ -387,7 +462,11 @@ class Launcher:
                 msg, step, err = "spawn failed", "unknown", errno.EIO
             self._reply(pending.conn, {"id": pending.rid, "ok": False, "error": msg, "step": step, "errno": err})
             return
-        task = Task(spec.key, pending.pid, pending.start_time, time.time(), spec.namespaces.pid)
+        self._spawn_succeeded(pending)
+
+    def _spawn_succeeded(self, pending: "Spawning", popen: object = None) -> None:
+        spec = pending.spec
+        task = Task(spec.key, pending.pid, pending.start_time, time.time(), spec.namespaces.pid, popen=popen)
         self.tasks[spec.key] = task
         self.by_pid[pending.pid] = spec.key
         for fd, target, _ in pending.log_ends:
@@ -452,6 +531,8 @@ class Launcher:
             self._record_exit(self.tasks[key], status)
 
     def _record_exit(self, task: Task, status: int) -> None:
+        if task.popen is not None:
+            task.popen.returncode = status  # we reaped it; Popen must not try (or warn) later
         self.by_pid.pop(task.pid, None)
         self.tasks.pop(task.key, None)
         for fd in list(task.logs):
@@ -508,6 +589,42 @@ def _open_ns_fds(pid: int) -> dict[str, int]:
     # The root directory matters for chroot'ed tasks: keep a handle to it to chroot after setns(mnt).
     fds["root"] = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     return fds
+
+
+def _write_procs(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
+def _own_cgroups() -> list[tuple[str, str]]:
+    """(mount point, our path in that hierarchy) for every cgroup hierarchy mounted here."""
+    by_key: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in (ctrls.split(",") if ctrls else [""]):
+                by_key[c] = path
+    out: list[tuple[str, str]] = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            fstype, opts, root = fields[sep + 1], fields[sep + 3], fields[3]
+            if fstype == "cgroup2" and "" in by_key:
+                path = by_key[""]
+            elif fstype == "cgroup":
+                keys = [o for o in opts.split(",") if o in by_key or o.startswith("name=")]
+                path = next((by_key[k] for k in keys if k in by_key), None)
+                if path is None:
+                    continue
+            else:
+                continue
+            rel = path[len(root):] if root != "/" and path.startswith(root) else path
+            out.append((fields[4], rel if rel.startswith("/") else "/" + rel))
+    return out
 
 
 def _safe_key(key: str) -> str:

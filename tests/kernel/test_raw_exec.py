@@ -173,8 +173,13 @@ def test_recover_after_daemon_restart_and_refuse_pid_reuse(tmp, cgroup_parent, a
     quick = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000", name="b")))
     rt.close()  # the "daemon" goes away; tasks and launcher stay
     os.kill(quick.pid, signal.SIGTERM)  # exits while no daemon is connected
-    wait_for(lambda: not os.path.exists(f"/proc/{quick.pid}") or
-             Path(f"/proc/{quick.pid}/stat").read_text().split()[2] == "Z", what="quick exit")
+    def gone_or_zombie() -> bool:
+        try:
+            return Path(f"/proc/{quick.pid}/stat").read_text().split()[2] == "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+
+    wait_for(gone_or_zombie, what="quick exit")
 
     rt2 = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
     rt2.open()
