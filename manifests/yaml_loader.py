@@ -26,9 +26,34 @@ REPEATED = frozenset({"artifact", "template", "mount", "constraint", "affinity",
 _constructor = yaml.constructor.SafeConstructor()
 
 
+MAX_DEPTH = 64  # a jobspec nests about 6 levels; libyaml's composer recurses and segfaults near 100000
+
+_OPEN = (yaml.tokens.BlockMappingStartToken, yaml.tokens.BlockSequenceStartToken,
+         yaml.tokens.FlowMappingStartToken, yaml.tokens.FlowSequenceStartToken)
+_CLOSE = (yaml.tokens.BlockEndToken, yaml.tokens.FlowMappingEndToken, yaml.tokens.FlowSequenceEndToken)
+
+
+def _too_deep(text: str) -> Problem | None:
+    """Measure nesting with the (iterative) scanner before the (recursive) composer sees the text: a file of
+    100000 '[' crashes the whole process inside libyaml, which no except clause can catch."""
+    depth = 0
+    for tok in yaml.scan(text, Loader=_Loader):
+        if isinstance(tok, _OPEN):
+            depth += 1
+            if depth > MAX_DEPTH:
+                m = tok.start_mark
+                return Problem(f"YAML nests more than {MAX_DEPTH} levels deep", line=m.line + 1, column=m.column + 1)
+        elif isinstance(tok, _CLOSE):
+            depth -= 1
+    return None
+
+
 def parse_yaml(text: str) -> tuple[RawBlock | None, list[Problem]]:
     """Parse YAML text. Returns the root block (type "") and problems; root is None on a syntax error."""
     try:
+        deep = _too_deep(text)
+        if deep is not None:
+            return None, [deep]
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark

@@ -87,8 +87,6 @@ def test_huge_and_deeply_nested_inputs():
     check(load_text(deep_yaml, "/etc/tasks.d/deep.yaml"), "/etc/tasks.d/deep.yaml")
 
 
-@pytest.mark.xfail(strict=False, reason="FOUND: PyYAML's C composer segfaults on 100000 nested '[' (a 100 KB file "
-                   "kills tasksd); manifests/yaml_loader.py should bound nesting before compose")
 def test_deep_yaml_flow_nesting_does_not_kill_the_process():
     # In a child: a segfault here would otherwise take the whole test run down with it.
     code = ("from manifests.loader import load_text; r = load_text('[' * 100000, '/etc/tasks.d/b.yaml'); "
