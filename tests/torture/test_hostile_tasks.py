@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from isolation import taskdir
+from isolation import cgroups, taskdir
 from tests.e2e.conftest import raw_job
 from tests.helpers import wait_for
 from tests.torture.conftest import launcher_pids, task_cgroups
@@ -78,18 +78,31 @@ def remove_and_wait_gone(daemon, job: str) -> None:
     assert cg not in task_cgroups(daemon.cgroup_parent)
 
 
-@pytest.mark.xfail(strict=False, reason="under investigation: pids.max=40 is set, yet cgroup.procs listed 42 pids "
-                   "(raw_exec) and with exec/exec2 the daemon stopped logging and applying manifests for 60 s")
+def _pids_limit_hits(cgroup_parent: str, name: str) -> int:
+    """How many forks the kernel refused because of pids.max (pids.events `max`), in whichever hierarchy holds
+    the pids controller. A bomb grows and collapses faster than any poll of its process list, so the counter of
+    refused forks, not a head count, proves the limit was reached and held."""
+    cg = cgroups.CgroupManager(cgroups.detect(), cgroup_parent).open(name)
+    if cg is None:
+        return 0
+    for path in cg.paths.values():
+        events = Path(path) / "pids.events"
+        if events.exists():
+            for line in events.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    return int(value)
+    return 0
+
+
 @pytest.mark.parametrize("driver", ["exec", "exec2", "raw_exec"])
 def test_fork_bomb_is_held_by_the_pids_limit(daemon, neighbour, driver):
     daemon.write("bomb.hcl", sh_job("bomb", driver, "b() { b | b & }; b; sleep 1000", "pids_limit = 40"))
     cg = f"{taskdir.alloc_id_for('bomb', 'g', 0)}.t"
-    # The bomb fills its cgroup up to the limit and no further.
-    wait_for(lambda: len(task_cgroups(daemon.cgroup_parent).get(cg, [])) >= 30, timeout=60,
-             what=f"bomb spread (files {os.listdir(daemon.tasks_dir)} {oct(os.stat(daemon.tasks_dir / 'bomb.hcl').st_mode)} log {daemon.log()[-1500:]}, cgroups {task_cgroups(daemon.cgroup_parent)})")
-    assert len(task_cgroups(daemon.cgroup_parent)[cg]) <= 40
+    wait_for(lambda: _pids_limit_hits(daemon.cgroup_parent, cg) > 0, timeout=60, what="the bomb hit pids.max")
+    assert len(task_cgroups(daemon.cgroup_parent).get(cg, [])) <= 40
     stats = {s["id"]: s for s in daemon.client.get("/v1/stats")} if _has_stats(daemon) else {}
-    if stats:
+    if stats and "bomb/g/0/t" in stats and stats["bomb/g/0/t"].get("pids") is not None:
         assert stats["bomb/g/0/t"]["pids"] <= 40
     remove_and_wait_gone(daemon, "bomb")  # cgroup.kill takes the whole tree at once
 
