@@ -172,7 +172,9 @@ def _relay_pty(sock: socket.socket, reader, req: dict, interactive: bool, stdin:
         saved = None
         if interactive and os.isatty(stdin):
             saved = termios.tcgetattr(stdin)
-            ttymod.setraw(stdin)  # keys (Ctrl-C too) go to the remote terminal, which does its own line editing
+            # Keys (Ctrl-C too) go to the remote terminal, which does its own line editing. TCSANOW, not the
+            # default TCSAFLUSH: what the operator typed ahead must reach the command, not be discarded.
+            ttymod.setraw(stdin, termios.TCSANOW)
         old_winch = None
         if threading.current_thread() is threading.main_thread():
             old_winch = signal.signal(signal.SIGWINCH, copy_winsize)
