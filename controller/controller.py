@@ -137,6 +137,8 @@ class Controller:
         self._desired_cache: dict = {}
         self._early_exits: dict[str, ExitResult] = {}
         self._loaded_stored = False
+        self._dirty_tasks: set[str] = set()
+        self._dirty_manifests: set[str] = set()
         self.ready = threading.Event()
         self.last_resync = 0.0
         self.reconcile_count = 0
@@ -173,15 +175,36 @@ class Controller:
                 pass
 
     def persist(self, rec: TaskRecord) -> None:
+        self._dirty_tasks.add(rec.task_id)
+        self.flush_store()
+
+    def flush_store(self) -> None:
+        """Write every record and manifest the store has not taken yet. When the state dir is full or read-only,
+        tasks keep running on the in-memory state and each later pass retries, so nothing is lost once the disk
+        takes writes again (a restart after that re-adopts instead of starting duplicates)."""
         try:
-            self.store.put_task(rec.row())
+            for tid in sorted(self._dirty_tasks):
+                rec = self.records.get(tid)
+                if rec is None:
+                    self.store.delete_task(tid)
+                else:
+                    self.store.put_task(rec.row())
+                self._dirty_tasks.discard(tid)
+            for path in sorted(self._dirty_manifests):
+                m = self.manifests.get(path)
+                if m is None:
+                    self.store.delete_manifest(path)
+                else:
+                    self.store.put_manifest(m.path, m.content_hash, m.status, m.jobs, m.errors, m.warnings,
+                                            m.good_jobs, m.good_hash, m.first_seen)
+                self._dirty_manifests.discard(path)
             if self.store_error:
                 log.warning("state store writable again")
+                self.event("store_recovered", "the state store accepts writes again")
             self.store_error = None
         except StoreError as e:
-            # Running tasks keep running; we keep the state in memory and retry on the next transition.
             if self.store_error != str(e):
-                log.error("%s", e)
+                log.error("%s; running tasks are unaffected, state is kept in memory and retried", e)
             self.store_error = str(e)
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -211,6 +234,8 @@ class Controller:
                 break
             if rescan or self.clock() >= resync_at:
                 self.rescan()
+            if self._dirty_tasks or self._dirty_manifests:
+                self.flush_store()
             self.reconcile()
             if self.draining and not self.records and not self.allocs and not self.collecting:
                 self.event("drained", "every task stopped and every alloc collected; exiting")
@@ -261,10 +286,8 @@ class Controller:
         for path in list(self.manifests):
             if path not in seen:
                 info = self.manifests.pop(path)
-                try:
-                    self.store.delete_manifest(path)
-                except StoreError as e:
-                    log.error("%s", e)
+                self._dirty_manifests.add(path)
+                self.flush_store()
                 self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
         self.recompute_desired()
 
@@ -316,11 +339,8 @@ class Controller:
         self._store_manifest(new)
 
     def _store_manifest(self, m: ManifestInfo) -> None:
-        try:
-            self.store.put_manifest(m.path, m.content_hash, m.status, m.jobs, m.errors, m.warnings, m.good_jobs,
-                                    m.good_hash, m.first_seen)
-        except StoreError as e:
-            log.error("%s", e)
+        self._dirty_manifests.add(m.path)
+        self.flush_store()
 
     def recompute_desired(self) -> None:
         """Effective jobs per file, with duplicate job names resolved: the file seen first keeps the job."""
@@ -612,10 +632,8 @@ class Controller:
             except Exception as e:  # noqa: BLE001
                 log.warning("forget %s: %s", tid, e)
         self.cores_in_use.pop(tid, None)
-        try:
-            self.store.delete_task(tid)
-        except StoreError as e:
-            log.error("%s", e)
+        self._dirty_tasks.add(tid)
+        self.flush_store()
 
     def mark_alloc_gone(self, alloc: str) -> None:
         rec = self.allocs.get(alloc) or {"alloc": alloc, "alloc_id": self._alloc_id(alloc), "netns": None,

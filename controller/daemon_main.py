@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
@@ -89,7 +90,15 @@ class Daemon:
         for name, d in drivers.items():
             h = d.fingerprint()
             log.info("driver %s: %s", name, "healthy" if h.healthy else f"unavailable: {h.reason}")
-        store = Store(self.state_dir)
+        try:
+            store = Store(self.state_dir)
+        except (OSError, sqlite3.Error) as e:
+            # Read-only or full state dir at start: say so and exit; running tasks (and the launcher) are separate
+            # processes and keep running, and the next start (systemd's Restart=always) re-adopts them.
+            log.error("cannot open the state store in %s: %s (is the state dir read-only or full?); "
+                      "tasks keep running", self.state_dir / "db", e)
+            runtime.close()
+            return 1
         ctl = Controller(self.config, self.tasks_dir, store, runtime, drivers)
         self.ctl = ctl
         watcher = DirWatcher(self.tasks_dir, lambda: ctl.wake("watch"))

@@ -74,6 +74,11 @@ class Store:
     def __init__(self, state_dir: str | os.PathLike, readonly: bool = False):
         self.dir = Path(state_dir) / "db"
         self.path = self.dir / "tasksd.db"
+        self.readonly = readonly
+        self._open()
+
+    def _open(self) -> None:
+        readonly = self.readonly
         if readonly:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
@@ -91,7 +96,22 @@ class Store:
         try:
             self.db.execute(sql, tuple(args))
         except sqlite3.OperationalError as e:
+            if "readonly" in str(e) and self._reopen():
+                # SQLite opened the file read-only because the disk was read-only then; it may not be now.
+                try:
+                    self.db.execute(sql, tuple(args))
+                    return
+                except sqlite3.OperationalError as e2:
+                    e = e2
             raise StoreError(f"cannot write state to {self.path}: {e}") from e
+
+    def _reopen(self) -> bool:
+        try:
+            self.db.close()
+            self._open()
+            return True
+        except (sqlite3.Error, OSError):
+            return False
 
     # ---- manifests ---------------------------------------------------------------------------------------
     def manifests(self) -> dict[str, dict]:

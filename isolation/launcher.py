@@ -168,7 +168,7 @@ class Launcher:
                         if mask & selectors.EVENT_WRITE and obj.sock.fileno() in self.conns:
                             self._flush(obj)
                 except Exception as e:  # noqa: BLE001 - the launcher must never die on one bad request
-                    print(f"launcher: {kind}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                    _log(f"launcher: {kind}: {type(e).__name__}: {e}")
         for fd in list(self.logs):
             self._pump(fd, final=True)
 
@@ -540,7 +540,12 @@ class Launcher:
         rec = {"key": task.key, "pid": task.pid, "start_time": task.start_time, "finished_at": time.time(),
                **_describe_status(status)}
         self.exits[task.key] = rec
-        _write_atomic(self.exits_dir / f"{_safe_key(task.key)}.json", json.dumps(rec))
+        try:
+            _write_atomic(self.exits_dir / f"{_safe_key(task.key)}.json", json.dumps(rec))
+        except OSError as e:
+            # A full or read-only state dir: the record stays in memory until acked, which covers every case
+            # but a launcher crash while the daemon is also down. The daemon must hear of the exit regardless.
+            _log(f"launcher: cannot persist exit of {task.key}: {e}")
         self._broadcast({"event": "exit", **rec})
 
     def _pump(self, fd: int, final: bool = False) -> None:
@@ -591,6 +596,14 @@ def _open_ns_fds(pid: int) -> dict[str, int]:
     return fds
 
 
+def _log(message: str) -> None:
+    """stderr is a file in the state dir, which may be full or read-only: logging must never raise here."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 def _write_procs(path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -633,11 +646,15 @@ def _safe_key(key: str) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _bind_unix(sock: socket.socket, path: str) -> None:
