@@ -225,7 +225,7 @@ def _flatten(obj, prefix: str = "") -> dict[str, object]:
         out: dict[str, object] = {}
         for k, v in obj.items():
             out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out or {prefix: {}}
+        return out or ({prefix: {}} if prefix else {})
     return {prefix: obj}
 
 

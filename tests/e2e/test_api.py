@@ -1,0 +1,171 @@
+"""The local API against a real daemon: malformed requests, /metrics on the socket and on TCP, sd_notify, JSON
+logs, and the systemd unit."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from controller.exec_proto import exec_socket_path
+from tests.e2e.conftest import REPO, Daemon, raw_job
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def raw_request(daemon, data: bytes) -> tuple[int, dict]:
+    """Send bytes as they are (no client library fixing them up) and parse the JSON error."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(daemon.socket)
+        s.sendall(data)
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        return resp.status, json.loads(resp.read())
+
+
+@pytest.fixture
+def daemon_with(tmp, cgroup_parent):
+    """Like `daemon`, with extra agent config and an optional env for the daemon process."""
+    made: list[Daemon] = []
+
+    def make(config: str = "") -> Daemon:
+        d = Daemon(tmp, cgroup_parent, config)
+        made.append(d)
+        return d
+
+    yield make
+    from isolation import cgroups
+
+    for d in made:
+        try:
+            d.drain()
+        finally:
+            if d.proc is not None:
+                d.proc.kill()
+                d.proc.wait()
+    cgroups.CgroupManager(cgroups.detect(), cgroup_parent).remove_parent()
+
+
+def test_malformed_requests_get_4xx_json_and_the_daemon_keeps_working(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    pid = daemon.wait_state("web/g/0/t", "running")["pid"]
+    body = b"{not json"
+    status, err = raw_request(daemon, b"POST /v1/signal/t HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(body), body))
+    assert status == 400 and "not valid JSON" in err["error"]
+    status, err = raw_request(daemon, b"GET /v1/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 404 and "unknown endpoint" in err["error"]
+    status, err = raw_request(daemon, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 404 and "/v1" in err["error"]
+    status, err = raw_request(daemon, b"POST /v1/signal/t HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
+    assert status == 413
+    status, err = raw_request(daemon, b"POST /v1/signal/t HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    assert status == 400 and "Content-Length" in err["error"]
+    status, err = raw_request(daemon, b"GET /v1/tasks/nope HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 404 and "no task 'nope'" in err["error"]
+    status, err = raw_request(daemon, b'POST /v1/signal/t HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]')
+    assert status == 400 and "JSON object" in err["error"]
+    status, err = raw_request(daemon, b"GET /v1/events?after=x HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 400 and "after" in err["error"]
+    # The exec socket: garbage, and a request without the three fds.
+    for payload in (b"garbage\n", b'{"v":1,"task":"t","argv":["true"]}\n'):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(exec_socket_path(daemon.socket))
+            s.sendall(payload)
+            reply = json.loads(s.makefile("rb").readline())
+            assert reply["status"] == 400 and reply["error"]
+    assert daemon.task("web/g/0/t")["pid"] == pid  # nothing of that touched the task or the daemon
+    assert daemon.client.get("/v1/health")["ready"] is True
+
+
+def test_signal_to_a_task_that_is_not_running_is_a_conflict(daemon):
+    daemon.start()
+    daemon.write("once.hcl", raw_job("once", "/bin/true", [], extra='type = "batch"'))
+    daemon.wait_state("once/g/0/t", "complete")
+    body = b'{"signal": "SIGHUP"}'
+    status, err = raw_request(daemon, b"POST /v1/signal/once HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                              % (len(body), body))
+    assert status == 409 and "not running" in err["error"]
+
+
+def test_metrics_on_the_socket_and_on_tcp(daemon_with):
+    with socket.socket() as s:  # a free port: bind 0, read it, release it for the daemon
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = daemon_with(f'metrics_address = "127.0.0.1:{port}"\n')
+    d.start()
+    d.write("web.hcl", raw_job("web"))
+    d.wait_state("web/g/0/t", "running")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    assert resp.status == 200
+    assert 'tasksd_task_state{driver="raw_exec",state="running",task="web/g/0/t"} 1.0' in text
+    assert "tasksd_reconcile_duration_seconds_bucket{le=\"+Inf\"}" in text
+    count = next(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("tasksd_reconcile_duration_seconds_count"))
+    assert count >= 1
+    assert 'tasksd_manifests{status="applied"} 1.0' in text
+    conn.request("GET", "/v1/tasks")  # task control never answers on TCP
+    resp = conn.getresponse()
+    assert resp.status == 404 and "only /metrics" in json.loads(resp.read())["error"]
+    conn.close()
+    from controller.client import _UnixConnection
+
+    uc = _UnixConnection(d.socket, 30)
+    uc.request("GET", "/metrics")
+    assert "tasksd_task_memory_bytes" in uc.getresponse().read().decode()
+    uc.close()
+
+
+def test_sd_notify_ready_and_watchdog_and_json_logs(daemon_with, tmp, monkeypatch):
+    sock_path = tmp / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
+        ns.bind(str(sock_path))
+        ns.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+        monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pet every 0.2 s
+        d = daemon_with()
+        d.write("web.hcl", raw_job("web"))
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        with open(d.log_path, "ab") as log:
+            d.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller.daemon_main", "--config", str(d.config_path), "--tasks-dir",
+                 str(d.tasks_dir), "--state-dir", str(d.state_dir), "--socket", d.socket, "--log-format", "json"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        first = ns.recv(4096).decode()
+        # READY only after the first full reconcile: the task from the directory is already known.
+        assert first.startswith("READY=1") and "running 1 tasks" in first
+        assert ns.recv(4096) == b"WATCHDOG=1"
+        assert ns.recv(4096) == b"WATCHDOG=1"
+        monkeypatch.delenv("NOTIFY_SOCKET")
+        d.wait_state("web/g/0/t", "running")
+        lines = [json.loads(x) for x in d.log().splitlines() if x.strip()]
+        assert any(x["level"] == "info" and "started" in x["msg"] for x in lines)
+        assert all({"ts", "level", "logger", "msg"} <= x.keys() for x in lines)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies(tmp):
+    unit = (REPO / "contrib" / "systemd" / "tasksd.service").read_text()
+    for key in ("Type=notify", "Delegate=yes", "KillMode=process", "Restart=always", "WatchdogSec="):
+        assert key in unit
+    exe = Path(sys.executable).parent / "tasksd"
+    if not exe.exists():
+        exe = Path(sys.executable)  # any existing executable: verify checks the path, not what it does
+    (tmp / "tasksd.service").write_text(unit.replace("/usr/local/bin/tasksd", str(exe)))
+    r = subprocess.run(["systemd-analyze", "verify", str(tmp / "tasksd.service")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "tasksd.service" not in r.stderr, r.stderr  # no warnings about our unit either
