@@ -50,10 +50,10 @@ def instrument(ctl) -> DurationHistogram:
     inner = ctl.reconcile
 
     @functools.wraps(inner)
-    def timed() -> None:
+    def timed(*args, **kwargs) -> None:
         t0 = time.perf_counter()
         try:
-            inner()
+            inner(*args, **kwargs)
         finally:
             hist.observe(time.perf_counter() - t0)
 
