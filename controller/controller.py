@@ -8,6 +8,7 @@ failing task never blocks the others. Every transition is written to the store b
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import logging
 import os
@@ -30,8 +31,7 @@ from manifests.agent_config import AgentConfig
 from manifests.model import Job, Task
 from reconcilers import restart as restart_policy
 from reconcilers.desired import DesiredTask, desired_tasks
-from reconcilers.plan import (CollectAlloc, Forget, MarkAllocGone, ObservedTask, Start, Stop, alloc_of,
-                              next_wakeup, plan)
+from reconcilers.plan import CollectAlloc, Forget, MarkAllocGone, ObservedTask, Start, Stop, alloc_of, plan
 from reconcilers.states import TaskState
 
 log = logging.getLogger("tasksd.controller")
@@ -138,6 +138,9 @@ class Controller:
         self._early_exits: dict[str, ExitResult] = {}
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
+        self._touched: set[str] = set()
+        self._timers: list[tuple[float, str]] = []
+        self._full_pending = False
         self._dirty_manifests: set[str] = set()
         self.ready = threading.Event()
         self.last_resync = 0.0
@@ -175,6 +178,9 @@ class Controller:
                 pass
 
     def persist(self, rec: TaskRecord) -> None:
+        self.touch(rec.task_id)
+        if rec.state == TaskState.RESTARTING and rec.next_start_at is not None:
+            self._timer(rec.next_start_at, alloc_of(rec.task_id))
         self._dirty_tasks.add(rec.task_id)
         self.flush_store()
 
@@ -211,17 +217,16 @@ class Controller:
     def run(self) -> None:
         self.recover()
         self.rescan()
-        self.reconcile()
+        self.reconcile(full=True)
         self.ready.set()
         while not self.stopping:
-            wake = next_wakeup(self.observed(), self.gone_times(), self.config.gc_grace)
             resync_at = self.last_resync + self.config.resync_interval
-            deadline = min(wake, resync_at) if wake is not None else resync_at
+            deadline = min(self._timers[0][0], resync_at) if self._timers else resync_at
             timeout = max(0.0, deadline - self.clock())
             try:
                 ev = self.queue.get(timeout=timeout)
             except queue.Empty:
-                ev = ("rescan", "timer")
+                ev = ("tick",)
             rescan = self.handle(ev)
             # Drain whatever else is queued so a burst of events costs one reconcile, not one each.
             while True:
@@ -232,14 +237,33 @@ class Controller:
                 rescan = self.handle(ev) or rescan
             if self.stopping:
                 break
-            if rescan or self.clock() >= resync_at:
+            full = self.clock() >= resync_at
+            if rescan or full:
                 self.rescan()
             if self._dirty_tasks or self._dirty_manifests:
                 self.flush_store()
-            self.reconcile()
+            self._fire_timers()
+            self.reconcile(full=full)
             if self.draining and not self.records and not self.allocs and not self.collecting:
                 self.event("drained", "every task stopped and every alloc collected; exiting")
                 self.stopping = True
+
+    # ---- what needs planning -----------------------------------------------------------------------------
+    def touch(self, task_or_alloc: str) -> None:
+        """Mark an alloc ("job/group/index", or any task id in it) for the next reconcile. Plans are per alloc
+        (lifecycle order and GC are decided inside one), so planning only touched allocs gives the same
+        actions as planning everything, at a cost that does not grow with the number of tasks. The periodic
+        resync still plans everything, in case anything was missed."""
+        self._touched.add(task_or_alloc if task_or_alloc.count("/") == 2 else alloc_of(task_or_alloc))
+
+    def _timer(self, when: float, alloc: str) -> None:
+        heapq.heappush(self._timers, (when, alloc))
+
+    def _fire_timers(self) -> None:
+        now = self.clock()
+        while self._timers and self._timers[0][0] <= now:
+            _, alloc = heapq.heappop(self._timers)
+            self._touched.add(alloc)
 
     def handle(self, ev: tuple) -> bool:
         kind = ev[0]
@@ -366,6 +390,7 @@ class Controller:
         # Expanding a file's jobs hashes every task spec: cache it per (file, version) so one changed file
         # among a thousand costs one expansion, not a thousand.
         cache: dict = {}
+        old_desired = self.desired
         self.desired, self.specs = {}, {}
         for path, jobs in jobs_by_manifest.items():
             key = (path, self.manifests[path].good_hash, id(jobs))
@@ -382,22 +407,38 @@ class Controller:
             self.desired.update(entry[0])
             self.specs.update(entry[1])
         self._desired_cache = cache
+        for tid in old_desired.keys() ^ self.desired.keys():
+            self.touch(tid)
+        for tid, d in self.desired.items():
+            if old_desired.get(tid, d) != d:
+                self.touch(tid)
 
     # ---- observed state and the plan ---------------------------------------------------------------------
-    def observed(self) -> dict[str, ObservedTask]:
+    def observed(self, allocs: set[str] | None = None) -> dict[str, ObservedTask]:
         return {
             tid: ObservedTask(tid, alloc_of(tid), r.state, r.spec_hash, r.next_start_at, r.busy,
                               successful=bool(r.exit and r.exit.get("exit_code") == 0 and not r.exit.get("error")))
-            for tid, r in self.records.items()
+            for tid, r in self.records.items() if allocs is None or alloc_of(tid) in allocs
         }
 
     def gone_times(self) -> dict[str, float | None]:
         return {a: r.get("gone_at") for a, r in self.allocs.items() if a not in self.collecting}
 
-    def reconcile(self) -> None:
+    def reconcile(self, full: bool = False) -> None:
         t0 = time.perf_counter()
         grace = 0.0 if self.draining else self.config.gc_grace
-        actions = plan(self.desired, self.observed(), self.clock(), self.gone_times(), grace)
+        if full or self._full_pending:
+            self._full_pending = False
+            desired, observed, gone = self.desired, self.observed(), self.gone_times()
+        else:
+            touched, self._touched = self._touched, set()
+            if not touched:
+                return
+            desired = {t: d for t, d in self.desired.items() if alloc_of(t) in touched}
+            observed = self.observed(touched)
+            gone = {a: g for a, g in self.gone_times().items() if a in touched}
+        self._touched = set() if full else self._touched
+        actions = plan(desired, observed, self.clock(), gone, grace)
         for a in actions:
             try:
                 if isinstance(a, Start):
@@ -625,6 +666,7 @@ class Controller:
         self.event("killed", f"stopped (exit {result.exit_code}, signal {result.signal})", tid)
 
     def forget(self, tid: str, reason: str) -> None:
+        self.touch(tid)
         rec = self.records.pop(tid, None)
         if rec is not None and rec.driver in self.drivers:
             try:
@@ -640,6 +682,7 @@ class Controller:
                                           "slot": None}
         rec["gone_at"] = self.clock()
         self.allocs[alloc] = rec
+        self._timer(rec["gone_at"] + self.config.gc_grace, alloc)
         try:
             self.store.put_alloc(alloc, rec["alloc_id"], rec["gone_at"], rec.get("netns"), rec.get("slot"))
         except StoreError as e:
@@ -669,6 +712,7 @@ class Controller:
         self.pool.submit(work)
 
     def _collected(self, alloc: str) -> None:
+        self.touch(alloc)
         self.collecting.discard(alloc)
         self.allocs.pop(alloc, None)
         try:
@@ -768,11 +812,13 @@ class Controller:
             self.stop(tid, "restart requested")
         rec.spec_hash = None  # makes the plan start it again once stopped, with a fresh restart budget
         rec.next_start_at = None
+        self.touch(tid)
         return {"id": tid, "old_pid": old_pid}
 
     def api_drain(self) -> dict[str, Any]:
         """Stop every task (kill_signal, kill_timeout) and keep nothing desired until tasksd restarts."""
         self.draining = True
+        self._full_pending = True
         self.event("drain", "draining: every task stops; restart tasksd to run them again")
         self.recompute_desired()
         return {"draining": True, "tasks": len(self.records)}

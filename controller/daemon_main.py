@@ -173,6 +173,7 @@ class Daemon:
             for d in ctl.drivers.values():
                 d.config = config
             ctl.scanner.strict = config.strict_manifest_permissions
+            ctl._full_pending = True  # grace periods and plugin settings may have changed for every task
             ctl.event("config_reloaded", f"reloaded {self.config_path or 'defaults'}")
 
         ctl.call(apply)

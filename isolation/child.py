@@ -11,9 +11,11 @@ error pipe as JSON {"step", "errno", "message"} and the child exits 127.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
+import termios  # imported here, not in the step: after entering a chroot the stdlib is out of reach
 
 from isolation.launchspec import LaunchSpec
 
@@ -105,9 +107,6 @@ def _stdio(spec: LaunchSpec, fds: dict) -> None:
         else:
             os.set_inheritable(fd, True)
     if spec.ctty:
-        import fcntl
-        import termios
-
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
