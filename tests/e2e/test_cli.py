@@ -300,10 +300,10 @@ def test_exec_t_through_a_pty(daemon, driver):
         status, pid = done[0], 0
         assert os.waitstatus_to_exitcode(status) == 5, out
         assert b"answer=42" in out and b"tty-2" in out  # a real terminal on stdin
-    if driver != "exec":
-        # exec's chroot has its own devpts instance, so the host pty tasksctl passed in has no name there
-        # (`tty` says "not a tty" although isatty is true); elsewhere it shows as /dev/pts/N.
-        assert b"/dev/pts/" in out
+        if driver != "exec":
+            # exec's chroot has its own devpts instance, so the host pty tasksctl passed in has no name there
+            # (`tty` says "not a tty" although isatty is true); elsewhere it shows as /dev/pts/N.
+            assert b"/dev/pts/" in out
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)
