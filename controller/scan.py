@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from manifests.loader import LoadResult, load_bytes, scan_dir, MAX_MANIFEST_BYTES
+from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, load_bytes, scan_dir_paths
 from manifests.problems import Problem
 
 
@@ -65,8 +65,8 @@ class Scanner:
         if problem:
             out.dir_error = problem
             return out
-        for p in scan_dir(self.tasks_dir):
-            fs = self._scan_file(str(p))
+        for p in scan_dir_paths(self.tasks_dir):
+            fs = self._scan_file(p)
             if fs is not None:
                 out.files[fs.path] = fs
         self._cache = {k: v for k, v in self._cache.items() if k in out.files}
