@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import json
 import os
 import signal
@@ -194,6 +195,7 @@ STEPS = (
 def run(spec: LaunchSpec, fds: dict) -> None:
     """Never returns: execs the task or exits 127 after reporting the failed step on fds["errpipe"]."""
     step = "start"
+    gc.disable()  # a collection here would only write to copy-on-write pages shared with the launcher
     try:
         for step, fn in STEPS:
             fn(spec, fds)

@@ -16,6 +16,7 @@ import argparse
 import array
 import errno
 import fcntl
+import gc
 import json
 import os
 import selectors
@@ -689,6 +690,10 @@ def main(argv: list[str] | None = None) -> int:
     ksys.set_child_subreaper()
     launcher = Launcher(state)
     launcher.listen()
+    # Everything imported so far lives as long as we do: move it out of the collector's sight, so neither our
+    # collections nor a forked child's touch (and copy) those pages.
+    gc.collect()
+    gc.freeze()
     # Readiness on stdout, then close it: the daemon waits for this line instead of polling the socket.
     os.write(1, b"ready\n")
     devnull = os.open("/dev/null", os.O_WRONLY)
