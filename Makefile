@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test bench clean
+.PHONY: run test install install-test bench bench-peers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,14 @@ run: install
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks need root; peers.py installs supervisor/runit if missing and takes a few minutes more.
 bench: install
-	$(BIN)/python bench/spawn.py
+	$(BIN)/python bench/spawn.py --n 100
+	$(BIN)/python bench/chroot_scaling.py --n 50
+	$(BIN)/python bench/converge.py --n 100,1000 --idle 30 --drops 20
+
+bench-peers: install
+	$(BIN)/python bench/peers.py --n 100,1000 --idle 10
 
 clean:
 	rm -rf $(VENV) build *.egg-info
