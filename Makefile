@@ -17,7 +17,7 @@ install-test: $(BIN)/python
 
 # The main job: tasksd in the foreground on the bundled examples (raw_exec enabled by contrib/examples.hcl).
 run: install
-	$(BIN)/tasksctl validate manifests/examples
+	$(BIN)/tasksctl validate manifests/examples manifests/examples/yaml
 	$(BIN)/tasksd --config contrib/examples-config.hcl --tasks-dir manifests/examples
 
 # The console scripts the tests spawn (tasksd, tasksctl) are the installed ones, so packaging mistakes fail here.

@@ -5,14 +5,14 @@ job "http-exec2" {
       driver = "exec2"
 
       config {
-        command = "python3"
+        command = "/usr/bin/python3"
         args    = ["-m", "http.server", "8080", "--directory", "${NOMAD_TASK_DIR}"]
         unveil  = ["r:/etc/mime.types"]
       }
 
       template {
         data        = <<EOF
-<html><body>served by tasksd task ${NOMAD_TASK_NAME}</body></html>
+<html><body>served by tasksd task {{ env "NOMAD_TASK_NAME" }} of job {{ env "NOMAD_JOB_NAME" }}</body></html>
 EOF
         destination = "local/index.html"
       }

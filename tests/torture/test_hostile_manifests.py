@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from manifests.loader import MAX_MANIFEST_BYTES, load_bytes, load_text
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*"))
+EXAMPLES = sorted((REPO / "manifests" / "examples").rglob("*.hcl")) + sorted(
+    (REPO / "manifests" / "examples").rglob("*.yaml"))
 TEXTS = [p.read_text() for p in EXAMPLES]
 NASTY = ["../", "../../etc/passwd", "\x00", "}", "{", '"', "${", "%{", "<<EOF\n", "\ufeff", "\udcff", "-",
          "\n", "job", "group", "task", "destination", "= [", "1e999", "-1", "99999999999999999999"]

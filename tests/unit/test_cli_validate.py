@@ -25,9 +25,9 @@ def run(capsys, *argv):
 
 
 def test_examples_are_valid(capsys):
-    code, out, err = run(capsys, "validate", str(EXAMPLES))
+    code, out, err = run(capsys, "validate", str(EXAMPLES), str(EXAMPLES / "yaml"))
     assert code == 0, out + err
-    assert out.count(": ok (job ") == len(list(EXAMPLES.glob("*.hcl"))) + len(list(EXAMPLES.glob("*.yaml")))
+    assert out.count(": ok (job ") == len(list(EXAMPLES.glob("*.hcl"))) + len(list((EXAMPLES / "yaml").glob("*.yaml")))
 
 
 def test_broken_copy_of_an_example_is_rejected_with_where_and_line(tmp, capsys):
@@ -41,7 +41,7 @@ def test_broken_copy_of_an_example_is_rejected_with_where_and_line(tmp, capsys):
 
 
 def test_broken_yaml_example_is_rejected(tmp, capsys):
-    text = (EXAMPLES / "http-exec2.yaml").read_text().replace("r:/etc/mime.types", "read:/etc/mime.types")
+    text = (EXAMPLES / "yaml" / "http-exec2.yaml").read_text().replace("r:/etc/mime.types", "read:/etc/mime.types")
     (tmp / "broken.yaml").write_text(text)
     code, out, _ = run(capsys, "validate", str(tmp / "broken.yaml"))
     assert code == 1
@@ -83,7 +83,7 @@ def test_one_invalid_among_many_fails(tmp, capsys):
 
 
 def test_json_report(tmp, capsys):
-    shutil.copy(EXAMPLES / "sleep-exec.yaml", tmp / "a.yaml")
+    shutil.copy(EXAMPLES / "yaml" / "sleep-exec.yaml", tmp / "a.yaml")
     (tmp / "b.hcl").write_text('task "t" {\n driver = "exec"\n config { command = "x" }\n kill_signal = "x"\n'
                                ' vault { policies = ["a"] }\n}\n')
     code, out, err = run(capsys, "validate", "--json", str(tmp / "a.yaml"), str(tmp / "b.hcl"))
@@ -97,7 +97,7 @@ def test_json_report(tmp, capsys):
 
 
 def test_stdin(monkeypatch, capsys):
-    text = (EXAMPLES / "raw-exec-unlimited.yaml").read_bytes()
+    text = (EXAMPLES / "yaml" / "raw-exec-unlimited.yaml").read_bytes()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text)))
     code, out, _ = run(capsys, "validate", "-")
     assert code == 0 and "<stdin>: ok" in out
