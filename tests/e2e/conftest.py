@@ -119,14 +119,39 @@ def raw_job(name: str, command: str = "/bin/sleep", args: list[str] | None = Non
 def daemon(tmp, cgroup_parent):
     d = Daemon(tmp, cgroup_parent)
     yield d
+    teardown_daemon(d, cgroup_parent)
+
+
+def teardown_daemon(d: Daemon, cgroup_parent: str) -> None:
+    """Drain (the documented way to stop everything). If the daemon cannot drain (the test broke it), clean up
+    by force so one broken test does not leave a launcher, tasks, cgroups and mounts for every later one."""
+    from isolation import cgroups, taskdir
+
     try:
         d.drain()
+    except Exception:  # noqa: BLE001 - fall through to the forced cleanup, then fail loudly
+        forced = True
+    else:
+        forced = False
     finally:
         if d.proc is not None:
             d.proc.kill()
             d.proc.wait()
-    # The drained daemon removed its tasks' cgroups; the parent is ours to remove.
-    from isolation import cgroups
-
     mgr = cgroups.CgroupManager(cgroups.detect(), cgroup_parent)
+    if forced:
+        import psutil
+
+        for p in psutil.process_iter(["cmdline"]):
+            if "isolation.launcher" in (p.info["cmdline"] or []) and str(d.state_dir) in p.info["cmdline"]:
+                p.kill()
+                p.wait(10)
+        for name in mgr.names():
+            cg = mgr.open(name)
+            if cg is not None:
+                cg.kill()
+                cg.remove()
+        for alloc in (d.state_dir / "alloc").glob("*") if (d.state_dir / "alloc").exists() else ():
+            taskdir.remove_alloc(alloc)
     mgr.remove_parent()
+    if forced:
+        raise AssertionError(f"tasksd could not drain; cleaned up by force. Log:\n{d.log()[-3000:]}")
