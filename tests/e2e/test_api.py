@@ -169,3 +169,23 @@ def test_systemd_unit_verifies(tmp):
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert "tasksd.service" not in r.stderr, r.stderr  # no warnings about our unit either
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_api_sockets_are_root_only_unless_a_socket_group_is_configured(daemon_with):
+    import grp
+    import stat as st
+
+    d = daemon_with()
+    d.start()
+    for path in (d.socket, exec_socket_path(d.socket)):
+        mode = os.stat(path)
+        assert st.S_IMODE(mode.st_mode) == 0o600 and mode.st_uid == 0, (path, oct(mode.st_mode))
+    d.terminate()
+    group = "adm"  # present on every Debian/Ubuntu system
+    d.extra_config = f'socket_group = "{group}"\n'
+    d.write_config()
+    d.start()
+    mode = os.stat(d.socket)
+    assert st.S_IMODE(mode.st_mode) == 0o660 and mode.st_gid == grp.getgrnam(group).gr_gid
