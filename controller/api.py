@@ -12,7 +12,6 @@ import select
 import socket
 import socketserver
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -206,24 +205,9 @@ class Api:
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        path = Path(self.socket_path)
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        old = os.umask(0o177)
-        try:
-            srv = _Server(str(path), Handler, self.ctl, self)
-        finally:
-            os.umask(old)
-        if self.socket_group:
-            import grp
-
-            os.chown(path, 0, grp.getgrnam(self.socket_group).gr_gid)
-            os.chmod(path, 0o660)
-        self._serve(srv)
-        self._start_exec_server()
+        Path(self.socket_path).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._serve(self._unix_server(self.socket_path, Handler))
+        self._serve(self._unix_server(self.exec_socket_path, ExecHandler))
         if self.tcp_address:
             host, _, port = self.tcp_address.rpartition(":")
             self._serve(_TCPServer((host or "127.0.0.1", int(port)), MetricsOnlyHandler, self.ctl, self))
@@ -234,15 +218,14 @@ class Api:
         t.start()
         self._threads.append(t)
 
-    def _start_exec_server(self) -> None:
-        path = Path(self.exec_socket_path)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+    def _unix_server(self, socket_path: str, handler) -> "_Server":
+        """A socket that is never, not even for a moment, accessible to anyone but root (umask while binding);
+        with socket_group, 0660 for that group."""
+        path = Path(socket_path)
+        path.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
-            srv = _Server(str(path), ExecHandler, self.ctl, self)
+            srv = _Server(str(path), handler, self.ctl, self)
         finally:
             os.umask(old)
         if self.socket_group:
@@ -250,7 +233,7 @@ class Api:
 
             os.chown(path, 0, grp.getgrnam(self.socket_group).gr_gid)
             os.chmod(path, 0o660)
-        self._serve(srv)
+        return srv
 
     def stop(self) -> None:
         self.stopping = True

@@ -450,7 +450,6 @@ class Launcher:
         self.sel.unregister(pending.err_r)
         os.close(pending.err_r)
         self.spawning.pop(pending.pid, None)
-        spec = pending.spec
         if pending.report:
             if pending.status is None:
                 os.waitpid(pending.pid, 0)  # it exits right after writing the report

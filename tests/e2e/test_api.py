@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.exec_proto import exec_socket_path
-from tests.e2e.conftest import REPO, Daemon, raw_job
-from tests.helpers import wait_for
+from tests.e2e.conftest import REPO, Daemon, raw_job, teardown_daemon
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -42,16 +41,8 @@ def daemon_with(tmp, cgroup_parent):
         return d
 
     yield make
-    from isolation import cgroups
-
     for d in made:
-        try:
-            d.drain()
-        finally:
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait()
-    cgroups.CgroupManager(cgroups.detect(), cgroup_parent).remove_parent()
+        teardown_daemon(d, cgroup_parent)
 
 
 def test_malformed_requests_get_4xx_json_and_the_daemon_keeps_working(daemon):

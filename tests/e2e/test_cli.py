@@ -145,7 +145,7 @@ def test_events_record_kill_and_gc(daemon):
     running_pid(daemon)
     path.unlink()
     wait_for(lambda: any(e["type"] == "gc" for e in daemon.client.get("/v1/events")), what="gc event")
-    types = [e["type"] for e in daemon.client.get(f"/v1/events")]
+    types = [e["type"] for e in daemon.client.get("/v1/events")]
     assert "killing" in types and "killed" in types and "manifest_removed" in types
 
 

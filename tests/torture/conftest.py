@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from isolation import cgroups
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import Daemon, teardown_daemon
 
 LONG = os.environ.get("TASKSD_TORTURE_LONG") == "1"
 
@@ -35,13 +35,7 @@ def make_daemon(tmp, cgroup_parent):
 
     yield make
     for d in made:
-        try:
-            d.drain()
-        finally:
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait()
-    cgroups.CgroupManager(cgroups.detect(), cgroup_parent).remove_parent()
+        teardown_daemon(d, cgroup_parent)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ restart while a task is stopping, and clock jumps in the restart arithmetic."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from freezegun import freeze_time
 
 from manifests.model import RestartPolicy
 from reconcilers import restart
-from tests.e2e.conftest import Daemon, raw_job
+from tests.e2e.conftest import Daemon, raw_job, teardown_daemon
 from tests.helpers import wait_for
 
 def _mount_tmpfs(path: Path, size: str) -> None:
@@ -37,17 +36,9 @@ def small_state(tmp, cgroup_parent):
         filler = d.state_dir / "filler"
         filler.unlink(missing_ok=True)
         try:
-            d.drain()
+            teardown_daemon(d, cgroup_parent)
         finally:
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait()
-            from isolation import cgroups, taskdir
-
-            for alloc in (d.state_dir / "alloc").glob("*") if (d.state_dir / "alloc").exists() else ():
-                taskdir.remove_alloc(alloc)
             _umount(d.state_dir)
-            cgroups.CgroupManager(cgroups.detect(), cgroup_parent).remove_parent()
 
 
 def _fill(path: Path) -> None:
@@ -127,15 +118,9 @@ def test_readonly_state_store_is_reported_and_tasks_keep_running(tmp, cgroup_par
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(db)], check=False)
         try:
-            d.drain()
+            teardown_daemon(d, cgroup_parent)
         finally:
-            if d.proc is not None:
-                d.proc.kill()
-                d.proc.wait()
             _umount(db)
-            from isolation import cgroups
-
-            cgroups.CgroupManager(cgroups.detect(), cgroup_parent).remove_parent()
 
 
 @pytest.mark.root
@@ -157,10 +142,7 @@ def test_periodic_resync_catches_a_change_no_event_reports(tmp, cgroup_parent):
         wait_for(lambda: (t := d.task("web/g/0/t")) and t["state"] == "running" and t["pid"] != pid,
                  timeout=30, what="the resync noticed the edit")
     finally:
-        d.drain()
-        from isolation import cgroups
-
-        cgroups.CgroupManager(cgroups.detect(), cgroup_parent).remove_parent()
+        teardown_daemon(d, cgroup_parent)
 
 
 @pytest.mark.root
