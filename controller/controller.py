@@ -30,8 +30,9 @@ from isolation.runtime import Runtime
 from manifests.agent_config import AgentConfig
 from manifests.model import Job, Task
 from reconcilers import restart as restart_policy
-from reconcilers.desired import DesiredTask, desired_tasks
-from reconcilers.plan import CollectAlloc, Forget, MarkAllocGone, ObservedTask, Start, Stop, alloc_of, plan
+from reconcilers.desired import DesiredTask, desired_tasks, is_live_template, template_hash
+from reconcilers.plan import (CollectAlloc, Forget, MarkAllocGone, ObservedTask, Rerender, Start, Stop, alloc_of,
+                              plan)
 from reconcilers.states import TaskState
 
 log = logging.getLogger("tasksd.controller")
@@ -58,6 +59,7 @@ class TaskRecord:
     last_error: str | None = None
     started_at: float | None = None
     busy: bool = False  # not persisted: an action is in flight
+    template_hash: str | None = None  # not persisted: derived from task_json (live templates of the process)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -417,7 +419,8 @@ class Controller:
     def observed(self, allocs: set[str] | None = None) -> dict[str, ObservedTask]:
         return {
             tid: ObservedTask(tid, alloc_of(tid), r.state, r.spec_hash, r.next_start_at, r.busy,
-                              successful=bool(r.exit and r.exit.get("exit_code") == 0 and not r.exit.get("error")))
+                              successful=bool(r.exit and r.exit.get("exit_code") == 0 and not r.exit.get("error")),
+                              template_hash=r.template_hash)
             for tid, r in self.records.items() if allocs is None or alloc_of(tid) in allocs
         }
 
@@ -445,6 +448,8 @@ class Controller:
                     self.start(a.task_id, a.reason)
                 elif isinstance(a, Stop):
                     self.stop(a.task_id, a.reason)
+                elif isinstance(a, Rerender):
+                    self.rerender(a.task_id)
                 elif isinstance(a, Forget):
                     self.forget(a.task_id, a.reason)
                 elif isinstance(a, MarkAllocGone):
@@ -503,6 +508,7 @@ class Controller:
                 rec.restarts = 0
         rec.manifest, rec.driver = d.manifest, d.driver
         rec.spec_hash, rec.task_json = d.spec_hash, json.dumps(task.to_dict())
+        rec.template_hash = d.template_hash
         try:
             alloc = self._ensure_alloc(alloc_of(tid), group)
             cpuset = self._reserve_cores(tid, task.resources.cores) if task.resources.cores else None
@@ -665,6 +671,47 @@ class Controller:
         self.persist(rec)
         self.event("killed", f"stopped (exit {result.exit_code}, signal {result.signal})", tid)
 
+    def rerender(self, tid: str) -> None:
+        """Live templates changed in the manifest: render them for the running process (Nomad's change_mode
+        noop: files only; signal: files, then change_signal)."""
+        rec = self.records[tid]
+        job, group, task = self.specs[tid]
+        d = self.desired[tid]
+        old = Task.from_dict(json.loads(rec.task_json)) if rec.task_json else None
+        old_live = {(t.destination, t.data, t.source, t.perms) for t in old.templates} if old else set()
+        to_render = [t for t in task.templates if is_live_template(t)
+                     and (t.destination, t.data, t.source, t.perms) not in old_live]
+        rec.busy = True
+        driver, handle = self.drivers[rec.driver], rec.handle
+
+        def work():
+            error, changed = None, []
+            try:
+                changed = driver.rerender(handle, task.name, to_render)
+                for sig in sorted({t.change_signal for t in changed if t.change_mode == "signal" and t.change_signal}):
+                    driver.signal(handle, sig)
+            except Exception as e:  # noqa: BLE001 - reported; the running task is left as it is
+                error = f"{type(e).__name__}: {e}"
+            self.queue.put(("done", lambda: self._rerendered(tid, handle, task, d, changed, error)))
+
+        self.pool.submit(work)
+
+    def _rerendered(self, tid: str, handle: TaskHandle, task: Task, d: DesiredTask, changed: list, error: str | None):
+        rec = self.records.get(tid)
+        if rec is None or rec.handle is None or rec.handle.key != handle.key:
+            return
+        rec.busy = False
+        if error:
+            rec.last_error = f"template re-render failed: {error}"
+            rec.template_hash = d.template_hash  # do not retry in a loop; the next manifest change tries again
+            self.event("template_failed", rec.last_error, tid)
+        else:
+            rec.task_json, rec.template_hash = json.dumps(task.to_dict()), d.template_hash
+            what = ", ".join(f"{t.destination} ({t.change_mode}{' ' + t.change_signal if t.change_signal else ''})"
+                             for t in changed) or "no output changed"
+            self.event("template_rendered", f"re-rendered without a restart: {what}", tid)
+        self.persist(rec)
+
     def forget(self, tid: str, reason: str) -> None:
         self.touch(tid)
         rec = self.records.pop(tid, None)
@@ -738,6 +785,7 @@ class Controller:
             if rec.task_json:
                 try:
                     t = Task.from_dict(json.loads(rec.task_json))
+                    rec.template_hash = template_hash(t)
                     if t.resources.cores and rec.handle:
                         cpus = rec.handle.exec_env.get("cpuset")
                         if cpus:

@@ -20,19 +20,48 @@ class DesiredTask:
     job_type: str
     hook: str | None = None  # lifecycle hook: prestart | poststart | poststop
     sidecar: bool = False
+    template_hash: str = ""  # contents of templates that change without a restart (change_mode noop/signal)
 
 
 def task_id(job: str, group: str, index: int, task: str) -> str:
     return f"{job}/{group}/{index}/{task}"
 
 
+LIVE_CHANGE_MODES = ("noop", "signal")
+
+
+def is_live_template(t) -> bool:
+    """A template whose new content is applied to the running task (re-rendered, maybe signalled) instead of
+    restarting it, as Nomad's change_mode noop/signal. `env = true` templates feed the environment, which a
+    running process cannot pick up, so they always restart."""
+    return t.change_mode in LIVE_CHANGE_MODES and not t.env
+
+
+def _live_content(t) -> dict:
+    return {"data": t.data, "source": t.source, "perms": t.perms, "left": t.left_delimiter,
+            "right": t.right_delimiter}
+
+
+def template_hash(task) -> str:
+    material = [_live_content(t) for t in task.templates if is_live_template(t)]
+    if not material:
+        return ""
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def spec_hash(job, group, task) -> str:
     """What a running task depends on: its own spec, the group's network and meta, the job's type and meta.
 
-    Count is deliberately not part of it: scaling 3 -> 1 must not restart instance 0.
+    Count is deliberately not part of it: scaling 3 -> 1 must not restart instance 0. Neither is the content of
+    live templates (see template_hash): changing one re-renders it in place.
     """
+    task_dict = task.to_dict()
+    live = [i for i, t in enumerate(task.templates) if is_live_template(t)]
+    for i in live:
+        for key in _live_content(task.templates[i]):
+            task_dict["templates"][i].pop({"left": "left_delimiter", "right": "right_delimiter"}.get(key, key), None)
     material = {
-        "task": task.to_dict(),
+        "task": task_dict,
         "network": group.network.to_dict(),
         "group_meta": dict(group.meta),
         "job_meta": dict(job.meta),
@@ -54,5 +83,6 @@ def desired_tasks(jobs_by_manifest: dict[str, list]) -> dict[str, DesiredTask]:
                         out[tid] = DesiredTask(
                             task_id=tid, job=job.name, group=group.name, index=index, task=task.name,
                             driver=task.driver, spec_hash=spec_hash(job, group, task), manifest=path,
-                            job_type=job.type, hook=lc.hook if lc else None, sidecar=bool(lc and lc.sidecar))
+                            job_type=job.type, hook=lc.hook if lc else None, sidecar=bool(lc and lc.sidecar),
+                            template_hash=template_hash(task))
     return out

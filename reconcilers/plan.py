@@ -25,6 +25,7 @@ class ObservedTask:
     next_start_at: float | None = None
     busy: bool = False  # an action is in flight
     successful: bool = False  # the last run exited 0 (for prestart ordering)
+    template_hash: str | None = None  # live templates the running process has (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class Stop:
     task_id: str
     reason: str
     then_start: bool = False  # the spec changed: start the new version once the old one is gone
+
+
+@dataclass(frozen=True)
+class Rerender:
+    """Live templates (change_mode noop/signal) changed: render them again in place, signal if asked."""
+
+    task_id: str
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class CollectAlloc:
     alloc: str
 
 
-Action = Start | Stop | Forget | MarkAllocGone | CollectAlloc
+Action = Start | Stop | Rerender | Forget | MarkAllocGone | CollectAlloc
 
 
 def alloc_of(task_id: str) -> str:
@@ -117,6 +125,9 @@ def plan(desired: dict[str, DesiredTask], observed: dict[str, ObservedTask], now
             actions.append(Start(tid, "pending"))
         elif o.state == TaskState.RESTARTING and o.next_start_at is not None and now >= o.next_start_at:
             actions.append(Start(tid, "restart policy"))
+        elif (o.state == TaskState.RUNNING and o.template_hash is not None
+              and o.template_hash != d.template_hash):
+            actions.append(Rerender(tid))
 
     # Highest index first, as Nomad scales down: with count 3 -> 1, instance 2 goes before instance 1.
     for tid in sorted(observed, key=_scale_down_order):

@@ -192,6 +192,31 @@ class CommonDriver(Driver):
                 raise StartError(f"prestart: {where}: {e}") from e
         return added
 
+    def rerender(self, handle: TaskHandle, task_name: str, to_render: list[Any]) -> list[Any]:
+        """Render `to_render` (the caller's choice: templates whose change_mode applies them to a running task)
+        again with the environment the task was started with; write only those whose output changed, owned by
+        the task's user. Returns the changed templates."""
+        spec = handle.exec_env.get("spec") or {}
+        env = {k: v for k, v in spec.get("env", ())}
+        variables = {**taskenv.node_attributes(dict(self.config.meta)), **env}
+        uid = handle.uid if handle.uid is not None else 0
+        gid = spec.get("gid") if spec.get("gid") is not None else 0
+        alloc_dir = Path(handle.alloc_dir)
+        changed = []
+        for t in to_render:
+            text = (artifacts.read_beneath(alloc_dir, task_name, taskenv.interpolate(t.source, variables, os.environ))
+                    .decode() if t.source is not None else t.data or "")
+            out = templates.render(text, env, left=t.left_delimiter, right=t.right_delimiter).encode()
+            dest = taskenv.interpolate(t.destination, variables, os.environ)
+            try:
+                if artifacts.read_beneath(alloc_dir, task_name, dest) == out:
+                    continue
+            except (OSError, artifacts.ArtifactError):
+                pass  # missing or unreadable: write it
+            artifacts.write_beneath(alloc_dir, task_name, dest, out, int(t.perms, 8), uid, gid)
+            changed.append(t)
+        return changed
+
     def release_identity(self, ident: Identity) -> None:
         """Undo `identity` when the start failed (dynamic users)."""
 

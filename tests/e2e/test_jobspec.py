@@ -194,3 +194,37 @@ def test_secrets_size_is_the_tmpfs_size(daemon):
     f = alloc_dir(daemon, "s") / "alloc/data/df"
     line = wait_for(lambda: f.exists() and f.read_text().split(), what="df output")
     assert line[0] == "tmpfs" and int(line[1]) == 7 * 1024
+
+
+def _template(data: str, mode: str, signal: str = "") -> str:
+    sig = f'\n        change_signal = "{signal}"' if signal else ""
+    return (f'      template {{\n        data = "{data}"\n        destination = "local/app.conf"\n'
+            f'        change_mode = "{mode}"{sig}\n      }}\n')
+
+
+@pytest.mark.parametrize("mode", ["signal", "noop", "restart"])
+def test_template_change_mode_on_a_manifest_edit(daemon, mode):
+    """Nomad's change_mode: signal re-renders and signals the running process, noop only re-renders, restart
+    replaces the process. The script reports each SIGHUP with the file's content at that moment."""
+    script = "trap 'echo reloaded $(cat local/app.conf)' HUP; echo started $(cat local/app.conf); " \
+             "while :; do sleep 0.1; done"
+    signal = "SIGHUP" if mode == "signal" else ""
+    daemon.start()
+    daemon.write("conf.hcl", job("conf", sh_task("t", script, _template("v1", mode, signal))))
+    pid = daemon.wait_state("conf/g/0/t", "running")["pid"]
+    conf = alloc_dir(daemon, "conf") / "t" / "local" / "app.conf"
+    log = alloc_dir(daemon, "conf") / "alloc" / "logs" / "t.stdout"
+    wait_for(lambda: log.exists() and "started v1" in log.read_text(), what="first render")
+    daemon.write("conf.hcl", job("conf", sh_task("t", script, _template("v2", mode, signal))))
+    wait_for(lambda: conf.read_text() == "v2", what="the new content rendered")
+    if mode == "restart":
+        wait_for(lambda: (t := daemon.task("conf/g/0/t"))["pid"] != pid and t["state"] == "running", what="restart")
+        return
+    ev = wait_for(lambda: [e for e in daemon.client.get("/v1/events?task=conf/g/0/t")
+                           if e["type"] == "template_rendered"], what="re-render event")
+    assert "local/app.conf" in ev[-1]["message"]
+    assert daemon.task("conf/g/0/t")["pid"] == pid  # not restarted
+    if mode == "signal":
+        wait_for(lambda: "reloaded v2" in log.read_text(), what="SIGHUP handled with the new file")
+    else:
+        assert "reloaded" not in log.read_text()  # noop: the file changed, the process was left alone
