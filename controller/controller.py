@@ -140,6 +140,8 @@ class Controller:
         self._early_exits: dict[str, ExitResult] = {}
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
+        self.departing: dict[str, tuple[DesiredTask, tuple]] = {}
+        self._last_specs: dict[str, tuple] = {}
         self._touched: set[str] = set()
         self._timers: list[tuple[float, str]] = []
         self._full_pending = False
@@ -364,6 +366,29 @@ class Controller:
         self.manifests[path] = new
         self._store_manifest(new)
 
+    def _add_departing(self, old_desired: dict[str, DesiredTask]) -> None:
+        """Nomad runs an alloc's poststop hooks when the alloc stops, job removal included. When an alloc leaves
+        desired state, keep its poststop tasks (with the spec they had) desired, marked departing, until they
+        have run once. Not on drain (which stops everything) and not kept across a daemon restart."""
+        if self.draining:
+            self.departing.clear()
+        live_allocs = {alloc_of(t) for t in self.desired}
+        for tid, d in old_desired.items():
+            if (d.hook == "poststop" and not d.departing and tid not in self.departing and not self.draining
+                    and alloc_of(tid) not in live_allocs and tid in self._last_specs):
+                rec = self.records.get(tid)
+                if rec is not None and rec.state in (TaskState.COMPLETE, TaskState.FAILED):
+                    continue  # it already ran for this alloc
+                self.departing[tid] = (dataclasses.replace(d, departing=True), self._last_specs[tid])
+                self.event("poststop_pending", "the alloc was removed: its poststop hook runs once the other "
+                           "tasks stopped", tid)
+        for tid, (d, spec) in self.departing.items():
+            if alloc_of(tid) in live_allocs:
+                continue  # the job came back: its own desired state rules again
+            self.desired[tid] = d
+            self.specs[tid] = spec
+        self._last_specs = dict(self.specs)
+
     def _store_manifest(self, m: ManifestInfo) -> None:
         self._dirty_manifests.add(m.path)
         self.flush_store()
@@ -409,6 +434,7 @@ class Controller:
             self.desired.update(entry[0])
             self.specs.update(entry[1])
         self._desired_cache = cache
+        self._add_departing(old_desired)
         for tid in old_desired.keys() ^ self.desired.keys():
             self.touch(tid)
         for tid, d in self.desired.items():
@@ -633,6 +659,12 @@ class Controller:
             rec.state = TaskState.FAILED
             self.event("failed", decision.reason, rec.task_id)
         self.persist(rec)
+        if rec.state in (TaskState.COMPLETE, TaskState.FAILED) and self.departing.pop(rec.task_id, None):
+            # The removed alloc's poststop hook has run: now nothing of it is desired, so it is forgotten and
+            # collected like any removed alloc.
+            self.desired.pop(rec.task_id, None)
+            self.specs.pop(rec.task_id, None)
+            self.touch(rec.task_id)
 
     def stop(self, tid: str, reason: str) -> None:
         rec = self.records[tid]

@@ -21,6 +21,7 @@ class DesiredTask:
     hook: str | None = None  # lifecycle hook: prestart | poststart | poststop
     sidecar: bool = False
     template_hash: str = ""  # contents of templates that change without a restart (change_mode noop/signal)
+    departing: bool = False  # a poststop hook of an alloc whose job (or instance) was removed: runs once, last
 
 
 def task_id(job: str, group: str, index: int, task: str) -> str:

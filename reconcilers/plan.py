@@ -112,7 +112,13 @@ def plan(desired: dict[str, DesiredTask], observed: dict[str, ObservedTask], now
         if o is not None and o.busy:
             continue
         if o is None:
-            if _may_start(d, by_alloc[alloc_of(tid)], observed):
+            if d.departing:
+                # The alloc is going away: its poststop hook runs once nothing else of the alloc is running.
+                alloc = alloc_of(tid)
+                if all(x.state not in ACTIVE and x.state != TaskState.RESTARTING
+                       for x in observed.values() if x.alloc == alloc and x.task_id != tid):
+                    actions.append(Start(tid, "poststop of a removed alloc"))
+            elif _may_start(d, by_alloc[alloc_of(tid)], observed):
                 actions.append(Start(tid, "new"))
             continue
         if o.spec_hash != d.spec_hash:

@@ -228,3 +228,19 @@ def test_template_change_mode_on_a_manifest_edit(daemon, mode):
         wait_for(lambda: "reloaded v2" in log.read_text(), what="SIGHUP handled with the new file")
     else:
         assert "reloaded" not in log.read_text()  # noop: the file changed, the process was left alone
+
+
+def test_poststop_runs_when_the_job_is_removed(daemon, tmp):
+    marker = tmp / "poststop.out"
+    tasks = (sh_task("main", "while :; do sleep 0.1; done")
+             + sh_task("cleanup", f"echo cleaned-after-$NOMAD_JOB_NAME > {marker}",
+                       '      lifecycle {\n        hook = "poststop"\n      }'))
+    daemon.start()
+    daemon.write("svc.hcl", job("svc", tasks))
+    daemon.wait_state("svc/g/0/main", "running")
+    assert daemon.task("svc/g/0/cleanup") is None  # poststop waits for the main task to end
+    (daemon.tasks_dir / "svc.hcl").unlink()
+    wait_for(lambda: marker.exists() and marker.read_text() == "cleaned-after-svc\n", timeout=30,
+             what="the poststop hook ran after the job was removed")
+    wait_for(lambda: not daemon.tasks(), timeout=30, what="everything forgotten after the poststop hook")
+    wait_for(lambda: not alloc_dir(daemon, "svc").exists(), timeout=30, what="alloc collected")

@@ -143,3 +143,14 @@ def test_restart_and_env_templates_stay_part_of_the_spec():
         j1, j2 = job(_with_template(mode, "v1", env)), job(_with_template(mode, "v2", env))
         assert spec_hash(j1, j1.groups[0], j1.groups[0].tasks[0]) != spec_hash(j2, j2.groups[0], j2.groups[0].tasks[0])
         assert template_hash(j1.groups[0].tasks[0]) == ""
+
+
+def test_departing_poststop_starts_once_the_rest_of_its_alloc_stopped():
+    stop = replace(desired(job(task("cleanup", lifecycle=Lifecycle(hook="poststop"))))["j/g/0/cleanup"],
+                   departing=True)
+    main = ObservedTask("j/g/0/main", "j/g/0", S.STOPPING, "h", busy=True)
+    assert run({stop.task_id: stop}, [main]) == []
+    stopped = replace(main, state=S.STOPPED, busy=False)
+    actions = run({stop.task_id: stop}, [stopped])
+    assert Start("j/g/0/cleanup", "poststop of a removed alloc") in actions
+    assert not any(isinstance(a, MarkAllocGone) for a in actions)  # the alloc is not gone while it runs
