@@ -49,6 +49,11 @@ from isolation.drivers.base import StartError
 HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 SINGLE_SUFFIXES = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+# Bounds on what one artifact may put on disk: downloads and unpacking run as root into the state dir, and a
+# hostile or broken source must not fill it (the daemon's state lives there too).
+MAX_DOWNLOAD_BYTES = 2 << 30
+MAX_UNPACKED_BYTES = 4 << 30
+MAX_ARCHIVE_ENTRIES = 100_000
 ATTEMPTS = 4
 TIMEOUT = 30.0
 _CHUNK = 1 << 16
@@ -205,11 +210,24 @@ class _Transient(Exception):
     pass
 
 
+def _copy_limited(src, dst, limit: int, what: str) -> int:
+    """copyfileobj that refuses to write more than `limit` bytes (a hostile source must not fill the disk)."""
+    total = 0
+    while True:
+        chunk = src.read(_CHUNK)
+        if not chunk:
+            return total
+        total += len(chunk)
+        if total > limit:
+            raise PermanentArtifactError(f"{what} is larger than {limit} bytes; refused")
+        dst.write(chunk)
+
+
 def _download(url: str, headers: tuple[tuple[str, str], ...], out: Path) -> None:
     req = urllib.request.Request(url, headers={"User-Agent": "tasksd", **dict(headers)})
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp, open(out, "wb") as f:
-            shutil.copyfileobj(resp, f, _CHUNK)
+            _copy_limited(resp, f, MAX_DOWNLOAD_BYTES, f"artifact {url}")
     except urllib.error.HTTPError as e:
         if e.code >= 500 or e.code == 429:
             raise _Transient(f"HTTP {e.code} {e.reason}") from e
@@ -313,12 +331,22 @@ def _check_member(name: str, link: str | None, hard: bool, source: str) -> str:
     return norm
 
 
+def _check_totals(entries: int, size: int, source: str) -> None:
+    if entries > MAX_ARCHIVE_ENTRIES:
+        raise PermanentArtifactError(f"artifact {source}: {entries} archive entries, more than the "
+                                     f"{MAX_ARCHIVE_ENTRIES} allowed; refused")
+    if size > MAX_UNPACKED_BYTES:
+        raise PermanentArtifactError(f"artifact {source}: unpacks to {size} bytes, more than the "
+                                     f"{MAX_UNPACKED_BYTES} allowed; refused (an archive bomb?)")
+
+
 def unpack(archive: Path, kind: str, out: Path, source: str) -> None:
     """Unpack into the (empty, private) dir `out` after checking every entry."""
     if kind == "tar":
         try:
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()
+                _check_totals(len(members), sum(m.size for m in members if m.isfile()), source)
                 for m in members:
                     if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
                         raise PermanentArtifactError(
@@ -334,6 +362,8 @@ def unpack(archive: Path, kind: str, out: Path, source: str) -> None:
         try:
             with zipfile.ZipFile(archive) as zf:
                 infos = zf.infolist()
+                # zipfile stops every entry at its declared size, so declared sizes bound what is written.
+                _check_totals(len(infos), sum(i.file_size for i in infos), source)
                 for info in infos:
                     mode = info.external_attr >> 16
                     link = zf.read(info).decode() if stat.S_ISLNK(mode) else None
@@ -362,7 +392,7 @@ def unpack(archive: Path, kind: str, out: Path, source: str) -> None:
         name = archive.name[: -len(kind)] or "file"
         try:
             with opener(archive, "rb") as src, open(out / name, "xb") as f:
-                shutil.copyfileobj(src, f, _CHUNK)
+                _copy_limited(src, f, MAX_UNPACKED_BYTES, f"artifact {source} (decompressed)")
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise PermanentArtifactError(f"artifact {source}: cannot decompress: {e}") from None
 

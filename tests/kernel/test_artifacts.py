@@ -260,3 +260,26 @@ def test_options_are_interpolated_and_bad_schemes_refused(alloc, tmp):
     assert req.archive is False
     with pytest.raises(PermanentArtifactError, match="unsupported source scheme"):
         fetch(alloc, tmp, req)
+
+
+def test_archive_bombs_and_oversized_downloads_are_refused(alloc, tmp, server, monkeypatch):
+    # The real bounds are gigabytes; lowered here so the test writes kilobytes (the check is the same code).
+    from isolation import artifacts
+
+    monkeypatch.setattr(artifacts, "MAX_UNPACKED_BYTES", 64 * 1024)
+    monkeypatch.setattr(artifacts, "MAX_DOWNLOAD_BYTES", 64 * 1024)
+    bomb = tmp / "bomb.tar.gz"
+    bomb.write_bytes(tar_bytes([("zeros", b"\0" * (256 * 1024))]))  # a few hundred bytes compressed
+    with pytest.raises(PermanentArtifactError, match="archive bomb"):
+        fetch(alloc, tmp, Request(source=str(bomb), destination="local/"))
+    assert not (alloc / "t/local/zeros").exists()
+    gz = tmp / "big.gz"
+    import gzip
+
+    gz.write_bytes(gzip.compress(b"\0" * (256 * 1024)))
+    with pytest.raises(PermanentArtifactError, match="larger than"):
+        fetch(alloc, tmp, Request(source=str(gz), destination="local/"))
+    server.files["/huge.bin"] = b"x" * (256 * 1024)
+    with pytest.raises(PermanentArtifactError, match="larger than"):
+        fetch(alloc, tmp, Request(source=server.url("/huge.bin"), destination="local/"))
+    assert server.hits("/huge.bin") == 1  # refused, not retried
