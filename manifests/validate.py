@@ -210,6 +210,9 @@ def check_template(t: Template) -> list[Finding]:
     if t.change_mode not in TEMPLATE_CHANGE_MODES:
         out.append(("change_mode", f"change_mode must be one of {', '.join(TEMPLATE_CHANGE_MODES)}, "
                                    f"got {t.change_mode!r}"))
+    if t.change_mode == "script":
+        out.append(("change_mode", 'change_mode = "script" is not supported by tasksd (use "signal", "noop" '
+                                   'or "restart")'))
     if t.change_mode == "signal" and not t.change_signal:
         out.append(("change_signal", 'change_mode = "signal" needs change_signal'))
     if not t.left_delimiter or not t.right_delimiter:

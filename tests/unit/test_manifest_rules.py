@@ -243,3 +243,13 @@ def test_integer_duration_is_seconds_with_a_warning():
     assert result.valid
     assert result.jobs[0].groups[0].tasks[0].kill_timeout == 7.0
     assert any("taken as 7 seconds" in w.message for w in result.warnings)
+
+
+def test_template_change_mode_script_is_refused_with_the_alternatives():
+    from manifests.loader import load_text
+
+    text = ('job "j" {\n group "g" {\n task "t" {\n driver = "raw_exec"\n config {\n command = "/bin/true"\n }\n'
+            ' template {\n data = "x"\n destination = "local/x"\n change_mode = "script"\n }\n }\n }\n}\n')
+    result = load_text(text, "j.hcl")
+    assert not result.valid
+    assert any('change_mode = "script" is not supported' in e.message for e in result.errors)
