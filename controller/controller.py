@@ -37,6 +37,8 @@ from reconcilers.states import TaskState
 
 log = logging.getLogger("tasksd.controller")
 
+REMOVAL_GRACE = 0.25  # seconds a manifest must stay absent before its tasks stop (editor saves, see rescan)
+
 
 @dataclass
 class TaskRecord:
@@ -140,6 +142,8 @@ class Controller:
         self._early_exits: dict[str, ExitResult] = {}
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
+        self._missing_since: dict[str, float] = {}
+        self._rescan_at: float | None = None
         self.departing: dict[str, tuple[DesiredTask, tuple]] = {}
         self._last_specs: dict[str, tuple] = {}
         self._touched: set[str] = set()
@@ -226,6 +230,8 @@ class Controller:
         while not self.stopping:
             resync_at = self.last_resync + self.config.resync_interval
             deadline = min(self._timers[0][0], resync_at) if self._timers else resync_at
+            if self._rescan_at is not None:
+                deadline = min(deadline, self._rescan_at)
             timeout = max(0.0, deadline - self.clock())
             try:
                 ev = self.queue.get(timeout=timeout)
@@ -242,6 +248,8 @@ class Controller:
             if self.stopping:
                 break
             full = self.clock() >= resync_at
+            if self._rescan_at is not None and self.clock() >= self._rescan_at:
+                self._rescan_at, rescan = None, True
             if rescan or full:
                 self.rescan()
             if self._dirty_tasks or self._dirty_manifests:
@@ -311,13 +319,28 @@ class Controller:
             if info is not None and info.content_hash == digest:
                 continue
             self.apply_file(path, fs, info, digest)
+        now = self.clock()
         for path in list(self.manifests):
-            if path not in seen:
-                info = self.manifests.pop(path)
-                self._dirty_manifests.add(path)
-                self.flush_store()
-                self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
+            if path in seen:
+                self._missing_since.pop(path, None)
+                continue
+            # Editors save by renaming the old file away and writing a new one: for a moment the manifest is
+            # absent. Act on a removal only once it has lasted REMOVAL_GRACE, so a save never stops the tasks.
+            since = self._missing_since.setdefault(path, now)
+            if now - since < REMOVAL_GRACE:
+                self._rescan_timer(since + REMOVAL_GRACE)
+                continue
+            del self._missing_since[path]
+            info = self.manifests.pop(path)
+            self._dirty_manifests.add(path)
+            self.flush_store()
+            self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
         self.recompute_desired()
+
+    def _rescan_timer(self, when: float) -> None:
+        """Rescan at `when` even if no event comes (the removal grace)."""
+        if self._rescan_at is None or when < self._rescan_at:
+            self._rescan_at = when
 
     def _load_stored_manifests(self) -> None:
         """What the last run applied, so unchanged files need no parsing and invalid edits made while tasksd was
