@@ -1,0 +1,246 @@
+"""Hostile manifests through the REAL daemon (the loader-only fuzzing lives in test_hostile_manifests.py): generated
+and mutated manifests in batches, then path tricks in the tasks dir (symlinks out, loops, devices, FIFOs, huge and
+binary files, a file rewritten while it is read, `../` in names).
+
+What the daemon does with symlinks, on purpose: it follows them (a Kubernetes ConfigMap mounts `x.hcl ->
+..data/x.hcl` and swaps `..data` atomically), so a manifest may live outside the tasks dir. The strict permission
+rule is applied to the *target* (os.stat follows the link), so a world-writable target is refused. Anything that is
+not a regular file after following links (directory, device, FIFO, a loop that cannot be resolved) is skipped
+without being opened: opening a FIFO would block the scan forever.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tests.e2e.conftest import Daemon, raw_job
+from tests.helpers import wait_for
+from tests.torture.conftest import scale, task_cgroups
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(p for p in (REPO / "manifests" / "examples").rglob("*") if p.suffix in (".hcl", ".yaml"))
+NASTY = ["../", "../../etc/passwd", "\x00", "}", "{", '"', "${", "%{", "<<EOF\n", "\ufeff", "-", "\n", "job",
+         "group", "task", "= [", "1e999", "-1", "99999999999999999999", "count = 2\n", "driver = \"docker\"\n",
+         ": ", "- ", "  "]
+# Task states that end a settle: running, or gave up / finished (a mutated command that cannot run), or waiting
+# out a restart delay (a mutated `sleep` argument that exits at once under a service restart policy).
+SETTLED = {"running", "failed", "complete", "restarting"}
+
+
+def runnable(text: str) -> str:
+    """An example made runnable anywhere: raw_exec `/bin/sleep 1000` instead of exec/exec2 and their own command."""
+    text = re.sub(r'driver(\s*[=:]\s*)"?exec2?"?', r'driver\1"raw_exec"', text)
+    text = re.sub(r'command(\s*[=:]\s*)"?[^"\n]+"?', r'command\1"/bin/sleep"', text)
+    text = re.sub(r"args(\s*[=:]\s*)\[.*\]", r'args\1["1000"]', text)
+    return re.sub(r".*unveil.*\n", "", text)
+
+
+BASES = [(p.suffix, p.stem, runnable(p.read_text())) for p in EXAMPLES]
+
+
+JOB = "JOBNAME"  # replaced by a unique name once the corpus is drawn (mutations may break it: that is a case too)
+
+
+@st.composite
+def mutated_example(draw) -> tuple[str, str]:
+    suffix, job, text = draw(st.sampled_from(BASES))
+    # Unique job names: with the examples' own names every copy but one would be refused as a duplicate.
+    text = text.replace(job, f"{JOB}-{job}")
+    for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 3]))):
+        pos = draw(st.integers(0, len(text)))
+        op = draw(st.sampled_from(["insert", "delete", "replace"]))
+        piece = draw(st.one_of(st.sampled_from(NASTY), st.text(max_size=6)))
+        end = min(len(text), pos + draw(st.integers(0, 12)))
+        text = (text[:pos] + piece + text[pos:] if op == "insert" else
+                text[:pos] + text[end:] if op == "delete" else text[:pos] + piece + text[end:])
+    return suffix, text
+
+
+NAME = st.one_of(st.from_regex(r"[a-z][a-z0-9-]{0,12}", fullmatch=True),
+                 st.sampled_from(["../x", "..", ".", "a/b", "", "x y", "é", "a" * 200]))
+
+
+@st.composite
+def generated(draw) -> tuple[str, str]:
+    """A structurally plausible job whose fields are drawn from good and bad values alike."""
+    job = draw(st.one_of(st.just(JOB), st.just(JOB), NAME))
+    groups = []
+    for gi in range(draw(st.integers(0, 2))):
+        tasks = []
+        for ti in range(draw(st.integers(0, 2))):
+            tasks.append({
+                "name": draw(st.one_of(st.just(f"t{ti}"), NAME)),
+                "driver": draw(st.sampled_from(["raw_exec"] * 4 + ["exec", "docker", "", "RAW_EXEC"])),
+                "command": draw(st.sampled_from(["/bin/sleep"] * 4 + ["/nonexistent", "sleep", "", "/bin/false"])),
+                "args": draw(st.lists(st.sampled_from(["1000", "0", "-1", "x", "${NOMAD_TASK_DIR}", ""]),
+                                      min_size=0, max_size=2)),
+                "kill_timeout": draw(st.sampled_from(["2s", "1s", "-5s", "forever", "0s"])),
+                "memory": draw(st.sampled_from([None, 32, 0, -1, 10 ** 12])),
+            })
+        groups.append({"name": draw(st.one_of(st.just(f"g{gi}"), NAME)), "count": draw(
+            st.sampled_from([None, 1, 2, 0, -1])), "restart_mode": draw(st.sampled_from([None, "fail", "delay",
+                                                                                        "bogus"])), "tasks": tasks})
+    if draw(st.booleans()):
+        return ".hcl", _hcl(job, groups)
+    return ".yaml", _yaml(job, groups)
+
+
+def _hcl(job: str, groups: list[dict]) -> str:
+    out = [f"job {json.dumps(job)} {{"]
+    for g in groups:
+        out.append(f"  group {json.dumps(g['name'])} {{")
+        if g["count"] is not None:
+            out.append(f"    count = {g['count']}")
+        if g["restart_mode"]:
+            out.append(f'    restart {{\n      attempts = 1\n      delay = "1s"\n      mode = "{g["restart_mode"]}"\n'
+                       f"    }}")
+        for t in g["tasks"]:
+            out += [f"    task {json.dumps(t['name'])} {{", f"      driver = {json.dumps(t['driver'])}",
+                    f"      kill_timeout = {json.dumps(t['kill_timeout'])}",
+                    f"      config {{\n        command = {json.dumps(t['command'])}",
+                    f"        args = {json.dumps(t['args'])}\n      }}"]
+            if t["memory"] is not None:
+                out.append(f"      resources {{\n        memory = {t['memory']}\n      }}")
+            out.append("    }")
+        out.append("  }")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _yaml(job: str, groups: list[dict]) -> str:
+    doc: dict = {"job": {"name": job, "group": []}}
+    for g in groups:
+        gd: dict = {"name": g["name"], "task": []}
+        if g["count"] is not None:
+            gd["count"] = g["count"]
+        if g["restart_mode"]:
+            gd["restart"] = {"attempts": 1, "delay": "1s", "mode": g["restart_mode"]}
+        for t in g["tasks"]:
+            td = {"name": t["name"], "driver": t["driver"], "kill_timeout": t["kill_timeout"],
+                  "config": {"command": t["command"], "args": t["args"]}}
+            if t["memory"] is not None:
+                td["resources"] = {"memory": t["memory"]}
+            gd["task"].append(td)
+        doc["job"]["group"].append(gd)
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"  # JSON is YAML: no quoting rules to get wrong
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifests(d: Daemon) -> dict[str, dict]:
+    return {m["path"]: m for m in d.client.get("/v1/manifests")}
+
+
+def seen(d: Daemon, paths: list[Path]) -> bool:
+    """Every given file is in /v1/manifests with its current content (a refused file has no content hash)."""
+    got = manifests(d)
+    for p in paths:
+        m = got.get(str(p))
+        if m is None:
+            return False
+        if m["content_hash"] not in ("", sha(p.read_bytes())):
+            return False
+    return True
+
+
+def settled(d: Daemon) -> bool:
+    return all(t["state"] in SETTLED for t in d.tasks().values())
+
+
+def assert_healthy(d: Daemon) -> None:
+    assert d.proc is not None and d.proc.poll() is None, f"tasksd died:\n{d.log()[-3000:]}"
+    health = d.client.get("/v1/health")
+    assert health["ready"] and not health["tasks_dir_error"] and not health["store_error"], health
+    assert "Traceback" not in d.log(), "a Python traceback in the tasksd log"
+
+
+def assert_all_stopped(d: Daemon) -> None:
+    wait_for(lambda: all(t["state"] in ("stopped", "complete", "failed") for t in d.tasks().values())
+             and not task_cgroups(d.cgroup_parent), timeout=90, interval=0.1,
+             what=f"every task stopped and its cgroup gone (left: {task_cgroups(d.cgroup_parent)})")
+
+
+def check_manifests_and_tasks(d: Daemon, written: dict[Path, bytes]) -> dict[str, int]:
+    got = manifests(d)
+    assert set(got) == {str(p) for p in written}, (set(got) ^ {str(p) for p in written})
+    tasks = d.tasks()
+    counts = {"applied": 0, "rejected": 0, "tasks": 0}
+    for path in written:
+        m = got[str(path)]
+        assert m["status"] in ("applied", "rejected"), m
+        counts[m["status"]] += 1
+        if m["status"] == "rejected":
+            assert m["errors"] and all(e["message"] for e in m["errors"]), m
+            # Nothing ever ran from it: each file is written once, so it has no last good version.
+            assert not [t for t in tasks.values() if t["manifest"] == str(path)], m
+            continue
+        mine = [t for t in tasks.values() if t["manifest"] == str(path)]
+        counts["tasks"] += len(mine)
+        for t in mine:
+            assert t["state"] in SETTLED, t
+            if t["state"] == "running":
+                assert Path(f"/proc/{t['pid']}").exists(), t
+    return counts
+
+
+def draw_corpus(total: int) -> list[tuple[str, bytes]]:
+    """(suffix, content) for `total` files. Hypothesis draws them up front, outside the daemon test: a given-test
+    per daemon would start a daemon per example, and a single example is hypothesis's simplest one."""
+    corpus: list[tuple[str, bytes]] = []
+    garbage = st.tuples(st.sampled_from([".hcl", ".yaml"]), st.binary(max_size=512))
+    texts = st.one_of(mutated_example(), mutated_example(), generated()).map(
+        lambda c: (c[0], c[1].encode("utf-8", "surrogatepass")))
+
+    @settings(max_examples=total, phases=[Phase.generate], database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.one_of(texts, texts, texts, garbage))
+    def collect(case):
+        corpus.append(case)
+
+    collect()
+    return [(suffix, raw.replace(JOB.encode(), f"j{n:04d}".encode())) for n, (suffix, raw) in enumerate(corpus)]
+
+
+def test_hostile_manifests_through_the_daemon(daemon):
+    d = daemon
+    total, batch = scale(150, 1000), 25
+    corpus = draw_corpus(total)
+    assert len(corpus) > total * 0.9, len(corpus)
+    d.start()
+    written: dict[Path, bytes] = {}
+    for start in range(0, len(corpus), batch):
+        paths = []
+        for n in range(start, min(len(corpus), start + batch)):
+            suffix, raw = corpus[n]
+            path = d.tasks_dir / f"f{n:04d}{suffix}"
+            path.write_bytes(raw)
+            written[path] = raw
+            paths.append(path)
+        # Let the daemon see each batch before the next lands, so scans overlap with starts and stops.
+        wait_for(lambda: seen(d, paths), timeout=60, interval=0.05, what=f"batch at {start} seen")
+    wait_for(lambda: seen(d, list(written)) and settled(d), timeout=120, interval=0.1, what="quiescence")
+    assert_healthy(d)
+    counts = check_manifests_and_tasks(d, written)
+    print(f"hostile manifests: {counts}")
+    assert counts["applied"] and counts["rejected"], counts  # the mix really had both kinds
+
+    for path in written:
+        path.unlink()
+    wait_for(lambda: not manifests(d), timeout=60, what="every manifest forgotten")
+    assert_all_stopped(d)
+    assert_healthy(d)
