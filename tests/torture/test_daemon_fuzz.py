@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from tests.e2e.conftest import Daemon, raw_job
 from tests.helpers import wait_for
-from tests.torture.conftest import scale, task_cgroups
+from tests.torture.conftest import resync, scale, task_cgroups
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -244,3 +244,166 @@ def test_hostile_manifests_through_the_daemon(daemon):
     wait_for(lambda: not manifests(d), timeout=60, what="every manifest forgotten")
     assert_all_stopped(d)
     assert_healthy(d)
+
+
+# ---- path tricks ---------------------------------------------------------------------------------------------
+
+
+def wait_manifest(d: Daemon, path: Path, status: str, timeout: float = 30) -> dict:
+    return wait_for(lambda: (m := manifests(d).get(str(path))) is not None and m["status"] == status and m,
+                    timeout=timeout, what=f"{path.name} {status} (now {manifests(d).get(str(path))})")
+
+
+def test_symlink_out_of_the_tasks_dir_is_followed_and_its_target_must_be_safe(make_daemon, tmp):
+    d = make_daemon()
+    # A target outside the tasks dir changes without any event in the watched directory: only the periodic
+    # resync notices a chmod there, so make it short.
+    resync(d, "1s")
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    good, loose = elsewhere / "good.hcl", elsewhere / "loose.hcl"
+    good.write_text(raw_job("outside"))
+    os.chmod(good, 0o644)
+    loose.write_text(raw_job("loose"))
+    os.chmod(loose, 0o666)
+    (d.tasks_dir / "out.hcl").symlink_to(good)
+    (d.tasks_dir / "loose.hcl").symlink_to(loose)
+    d.start()
+
+    pid = d.wait_state("outside/g/0/t", "running")["pid"]
+    m = wait_manifest(d, d.tasks_dir / "loose.hcl", "rejected")
+    assert "writable by group or others" in m["errors"][0]["message"], m
+    assert d.task("loose/g/0/t") is None
+
+    # The rule is applied to the target on every scan, not only the first: once it turns world-writable the file
+    # is refused and (as for any rejected edit) the last good version keeps running untouched.
+    os.chmod(good, 0o666)
+    m = wait_manifest(d, d.tasks_dir / "out.hcl", "rejected")
+    assert "writable by group or others" in m["errors"][0]["message"], m
+    t = d.task("outside/g/0/t")
+    assert (t["state"], t["pid"], t["restarts"]) == ("running", pid, 0), t
+    os.chmod(good, 0o644)
+    wait_manifest(d, d.tasks_dir / "out.hcl", "applied")
+    assert d.task("outside/g/0/t")["pid"] == pid  # same content: not restarted
+    assert_healthy(d)
+
+
+def test_links_to_non_files_and_fifos_are_skipped_without_hanging(daemon, tmp):
+    d = daemon
+    somedir = tmp / "somedir"
+    somedir.mkdir()
+    (somedir / "inner.hcl").write_text(raw_job("inner"))
+    t = d.tasks_dir
+    (t / "self.hcl").symlink_to(t / "self.hcl")
+    (t / "a.hcl").symlink_to(t / "b.hcl")
+    (t / "b.hcl").symlink_to(t / "a.hcl")
+    (t / "dir.hcl").symlink_to(somedir)
+    (t / "zero.hcl").symlink_to("/dev/zero")
+    (t / "zero.yaml").symlink_to("/dev/urandom")
+    (t / "dangling.hcl").symlink_to(tmp / "missing.hcl")
+    os.mkfifo(t / "fifo.hcl")
+    (t / "fifolink.yaml").symlink_to(t / "fifo.hcl")
+    d.start()
+    # A scan that opened the FIFO or /dev/zero would block or never end: a good manifest running proves it did not.
+    d.write("good.hcl", raw_job("good"))
+    d.wait_state("good/g/0/t", "running")
+    # A FIFO created while the daemon runs (an event, so a rescan) is skipped too.
+    os.mkfifo(t / "late.hcl")
+    d.write("good2.hcl", raw_job("good2"))
+    d.wait_state("good2/g/0/t", "running")
+    assert set(manifests(d)) == {str(t / "good.hcl"), str(t / "good2.hcl")}
+    assert set(d.tasks()) == {"good/g/0/t", "good2/g/0/t"}
+    assert_healthy(d)
+
+
+def test_huge_sparse_and_binary_files_are_rejected_with_a_reason(daemon):
+    d = daemon
+    d.start()
+    huge = d.write("huge.hcl", "# " + "x" * (1 << 20) + "\n" + raw_job("huge"))
+    sparse = d.tasks_dir / "sparse.hcl"
+    with open(sparse, "wb") as f:
+        f.truncate(10 << 30)  # 10 GiB of nothing: refused by its size, never read
+    garbage = d.tasks_dir / "garbage.yaml"
+    garbage.write_bytes(bytes(random.Random(8).randrange(256) for _ in range(4096)) + b"\xff\xfe")
+    d.write("good.hcl", raw_job("good"))
+    for path in (huge, sparse):
+        m = wait_manifest(d, path, "rejected")
+        assert "bytes, more than" in m["errors"][0]["message"], m
+    m = wait_manifest(d, garbage, "rejected")
+    assert "UTF-8" in m["errors"][0]["message"], m
+    d.wait_state("good/g/0/t", "running")
+    assert set(d.tasks()) == {"good/g/0/t"}
+    assert_healthy(d)
+
+
+def test_manifest_rewritten_in_place_while_the_daemon_reads_it(daemon):
+    d = daemon
+    d.start()
+    path = d.tasks_dir / "race.hcl"
+    versions = iter(range(100000, 10 ** 9))
+    rng = random.Random(3)
+
+    def version(arg: int) -> bytes:
+        # Padding in front so a read that catches the file half-written sees a torn job, not a shorter valid one.
+        return ("# " + "x" * rng.randrange(0, 200_000) + "\n" + raw_job("race", args=[str(arg)])).encode()
+
+    def writer(until: float) -> None:
+        while time.monotonic() < until:
+            data = version(next(versions))
+            with open(path, "wb") as f:  # truncate, then write in pieces: in place, never atomic
+                for i in range(0, len(data), 8192):
+                    f.write(data[i:i + 8192])
+                    f.flush()
+
+    w = threading.Thread(target=writer, args=(time.monotonic() + scale(4, 30),))
+    w.start()
+    w.join()
+    final_arg = next(versions)
+    final = version(final_arg)
+    with open(path, "wb") as f:
+        f.write(final)
+    wait_for(lambda: (m := manifests(d).get(str(path))) and m["content_hash"] == sha(final)
+             and m["status"] == "applied", timeout=30, what="the final content applied")
+    t = wait_for(lambda: (t := d.task("race/g/0/t")) and t["state"] == "running"
+                 and cmdline_of(t["pid"]) == ["/bin/sleep", str(final_arg)] and t, timeout=60,
+                 what=f"the final version running (now {d.task('race/g/0/t')})")
+    assert list(task_cgroups(d.cgroup_parent).values()) == [[t["pid"]]]  # one process, no leftover version
+    print(f"rewrites: {final_arg - 100000}, restarts of the task: {t['restarts']}")
+    assert_healthy(d)
+
+
+def cmdline_of(pid: int | None) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except (OSError, TypeError):
+        return []
+
+
+def test_dotdot_in_names_is_rejected_and_nothing_is_created_outside_the_state_dir(daemon, tmp):
+    d = daemon
+    token = f"tasksd-escape-{uuid.uuid4().hex[:8]}"
+    tricks = {
+        "job.hcl": raw_job(f"../../{token}"),
+        "dots.hcl": raw_job(".."),
+        "group.hcl": raw_job("g1").replace('group "g"', f'group "../../../{token}"'),
+        "task.hcl": raw_job("t1").replace('task "t"', f'task "../../../../{token}"'),
+        "slash.hcl": raw_job(f"a/{token}"),
+        "job.yaml": json.dumps({"job": {"name": f"../{token}", "group": [{"name": "g", "task": [
+            {"name": "t", "driver": "raw_exec", "config": {"command": "/bin/sleep", "args": ["1000"]}}]}]}}),
+        "tmpl.hcl": raw_job("t2", task_extra=f'template {{\n data = "x"\n destination = "../../../../{token}"\n }}'),
+    }
+    d.start()
+    before = sorted(os.listdir(tmp))
+    for name, text in tricks.items():
+        d.write(name, text)
+    for name in tricks:
+        m = wait_manifest(d, d.tasks_dir / name, "rejected")
+        # Refused for the name (or the destination), not by accident of some other field.
+        assert any("must not" in e["message"] or "escapes" in e["message"] for e in m["errors"]), m
+    assert d.tasks() == {}
+    assert_healthy(d)
+    assert sorted(os.listdir(tmp)) == before
+    found = [os.path.join(r, n) for r, dirs, files in os.walk(tmp) for n in dirs + files if token in n]
+    for above in (tmp.parent, tmp.parent.parent, Path("/")):
+        found += [str(above / n) for n in os.listdir(above) if token in n]
+    assert not found, found
