@@ -76,21 +76,21 @@ NAME = st.one_of(st.from_regex(r"[a-z][a-z0-9-]{0,12}", fullmatch=True),
 @st.composite
 def generated(draw) -> tuple[str, str]:
     """A structurally plausible job whose fields are drawn from good and bad values alike."""
-    job = draw(st.one_of(st.just(JOB), st.just(JOB), NAME))
+    job = draw(st.sampled_from([JOB] * 6)) if draw(st.integers(0, 3)) else draw(NAME)
     groups = []
-    for gi in range(draw(st.integers(0, 2))):
+    for gi in range(draw(st.sampled_from([1, 1, 1, 2, 0]))):
         tasks = []
-        for ti in range(draw(st.integers(0, 2))):
+        for ti in range(draw(st.sampled_from([1, 1, 1, 2, 0]))):
             tasks.append({
-                "name": draw(st.one_of(st.just(f"t{ti}"), NAME)),
-                "driver": draw(st.sampled_from(["raw_exec"] * 4 + ["exec", "docker", "", "RAW_EXEC"])),
-                "command": draw(st.sampled_from(["/bin/sleep"] * 4 + ["/nonexistent", "sleep", "", "/bin/false"])),
+                "name": f"t{ti}" if draw(st.integers(0, 4)) else draw(NAME),
+                "driver": draw(st.sampled_from(["raw_exec"] * 12 + ["exec", "docker", "", "RAW_EXEC"])),
+                "command": draw(st.sampled_from(["/bin/sleep"] * 8 + ["/nonexistent", "sleep", "", "/bin/false"])),
                 "args": draw(st.lists(st.sampled_from(["1000", "0", "-1", "x", "${NOMAD_TASK_DIR}", ""]),
                                       min_size=0, max_size=2)),
-                "kill_timeout": draw(st.sampled_from(["2s", "1s", "-5s", "forever", "0s"])),
-                "memory": draw(st.sampled_from([None, 32, 0, -1, 10 ** 12])),
+                "kill_timeout": draw(st.sampled_from(["2s"] * 6 + ["1s", "-5s", "forever", "0s"])),
+                "memory": draw(st.sampled_from([None] * 4 + [32, 0, -1, 10 ** 12])),
             })
-        groups.append({"name": draw(st.one_of(st.just(f"g{gi}"), NAME)), "count": draw(
+        groups.append({"name": f"g{gi}" if draw(st.integers(0, 4)) else draw(NAME), "count": draw(
             st.sampled_from([None, 1, 2, 0, -1])), "restart_mode": draw(st.sampled_from([None, "fail", "delay",
                                                                                         "bogus"])), "tasks": tasks})
     if draw(st.booleans()):
@@ -203,12 +203,14 @@ def draw_corpus(total: int) -> list[tuple[str, bytes]]:
     per daemon would start a daemon per example, and a single example is hypothesis's simplest one."""
     corpus: list[tuple[str, bytes]] = []
     garbage = st.tuples(st.sampled_from([".hcl", ".yaml"]), st.binary(max_size=512))
-    texts = st.one_of(mutated_example(), mutated_example(), generated()).map(
-        lambda c: (c[0], c[1].encode("utf-8", "surrogatepass")))
+    texts = {"mutated": mutated_example(), "generated": generated()}
+    kinds = st.sampled_from(["mutated"] * 4 + ["generated"] * 4 + ["garbage"])
+    cases = kinds.flatmap(lambda k: garbage if k == "garbage" else texts[k].map(
+        lambda c: (c[0], c[1].encode("utf-8", "surrogatepass"))))
 
     @settings(max_examples=total, phases=[Phase.generate], database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
-    @given(st.one_of(texts, texts, texts, garbage))
+    @given(cases)
     def collect(case):
         corpus.append(case)
 
