@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -82,7 +83,8 @@ def generated(draw) -> tuple[str, str]:
         tasks = []
         for ti in range(draw(st.sampled_from([1, 1, 1, 2, 0]))):
             tasks.append({
-                "name": f"t{ti}" if draw(st.integers(0, 4)) else draw(NAME),
+                # No whitespace in task names until SPACE_BUG is fixed: it would fail this test as a mount leak.
+                "name": f"t{ti}" if draw(st.integers(0, 4)) else draw(NAME.filter(lambda n: " " not in n)),
                 "driver": draw(st.sampled_from(["raw_exec"] * 12 + ["exec", "docker", "", "RAW_EXEC"])),
                 "command": draw(st.sampled_from(["/bin/sleep"] * 8 + ["/nonexistent", "sleep", "", "/bin/false"])),
                 "args": draw(st.lists(st.sampled_from(["1000", "0", "-1", "x", "${NOMAD_TASK_DIR}", ""]),
@@ -158,6 +160,17 @@ def seen(d: Daemon, paths: list[Path]) -> bool:
     return True
 
 
+def cgroups_now(d: Daemon) -> dict[str, list[int]]:
+    """task_cgroups, retried when a cgroup vanishes while it is read (ENODEV from a removed cgroup's files)."""
+    def attempt() -> tuple[dict[str, list[int]]] | None:
+        try:
+            return (task_cgroups(d.cgroup_parent),)
+        except OSError:
+            return None
+
+    return wait_for(attempt, timeout=10, what="a consistent read of the task cgroups")[0]
+
+
 def settled(d: Daemon) -> bool:
     return all(t["state"] in SETTLED for t in d.tasks().values())
 
@@ -171,20 +184,21 @@ def assert_healthy(d: Daemon) -> None:
 
 def assert_all_stopped(d: Daemon) -> None:
     wait_for(lambda: all(t["state"] in ("stopped", "complete", "failed") for t in d.tasks().values())
-             and not task_cgroups(d.cgroup_parent), timeout=90, interval=0.1,
-             what=f"every task stopped and its cgroup gone (left: {task_cgroups(d.cgroup_parent)})")
+             and not cgroups_now(d), timeout=90, interval=0.1,
+             what=f"every task stopped and its cgroup gone (left: {cgroups_now(d)})")
 
 
 def check_manifests_and_tasks(d: Daemon, written: dict[Path, bytes]) -> dict[str, int]:
     got = manifests(d)
     assert set(got) == {str(p) for p in written}, (set(got) ^ {str(p) for p in written})
     tasks = d.tasks()
-    counts = {"applied": 0, "rejected": 0, "tasks": 0}
+    counts = {"applied": 0, "rejected": 0, "duplicate": 0, "tasks": 0}
     for path in written:
         m = got[str(path)]
-        assert m["status"] in ("applied", "rejected"), m
+        # "duplicate": valid, but a job of the same name is already defined by another file (a rejection too).
+        assert m["status"] in ("applied", "rejected", "duplicate"), m
         counts[m["status"]] += 1
-        if m["status"] == "rejected":
+        if m["status"] != "applied":
             assert m["errors"] and all(e["message"] for e in m["errors"]), m
             # Nothing ever ran from it: each file is written once, so it has no last good version.
             assert not [t for t in tasks.values() if t["manifest"] == str(path)], m
@@ -193,8 +207,11 @@ def check_manifests_and_tasks(d: Daemon, written: dict[Path, bytes]) -> dict[str
         counts["tasks"] += len(mine)
         for t in mine:
             assert t["state"] in SETTLED, t
-            if t["state"] == "running":
-                assert Path(f"/proc/{t['pid']}").exists(), t
+            if t["state"] == "running" and not Path(f"/proc/{t['pid']}").exists():
+                # A command that exits at once (`sleep 0`, `sleep x`) may be read as running just before its exit
+                # is processed: the daemon must notice within a moment, not keep a dead pid as running.
+                wait_for(lambda: (now := d.task(t["id"])) is None or (now["state"], now["pid"]) != ("running", t["pid"]),
+                         timeout=30, what=f"{t['id']}: tasksd notices its pid {t['pid']} is gone")
     return counts
 
 
@@ -369,7 +386,7 @@ def test_manifest_rewritten_in_place_while_the_daemon_reads_it(daemon):
     t = wait_for(lambda: (t := d.task("race/g/0/t")) and t["state"] == "running"
                  and cmdline_of(t["pid"]) == ["/bin/sleep", str(final_arg)] and t, timeout=60,
                  what=f"the final version running (now {d.task('race/g/0/t')})")
-    assert list(task_cgroups(d.cgroup_parent).values()) == [[t["pid"]]]  # one process, no leftover version
+    assert list(cgroups_now(d).values()) == [[t["pid"]]]  # one process, no leftover version
     print(f"rewrites: {final_arg - 100000}, restarts of the task: {t['restarts']}")
     assert_healthy(d)
 
@@ -409,3 +426,38 @@ def test_dotdot_in_names_is_rejected_and_nothing_is_created_outside_the_state_di
     for above in (tmp.parent, tmp.parent.parent, Path("/")):
         found += [str(above / n) for n in os.listdir(above) if token in n]
     assert not found, found
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points below `root`, decoded (mountinfo escapes space, tab, newline and backslash as octal)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in f]
+    return [p for p in points if p.startswith(str(root) + "/")]
+
+
+SPACE_BUG = ("FOUND: taskdir.remove_alloc matches /proc/self/mountinfo mount points without decoding their octal "
+             "escapes (space is \\040), so the tmpfs mounts of a task whose name has a space are never unmounted "
+             "when its alloc is collected")
+
+
+@pytest.mark.parametrize("task", ["xy", pytest.param("x y", marks=pytest.mark.xfail(strict=True, reason=SPACE_BUG))])
+def test_task_name_with_a_space_leaves_no_mounts_after_collection(daemon, task):
+    d = daemon
+    d.start()
+    # It exits and is not restarted: the driver keeps its tmpfs mounts for a possible next run, so only the
+    # alloc's GC (after the manifest goes) unmounts them.
+    d.write("space.hcl", raw_job("space", command="/bin/false", args=[])
+            .replace('task "t"', f'task "{task}"')
+            .replace('kill_timeout', 'restart {\n  attempts = 0\n  mode = "fail"\n}\n      kill_timeout'))
+    d.wait_state(f"space/g/0/{task}", "failed")
+    assert mounts_under(d.state_dir), "the failed task's mounts are kept until GC (the premise of this test)"
+    (d.tasks_dir / "space.hcl").unlink()
+    try:
+        wait_for(lambda: not (d.state_dir / "alloc").exists() or not any((d.state_dir / "alloc").iterdir()),
+                 timeout=15, what="the alloc collected")
+    except AssertionError:
+        pass  # a removal that fails on the busy mounts leaves the dir: the mount check below says why
+    left = mounts_under(d.state_dir)
+    for p in sorted(left, key=len, reverse=True):  # clean up what tasksd leaked, so the leak check stays quiet
+        subprocess.run(["umount", "-l", p], check=False)
+    assert not left, f"mounts left after GC: {left}"
