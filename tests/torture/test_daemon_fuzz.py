@@ -210,7 +210,8 @@ def check_manifests_and_tasks(d: Daemon, written: dict[Path, bytes]) -> dict[str
             if t["state"] == "running" and not Path(f"/proc/{t['pid']}").exists():
                 # A command that exits at once (`sleep 0`, `sleep x`) may be read as running just before its exit
                 # is processed: the daemon must notice within a moment, not keep a dead pid as running.
-                wait_for(lambda: (now := d.task(t["id"])) is None or (now["state"], now["pid"]) != ("running", t["pid"]),
+                wait_for(lambda t=t: (now := d.task(t["id"])) is None
+                         or (now["state"], now["pid"]) != ("running", t["pid"]),
                          timeout=30, what=f"{t['id']}: tasksd notices its pid {t['pid']} is gone")
     return counts
 
@@ -251,7 +252,7 @@ def test_hostile_manifests_through_the_daemon(daemon):
             written[path] = raw
             paths.append(path)
         # Let the daemon see each batch before the next lands, so scans overlap with starts and stops.
-        wait_for(lambda: seen(d, paths), timeout=60, interval=0.05, what=f"batch at {start} seen")
+        wait_for(lambda paths=paths: seen(d, paths), timeout=60, interval=0.05, what=f"batch at {start} seen")
     wait_for(lambda: seen(d, list(written)) and settled(d), timeout=120, interval=0.1, what="quiescence")
     assert_healthy(d)
     counts = check_manifests_and_tasks(d, written)
