@@ -473,9 +473,8 @@ def threads_in_fifo_open(pid: int) -> list[str]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="FOUND: controller/scan.py Scanner._scan_file checks S_ISREG with os.stat and "
-                   "then open()s the path again: a FIFO renamed over the file in between blocks the daemon's loop "
-                   "in open() forever (needs O_NONBLOCK + fstat of the opened fd)")
+# Found by this test: the scanner checked S_ISREG with os.stat and then open()ed the path again, so a FIFO
+# renamed over the file in between blocked the reconcile loop in open() forever.
 def test_fifo_swapped_in_between_stat_and_open_does_not_hang_the_daemon(daemon, tmp):
     d = daemon
     d.start()
