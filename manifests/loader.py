@@ -5,6 +5,7 @@ import fnmatch
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,10 +89,20 @@ def detect_format(path: str, text: str) -> str:
 def load_file(path: str | os.PathLike[str]) -> LoadResult:
     p = str(path)
     try:
-        with open(p, "rb") as f:
+        # Non-blocking, and the type checked on the opened file: a FIFO or device given as a manifest must be
+        # refused, not waited on forever.
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as e:
+        return _failed(p, f"cannot read: {e.strerror or e}")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return _failed(p, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_MANIFEST_BYTES + 1)
     except OSError as e:
         return _failed(p, f"cannot read: {e.strerror or e}")
+    finally:
+        os.close(fd)
     return load_bytes(data, p)
 
 

@@ -51,14 +51,23 @@ def resync(d: Daemon, interval: str) -> None:
 
 
 def task_cgroups(cgroup_parent: str) -> dict[str, list[int]]:
-    """Every task cgroup below the test's parent and the pids in it, as the kernel sees them."""
-    mgr = cgroups.CgroupManager(cgroups.detect(), cgroup_parent)
-    out: dict[str, list[int]] = {}
-    for name in mgr.names():
-        cg = mgr.open(name)
-        if cg is not None:
-            out[name] = sorted(cg.pids())
-    return out
+    """Every task cgroup below the test's parent and the pids in it, as the kernel sees them. A cgroup removed
+    while it is read (ENODEV/ENOENT from its files) makes the whole read start again, within a deadline."""
+    from tests.helpers import wait_for
+
+    def attempt():
+        mgr = cgroups.CgroupManager(cgroups.detect(), cgroup_parent)
+        out: dict[str, list[int]] = {}
+        try:
+            for name in mgr.names():
+                cg = mgr.open(name)
+                if cg is not None:
+                    out[name] = sorted(cg.pids())
+        except OSError:
+            return None
+        return (out,)
+
+    return wait_for(attempt, timeout=10, what="a consistent read of the task cgroups")[0]
 
 
 def cmdline(pid: int) -> list[str]:

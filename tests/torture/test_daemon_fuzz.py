@@ -161,14 +161,7 @@ def seen(d: Daemon, paths: list[Path]) -> bool:
 
 
 def cgroups_now(d: Daemon) -> dict[str, list[int]]:
-    """task_cgroups, retried when a cgroup vanishes while it is read (ENODEV from a removed cgroup's files)."""
-    def attempt() -> tuple[dict[str, list[int]]] | None:
-        try:
-            return (task_cgroups(d.cgroup_parent),)
-        except OSError:
-            return None
-
-    return wait_for(attempt, timeout=10, what="a consistent read of the task cgroups")[0]
+    return task_cgroups(d.cgroup_parent)  # retries reads that race a cgroup's removal
 
 
 def settled(d: Daemon) -> bool:

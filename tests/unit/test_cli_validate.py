@@ -138,3 +138,12 @@ def test_module_entry_point_runs_as_a_process():
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "ok" in proc.stdout
+
+
+def test_a_fifo_given_as_a_manifest_is_refused_not_waited_on(tmp, capsys):
+    import os
+
+    fifo = tmp / "pipe.hcl"
+    os.mkfifo(fifo)
+    code, out, err = run(capsys, "validate", str(fifo))
+    assert code == 1 and "not a regular file" in out
