@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, load_bytes, scan_dir_paths
+from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, load_bytes, read_regular_file, scan_dir_paths
 from manifests.problems import Problem
 
 
@@ -94,20 +94,10 @@ class Scanner:
             self._cache[path] = fs
             return fs
         try:
-            # O_NONBLOCK and a second type check on the open file: a FIFO (or device) renamed over the manifest
-            # between stat and open would otherwise block the reconcile loop forever in open() or read().
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+            # A FIFO or device renamed over the manifest after the stat above must not block the loop.
+            data = read_regular_file(path)
         except OSError:
             return None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read(MAX_MANIFEST_BYTES + 1)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
         digest = hashlib.sha256(data).hexdigest()
         if cached is not None and cached.content_hash == digest and cached.result is not None:
             cached.signature = sig

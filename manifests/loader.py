@@ -86,23 +86,31 @@ def detect_format(path: str, text: str) -> str:
     return "hcl"
 
 
+class NotRegularFile(OSError):
+    pass
+
+
+def read_regular_file(path: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+    """Up to limit+1 bytes of a regular file. Non-blocking open and the type checked on the opened file: a FIFO
+    or device named (or swapped in) as a manifest is refused, never waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
+
+
 def load_file(path: str | os.PathLike[str]) -> LoadResult:
     p = str(path)
     try:
-        # Non-blocking, and the type checked on the opened file: a FIFO or device given as a manifest must be
-        # refused, not waited on forever.
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        data = read_regular_file(p)
+    except NotRegularFile:
+        return _failed(p, "not a regular file")
     except OSError as e:
         return _failed(p, f"cannot read: {e.strerror or e}")
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return _failed(p, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as e:
-        return _failed(p, f"cannot read: {e.strerror or e}")
-    finally:
-        os.close(fd)
     return load_bytes(data, p)
 
 
