@@ -87,9 +87,21 @@ def _children() -> set[tuple[int, float]]:
     return out
 
 
+def _strays() -> set[tuple[int, float]]:
+    """Processes that are no longer our children but belong to this run: a launcher outlives the daemon that
+    started it (by design), so a test that fails to stop it leaves an orphan that _children cannot see."""
+    base = os.path.join(tempfile.gettempdir(), TMP_PREFIX)
+    out = set()
+    for p in psutil.process_iter(["cmdline", "create_time"]):
+        cmd = p.info["cmdline"] or []
+        if any(base in arg for arg in cmd):
+            out.add((p.pid, p.info["create_time"]))
+    return out
+
+
 def _snapshot() -> dict[str, set]:
     return {
-        "processes": _children(),
+        "processes": _children() | _strays(),
         "cgroups": _cgroup_tree(_own_cgroup_dirs()),
         "mounts": _mounts(),
         "netns": _netns(),
