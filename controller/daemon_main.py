@@ -147,6 +147,9 @@ class Daemon:
         drained = ctl.draining
         if drained:
             runtime.shutdown_launcher()
+            # Drain means "remove everything tasksd made": the task cgroups went with their allocs, now the parent.
+            if not runtime.cgroups.remove_parent():
+                log.warning("drain: task cgroups remain below %s", runtime.cgroups.parent_paths)
         else:
             runtime.close()
         store.close()

@@ -5,7 +5,9 @@ The check runs around every test (cheap: a few /proc reads) so the test that lea
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -107,6 +109,57 @@ def _snapshot() -> dict[str, set]:
         "netns": _netns(),
         "tmpdirs": _tmpdirs(),
     }
+
+
+_RUN_DIR = re.compile(r"tasksd-test-(\d+)-[^/\s]*")
+
+
+def _dead_run(name: str) -> bool:
+    """`tasksd-test-<pid>-...` of a test run whose process is gone (killed before its fixtures could clean up)."""
+    m = _RUN_DIR.fullmatch(name)
+    return bool(m) and not psutil.pid_exists(int(m.group(1)))
+
+
+def _remove_cgroup_tree(top: Path) -> None:
+    for d in sorted((x for x in top.rglob("*") if x.is_dir()), key=lambda x: len(x.parts), reverse=True) + [top]:
+        procs = d / "cgroup.procs"
+        for pid in procs.read_text().split() if procs.exists() else ():
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_killed_runs():
+    """An interrupted run (^C, a timeout) leaves what its per-test fixtures never got to remove: launchers, task
+    cgroups, tmpfs mounts, temp dirs. Sweep the leftovers of dead runs first, so they neither pile up on a machine
+    nor get mistaken for this run's leaks."""
+    for p in psutil.process_iter(["cmdline"]):
+        if any(_dead_run(m.group(0)) for m in _RUN_DIR.finditer(" ".join(p.info["cmdline"] or []))):
+            try:
+                p.kill()
+            except psutil.Error:
+                pass  # not ours to kill (tests run without root): leave it
+    for own in _own_cgroup_dirs():
+        for top in own.iterdir():
+            if top.is_dir() and _dead_run(top.name):
+                _remove_cgroup_tree(top)
+    with open("/proc/self/mountinfo") as f:
+        points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in f]
+    tmp = tempfile.gettempdir()
+    for point in sorted(points, key=len, reverse=True):
+        rel = os.path.relpath(point, tmp)
+        if not rel.startswith("..") and _dead_run(rel.split("/")[0]):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    for name in os.listdir(tmp):
+        if _dead_run(name):
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -152,6 +152,9 @@ def teardown_daemon(d: Daemon, cgroup_parent: str) -> None:
                 cg.remove()
         for alloc in (d.state_dir / "alloc").glob("*") if (d.state_dir / "alloc").exists() else ():
             taskdir.remove_alloc(alloc)
+    left = [str(p) for p in mgr.parent_paths.values() if p.exists()]
     mgr.remove_parent()
     if forced:
         raise AssertionError(f"tasksd could not drain; cleaned up by force. Log:\n{d.log()[-3000:]}")
+    if left:
+        raise AssertionError(f"a drained tasksd left its cgroup parent behind: {left}")
