@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlparse
 
 from controller import exec_proto
 from controller.controller import Controller
+from controller.taskids import match_task_ids
 
 log = logging.getLogger("tasksd.api")
 
@@ -32,14 +33,7 @@ class ApiError(Exception):
 def resolve_task_id(ctl: Controller, ident: str) -> str:
     """Canonical `job/group/index/task`, or a unique shortening: the task name alone, `job/task`, trailing parts
     (`group/index/task`), or the job name alone when the job runs a single task instance."""
-    ids = list(ctl.records)
-    if ident in ctl.records:
-        return ident
-    parts = ident.split("/")
-    matches = [t for t in ids if t.split("/")[-len(parts):] == parts or
-               (len(parts) == 2 and t.split("/")[0] == parts[0] and t.split("/")[3] == parts[1])]
-    if not matches and len(parts) == 1:
-        matches = [t for t in ids if t.split("/")[0] == parts[0]]
+    matches = match_task_ids(ctl.records, ident)
     if not matches:
         raise ApiError(404, f"no task {ident!r} (see `tasksctl status` for ids)")
     if len(matches) > 1:

@@ -156,9 +156,10 @@ def _run_status(args: argparse.Namespace) -> int:
               file=sys.stderr)
     tasks = snap["tasks"]
     if args.id:
+        from controller.taskids import match_task_ids
 
-        matches = [t for t in tasks if t["id"] == args.id or t["id"].split("/")[-len(args.id.split("/")):] ==
-                   args.id.split("/")]
+        ids = set(match_task_ids((t["id"] for t in tasks), args.id))
+        matches = [t for t in tasks if t["id"] in ids]
         if len(matches) != 1:
             what = "no task" if not matches else "ambiguous task id"
             print(f"tasksctl status: {what} {args.id!r}", file=sys.stderr)

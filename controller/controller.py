@@ -480,7 +480,7 @@ class Controller:
         t0 = time.perf_counter()
         grace = 0.0 if self.draining else self.config.gc_grace
         if full or self._full_pending:
-            self._full_pending = False
+            self._full_pending, self._touched = False, set()  # a full pass covers whatever was touched
             desired, observed, gone = self.desired, self.observed(), self.gone_times()
         else:
             touched, self._touched = self._touched, set()
@@ -489,7 +489,6 @@ class Controller:
             desired = {t: d for t, d in self.desired.items() if alloc_of(t) in touched}
             observed = self.observed(touched)
             gone = {a: g for a, g in self.gone_times().items() if a in touched}
-        self._touched = set() if full else self._touched
         actions = plan(desired, observed, self.clock(), gone, grace)
         for a in actions:
             try:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from isolation import child
+from isolation import cgroups, child
 # Imported here, never lazily in the child: after pivot_root the child can no longer see tasksd's own files.
 from isolation import caps, landlock, mounts, netns  # noqa: F401
 from isolation import sys as ksys
@@ -77,7 +77,8 @@ class Conn:
     out: bytearray = field(default_factory=bytearray)
 
 
-def _describe_status(status: int) -> dict:
+def describe_status(status: int) -> dict:
+    """A wait status as the exit record carries it (128+N and the signal when a signal killed it)."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         return {"exit_code": 128 + sig, "signal": sig}
@@ -98,7 +99,9 @@ class Launcher:
         self.conns: dict[int, Conn] = {}
         self.running = True
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        self.own_cgroups = _own_cgroups()
+        layout = cgroups.detect()
+        hierarchies = ([cgroups.UNIFIED] if layout.v2_mount else []) + list(layout.v1_mounts)
+        self.own_cgroups = [(str(layout.mount(h)), str(layout.own_dir(h))) for h in hierarchies]
         self.own_oom_score_adj = int(Path("/proc/self/oom_score_adj").read_text())
         self.boot_id = ksys.boot_id()
 
@@ -342,11 +345,10 @@ class Launcher:
 
     def _own_procs_for(self, procs: str) -> str | None:
         """Our own cgroup.procs in the hierarchy that `procs` belongs to."""
-        best = None
-        for mount, own in self.own_cgroups:
-            if procs.startswith(mount + "/") and (best is None or len(mount) > len(best[0])):
-                best = (mount, own)
-        return f"{best[0]}{best[1]}/cgroup.procs".replace("//", "/") if best else None
+        for mount, own_dir in self.own_cgroups:
+            if procs.startswith(mount + "/"):
+                return f"{own_dir}/cgroup.procs"
+        return None
 
     def _spawn_fast(self, spec: LaunchSpec, conn: Conn, rid) -> bool:
         """Spawn without running Python in the child: subprocess's C fork/exec (vfork when no uid change).
@@ -538,7 +540,7 @@ class Launcher:
         for fd in list(task.logs):
             self._pump(fd, final=False)
         rec = {"key": task.key, "pid": task.pid, "start_time": task.start_time, "finished_at": time.time(),
-               **_describe_status(status)}
+               **describe_status(status)}
         self.exits[task.key] = rec
         try:
             _write_atomic(self.exits_dir / f"{_safe_key(task.key)}.json", json.dumps(rec))
@@ -610,34 +612,6 @@ def _write_procs(path: str) -> None:
         os.write(fd, b"0")
     finally:
         os.close(fd)
-
-
-def _own_cgroups() -> list[tuple[str, str]]:
-    """(mount point, our path in that hierarchy) for every cgroup hierarchy mounted here."""
-    by_key: dict[str, str] = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, ctrls, path = line.rstrip("\n").split(":", 2)
-            for c in (ctrls.split(",") if ctrls else [""]):
-                by_key[c] = path
-    out: list[tuple[str, str]] = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, opts, root = fields[sep + 1], fields[sep + 3], fields[3]
-            if fstype == "cgroup2" and "" in by_key:
-                path = by_key[""]
-            elif fstype == "cgroup":
-                keys = [o for o in opts.split(",") if o in by_key or o.startswith("name=")]
-                path = next((by_key[k] for k in keys if k in by_key), None)
-                if path is None:
-                    continue
-            else:
-                continue
-            rel = path[len(root):] if root != "/" and path.startswith(root) else path
-            out.append((fields[4], rel if rel.startswith("/") else "/" + rel))
-    return out
 
 
 def _safe_key(key: str) -> str:

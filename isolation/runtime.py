@@ -18,6 +18,7 @@ from typing import Callable
 from isolation import cgroups
 from isolation import sys as ksys
 from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
+from isolation.launcher import describe_status
 from isolation.launcher_client import LauncherClient
 
 log = logging.getLogger("tasksd.runtime")
@@ -262,15 +263,8 @@ class Runtime:
         if info is None:
             raw.update(exit_code=None, signal=None, error=UNKNOWN_EXIT)
         else:
-            raw.update(_decode_wait_status(info))
+            raw.update(describe_status(info))
         self._finish(handle, raw)
-
-
-def _decode_wait_status(status: int) -> dict:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return {"exit_code": 128 + sig, "signal": sig}
-    return {"exit_code": os.WEXITSTATUS(status), "signal": None}
 
 
 def _wait_gone(pid: int, timeout: float) -> None:

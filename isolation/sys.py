@@ -10,6 +10,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import platform
 import socket
 import struct
@@ -333,3 +334,11 @@ def process_start_time(pid: int) -> int:
 def boot_id() -> str:
     with open("/proc/sys/kernel/random/boot_id") as f:
         return f.read().strip()
+
+
+_MOUNTINFO_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def unescape_mountinfo(field: str) -> str:
+    """/proc/*/mountinfo writes space, tab, newline and backslash as octal escapes (`\\040`): decode a field."""
+    return _MOUNTINFO_OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)

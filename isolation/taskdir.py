@@ -14,7 +14,6 @@ different users cannot read each other's secrets.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -110,19 +109,13 @@ def unmount_task(td: TaskDir) -> None:
             ksys.umount2(str(path), ksys.MNT_DETACH)
 
 
-def _unescape_mountinfo(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes (a task named "a b" has a secrets
-    mount at ".../a\\040b/secrets"): decode them, or such mounts are never found and never unmounted."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def remove_alloc(alloc_dir: Path) -> None:
     """Unmount everything below the alloc dir, then delete it (GC)."""
     if not alloc_dir.exists():
         return
     prefix = str(alloc_dir) + "/"
     with open("/proc/self/mountinfo") as f:
-        points = [_unescape_mountinfo(line.split()[4]) for line in f]
+        points = [ksys.unescape_mountinfo(line.split()[4]) for line in f]
     for p in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
         try:
             ksys.umount2(p, ksys.MNT_DETACH)

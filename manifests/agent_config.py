@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from manifests.capabilities import NOMAD_EXEC_DEFAULT_CAPS
+
 # Nomad's default chroot_env for the exec driver (drivers/shared/executor). Source -> destination inside the task.
 DEFAULT_CHROOT_ENV: tuple[tuple[str, str], ...] = (
     ("/bin", "/bin"),
@@ -19,10 +21,8 @@ DEFAULT_CHROOT_ENV: tuple[tuple[str, str], ...] = (
     ("/run/systemd/resolve", "/run/systemd/resolve"),
 )
 
-NOMAD_DEFAULT_ALLOW_CAPS: tuple[str, ...] = (
-    "audit_write", "chown", "dac_override", "fowner", "fsetid", "kill", "mknod", "net_bind_service",
-    "setfcap", "setgid", "setpcap", "setuid", "sys_chroot",
-)
+# Nomad's default allow list, in the config file's spelling ("net_bind_service").
+NOMAD_DEFAULT_ALLOW_CAPS: tuple[str, ...] = tuple(sorted(c.removeprefix("CAP_").lower() for c in NOMAD_EXEC_DEFAULT_CAPS))
 
 
 @dataclass(frozen=True)

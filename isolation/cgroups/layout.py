@@ -5,10 +5,11 @@ Everything is read from `<proc_root>/<pid>/mountinfo` and `<proc_root>/<pid>/cgr
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from isolation.sys import unescape_mountinfo
 
 Mode = Literal["v2", "hybrid", "v1"]
 UNIFIED = "unified"
@@ -46,14 +47,6 @@ class CgroupLayout:
         return self.mount(hierarchy) / self.own.get(hierarchy, "/").lstrip("/")
 
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field_: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field_)
-
-
 def _read_mounts(mountinfo: Path) -> tuple[tuple[Path, str] | None, dict[str, tuple[Path, str]]]:
     """(v2 mount point, fs root) and controller -> (v1 mount point, fs root); the first mount of each wins."""
     v2: tuple[Path, str] | None = None
@@ -65,7 +58,7 @@ def _read_mounts(mountinfo: Path) -> tuple[tuple[Path, str] | None, dict[str, tu
         except ValueError:
             continue
         fstype = fields[sep + 1]
-        root, point = _unescape(fields[3]), Path(_unescape(fields[4]))
+        root, point = unescape_mountinfo(fields[3]), Path(unescape_mountinfo(fields[4]))
         if fstype == "cgroup2" and v2 is None:
             v2 = (point, root)
         elif fstype == "cgroup":

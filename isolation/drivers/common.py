@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal as _signal
+import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -149,7 +150,7 @@ class CommonDriver(Driver):
         handle = TaskHandle(
             key=key, task_id=ctx.task_id, driver=self.name, pid=reply["pid"], start_time=reply["start_time"],
             boot_id=self.runtime.boot_id, cgroup=cg_name, alloc_id=ctx.alloc_id, alloc_dir=str(td.alloc_dir),
-            task_dir=str(td.dir), started_at=_now(), oom_baseline=baseline, uid=ident.uid,
+            task_dir=str(td.dir), started_at=time.time(), oom_baseline=baseline, uid=ident.uid,
             dynamic_uid=ident.dynamic, netns=ctx.netns,
             exec_env={"spec": {**spec_dict, "stdout": None, "stderr": None}, "cpuset": cpuset},
         )
@@ -374,7 +375,3 @@ def _dropped_by_pid1(handle: TaskHandle, signum: int) -> bool:
     return not (caught & bit) and not (ignored & bit)
 
 
-def _now() -> float:
-    import time
-
-    return time.time()
