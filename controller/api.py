@@ -41,7 +41,19 @@ def resolve_task_id(ctl: Controller, ident: str) -> str:
     return matches[0]
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _QuietErrors:
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up mid-request is routine: one debug line, not socketserver's traceback on stderr."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            log.debug("API client went away: %s", exc)
+        else:
+            log.error("API request failed", exc_info=exc)
+
+
+class _Server(_QuietErrors, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
 
@@ -50,7 +62,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(path, handler)
 
 
-class _TCPServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+class _TCPServer(_QuietErrors, socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
@@ -80,7 +92,9 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._send_json(status, {"error": message, "status": status})
 
-    def _body(self) -> dict:
+    def _read_body(self) -> bytes:
+        """Every request's body is read before routing, also by handlers that ignore it (POST /v1/drain with
+        `{}`): an unread body would be parsed as the next request on this keep-alive connection."""
         try:
             n = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -89,10 +103,13 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "Content-Length must not be negative")
         if n > 1 << 20:
             raise ApiError(413, "request body too large")
-        if not n:
+        return self.rfile.read(n) if n else b""
+
+    def _body(self) -> dict:
+        if not self._raw_body:
             return {}
         try:
-            data = json.loads(self.rfile.read(n))
+            data = json.loads(self._raw_body)
         except ValueError:
             raise ApiError(400, "request body is not valid JSON") from None
         if not isinstance(data, dict):
@@ -100,6 +117,15 @@ class Handler(BaseHTTPRequestHandler):
         return data
 
     def _dispatch(self, method: str) -> None:
+        self._raw_body = b""
+        try:
+            self._raw_body = self._read_body()
+        except ApiError as e:
+            self._error(e.status, str(e))
+            return
+        except OSError:
+            self.close_connection = True
+            return
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = [p for p in url.path.split("/") if p]

@@ -233,6 +233,11 @@ class Controller:
             if self._rescan_at is not None:
                 deadline = min(deadline, self._rescan_at)
             timeout = max(0.0, deadline - self.clock())
+            if self._touched:
+                # Actions of the last pass touched allocs (a forgotten task frees its alloc for GC): plan them now,
+                # not at the next event. Each pass moves a task forward (busy, restarting with a time, gone), so
+                # this settles instead of spinning.
+                timeout = 0.0
             try:
                 ev = self.queue.get(timeout=timeout)
             except queue.Empty:
@@ -783,7 +788,8 @@ class Controller:
                                           "slot": None}
         rec["gone_at"] = self.clock()
         self.allocs[alloc] = rec
-        self._timer(rec["gone_at"] + self.config.gc_grace, alloc)
+        # Draining collects at once (grace 0 in reconcile): wake then, not after the configured grace.
+        self._timer(rec["gone_at"] + (0.0 if self.draining else self.config.gc_grace), alloc)
         try:
             self.store.put_alloc(alloc, rec["alloc_id"], rec["gone_at"], rec.get("netns"), rec.get("slot"))
         except StoreError as e:

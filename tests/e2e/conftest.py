@@ -28,14 +28,16 @@ class Daemon:
         os.chmod(root, 0o755)
         self.cgroup_parent = cgroup_parent
         self.extra_config = config
+        self.gc_grace = "1s"
+        self.resync_interval = "30s"
         self.proc: subprocess.Popen | None = None
         self.log_path = root / "tasksd.log"
         self.write_config()
 
     def write_config(self) -> None:
         self.config_path.write_text(
-            f'client {{\n  cgroup_parent = "{self.cgroup_parent}"\n  gc_grace = "1s"\n'
-            f'  resync_interval = "30s"\n}}\nplugin "raw_exec" {{\n  config {{\n    enabled = true\n  }}\n}}\n'
+            f'client {{\n  cgroup_parent = "{self.cgroup_parent}"\n  gc_grace = "{self.gc_grace}"\n'
+            f'  resync_interval = "{self.resync_interval}"\n}}\nplugin "raw_exec" {{\n  config {{\n    enabled = true\n  }}\n}}\n'
             + self.extra_config)
 
     @property

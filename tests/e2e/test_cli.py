@@ -212,6 +212,21 @@ def test_drain_stops_everything_and_exits(daemon):
     assert json.loads(r.stdout)["offline"] is True
 
 
+def test_drain_does_not_wait_for_gc_grace_or_resync(daemon):
+    # Drain collects allocs at once. It used to wake only at gone_at + gc_grace (or the next full resync), so with
+    # the defaults (5m, 60s) `tasksctl drain` took minutes: with both at an hour the deadline below catches that.
+    daemon.gc_grace = "1h"
+    daemon.resync_interval = "1h"
+    daemon.write_config()
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    running_pid(daemon)
+    assert tasksctl(daemon, "drain").returncode == 0
+    daemon.proc.wait(60)
+    daemon.proc = None
+    assert "drained" in daemon.log()
+
+
 def test_daemon_not_running_says_how_to_fix(daemon):
     r = tasksctl(daemon, "events")
     assert r.returncode == 1 and "tasksd is not running" in r.stderr and "--socket" in r.stderr
