@@ -22,33 +22,27 @@ component, is a device, FIFO or socket, or is a symlink or hard link whose targe
 """
 from __future__ import annotations
 
-import bz2
 import errno
-import gzip
 import hashlib
-import lzma
 import os
 import posixpath
 import shutil
 import stat
-import tarfile
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
-import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import tenacity
 
 from isolation.drivers.base import StartError
 
 HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
-SINGLE_SUFFIXES = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+# Archive and network modules are imported where used: only tasks with artifacts should pay for them (urllib.request
+# alone brings in ssl, email and http.client), and the daemon's memory is one of its targets.
+SINGLE_SUFFIXES = {".gz": "gzip", ".xz": "lzma", ".bz2": "bz2"}
 # Bounds on what one artifact may put on disk: downloads and unpacking run as root into the state dir, and a
 # hostile or broken source must not fill it (the daemon's state lives there too).
 MAX_DOWNLOAD_BYTES = 2 << 30
@@ -224,6 +218,9 @@ def _copy_limited(src, dst, limit: int, what: str) -> int:
 
 
 def _download(url: str, headers: tuple[tuple[str, str], ...], out: Path) -> None:
+    import urllib.error
+    import urllib.request
+
     req = urllib.request.Request(url, headers={"User-Agent": "tasksd", **dict(headers)})
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp, open(out, "wb") as f:
@@ -237,6 +234,8 @@ def _download(url: str, headers: tuple[tuple[str, str], ...], out: Path) -> None
 
 
 def download(url: str, headers: tuple[tuple[str, str], ...], out: Path, attempts: int = ATTEMPTS) -> None:
+    import tenacity  # only tasks with artifacts pay for it
+
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(attempts), wait=tenacity.wait_exponential(multiplier=0.25, max=4),
         retry=tenacity.retry_if_exception_type(_Transient), reraise=True)
@@ -342,6 +341,11 @@ def _check_totals(entries: int, size: int, source: str) -> None:
 
 def unpack(archive: Path, kind: str, out: Path, source: str) -> None:
     """Unpack into the (empty, private) dir `out` after checking every entry."""
+    import importlib
+    import lzma
+    import tarfile
+    import zipfile
+
     if kind == "tar":
         try:
             with tarfile.open(archive) as tf:
@@ -388,7 +392,7 @@ def unpack(archive: Path, kind: str, out: Path, source: str) -> None:
         except zipfile.BadZipFile as e:
             raise PermanentArtifactError(f"artifact {source}: not a readable zip archive: {e}") from None
     else:
-        opener = SINGLE_SUFFIXES[kind]
+        opener = importlib.import_module(SINGLE_SUFFIXES[kind]).open
         name = archive.name[: -len(kind)] or "file"
         try:
             with opener(archive, "rb") as src, open(out / name, "xb") as f:

@@ -13,7 +13,6 @@ from manifests.build import build_jobs
 from manifests.hcl import parse_hcl
 from manifests.model import Job
 from manifests.problems import Problem
-from manifests.yaml_loader import parse_yaml
 
 MAX_MANIFEST_BYTES = 1024 * 1024  # manifests are small; a bigger file is a mistake or hostile
 HCL_SUFFIXES = (".hcl", ".nomad")
@@ -135,7 +134,12 @@ def load_text(text: str, path: str = "<stdin>", fmt: str | None = None, *, _dige
     if fmt not in ("hcl", "yaml"):
         return _failed(path, f"unknown manifest format {fmt!r} (hcl or yaml)", digest)
     try:
-        root, problems = parse_hcl(text) if fmt == "hcl" else parse_yaml(text)
+        if fmt == "hcl":
+            root, problems = parse_hcl(text)
+        else:
+            from manifests.yaml_loader import parse_yaml  # PyYAML is loaded only once a YAML manifest shows up
+
+            root, problems = parse_yaml(text)
         jobs: list[Job] = []
         names: tuple[str, ...] = ()
         if root is not None:
