@@ -464,7 +464,7 @@ class ExecHandler(socketserver.BaseRequestHandler):
         rec = ctl.records[tid]
         if rec.handle is None or rec.state != TaskState.RUNNING:
             raise ApiError(409, f"task {tid} is not running (state {rec.state.value}); exec needs a running task")
-        return tid, rec.handle, ctl.drivers[rec.driver]
+        return tid, ctl.full_handle(rec), ctl.drivers[rec.driver]
 
     def _reply_error(self, status: int, message: str) -> None:
         try:

@@ -110,10 +110,14 @@ class ManifestInfo:
     jobs: list[str]
     errors: list[dict]
     warnings: list[dict]
-    good_jobs: list[dict] | None
-    good_hash: str | None
+    good_hash: str | None  # content hash of the last valid version; None if the file never was valid
     first_seen: float
-    effective: list[Job] = field(default_factory=list)  # what runs from this file right now
+    # What runs from this file right now: the last valid version's jobs. Kept once, as Jobs; the store's JSON
+    # copy is made when the record is written (a decoded dict copy per manifest cost MBs at 1000 files).
+    effective: list[Job] = field(default_factory=list)
+
+    def good_jobs(self) -> list[dict] | None:
+        return [j.to_dict() for j in self.effective] if self.good_hash is not None else None
 
 
 class Controller:
@@ -142,6 +146,7 @@ class Controller:
         self._early_exits: dict[str, ExitResult] = {}
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
+        self._pending_exec_envs: dict[str, tuple[str, dict]] = {}  # task id -> (handle key, exec_env) to store
         self._missing_since: dict[str, float] = {}
         self._rescan_at: float | None = None
         self.departing: dict[str, tuple[DesiredTask, tuple]] = {}
@@ -197,6 +202,11 @@ class Controller:
         tasks keep running on the in-memory state and each later pass retries, so nothing is lost once the disk
         takes writes again (a restart after that re-adopts instead of starting duplicates)."""
         try:
+            # Before the task rows: a row naming a handle whose exec environment is not stored yet would make a
+            # crash in between lose it; the other way round the next start simply overwrites it.
+            for tid, (key, env) in sorted(self._pending_exec_envs.items()):
+                self.store.put_exec_env(tid, key, env)
+                del self._pending_exec_envs[tid]
             for tid in sorted(self._dirty_tasks):
                 rec = self.records.get(tid)
                 if rec is None:
@@ -210,7 +220,7 @@ class Controller:
                     self.store.delete_manifest(path)
                 else:
                     self.store.put_manifest(m.path, m.content_hash, m.status, m.jobs, m.errors, m.warnings,
-                                            m.good_jobs, m.good_hash, m.first_seen)
+                                            m.good_jobs(), m.good_hash, m.first_seen)
                 self._dirty_manifests.discard(path)
             if self.store_error:
                 log.warning("state store writable again")
@@ -257,7 +267,7 @@ class Controller:
                 self._rescan_at, rescan = None, True
             if rescan or full:
                 self.rescan()
-            if self._dirty_tasks or self._dirty_manifests:
+            if self._dirty_tasks or self._dirty_manifests or self._pending_exec_envs:
                 self.flush_store()
             self._fire_timers()
             self.reconcile(full=full)
@@ -354,10 +364,9 @@ class Controller:
         for path, r in self.store.manifests().items():
             info = ManifestInfo(path, r["content_hash"], r["status"], json.loads(r["jobs"]),
                                 json.loads(r["errors"]), json.loads(r["warnings"]),
-                                json.loads(r["good_jobs"]) if r["good_jobs"] else None, r["good_hash"],
-                                r["first_seen"])
+                                r["good_hash"] if r["good_jobs"] else None, r["first_seen"])
             try:
-                info.effective = [Job.from_dict(j) for j in (info.good_jobs or [])]
+                info.effective = [Job.from_dict(j) for j in (json.loads(r["good_jobs"]) if r["good_jobs"] else [])]
             except Exception as e:  # noqa: BLE001 - a cache from an older tasksd: parse the file again
                 log.warning("cached jobs of %s unreadable (%s); re-parsing", path, e)
                 info.content_hash = ""
@@ -366,7 +375,6 @@ class Controller:
     def apply_file(self, path: str, fs, info: ManifestInfo | None, digest: str) -> None:
         now = self.clock()
         first_seen = info.first_seen if info else now
-        good_jobs = info.good_jobs if info else None
         good_hash = info.good_hash if info else None
         if fs.result is None:
             errors = [{"message": fs.refused, "line": None, "column": None, "where": ""}]
@@ -379,14 +387,12 @@ class Controller:
             names = list(fs.result.names)
             valid_jobs = list(fs.result.jobs) if fs.result.valid else None
         if valid_jobs is not None:
-            new = ManifestInfo(path, digest, "applied", names, [], warnings, [j.to_dict() for j in valid_jobs],
-                               digest, first_seen, valid_jobs)
+            new = ManifestInfo(path, digest, "applied", names, [], warnings, digest, first_seen, valid_jobs)
             self.event("manifest_applied", f"applied (jobs: {', '.join(names)})", manifest=path,
                        warnings=[w["message"] for w in warnings] or None)
         else:
-            keep = [Job.from_dict(j) for j in good_jobs] if good_jobs else []
-            new = ManifestInfo(path, digest, "rejected", names, errors, warnings, good_jobs, good_hash, first_seen,
-                               keep)
+            keep = list(info.effective) if info and good_hash is not None else []
+            new = ManifestInfo(path, digest, "rejected", names, errors, warnings, good_hash, first_seen, keep)
             first = errors[0]["message"] if errors else "invalid"
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             kept = "; the last valid version keeps running" if keep else ""
@@ -590,7 +596,9 @@ class Controller:
         rec = self.records.get(tid)
         if rec is None or rec.pending_key != key:
             return
-        rec.handle, rec.pending_key, rec.busy = handle, None, False
+        if handle.exec_env:
+            self._pending_exec_envs[tid] = (handle.key, handle.exec_env)
+        rec.handle, rec.pending_key, rec.busy = handle.without_exec_env(), None, False
         rec.state, rec.started_at, rec.last_error = TaskState.RUNNING, handle.started_at, None
         self.persist(rec)
         self.event("started", f"started (pid {handle.pid})", tid, pid=handle.pid)
@@ -741,7 +749,7 @@ class Controller:
         to_render = [t for t in task.templates if is_live_template(t)
                      and (t.destination, t.data, t.source, t.perms) not in old_live]
         rec.busy = True
-        driver, handle = self.drivers[rec.driver], rec.handle
+        driver, handle = self.drivers[rec.driver], self.full_handle(rec)
 
         def work():
             error, changed = None, []
@@ -842,12 +850,17 @@ class Controller:
         for row in self.store.tasks().values():
             rec = TaskRecord.from_row(row)
             self.records[rec.task_id] = rec
+            if rec.handle is not None and rec.handle.exec_env:
+                # Written by a version that kept it inside the handle: move it to its table.
+                self._pending_exec_envs[rec.task_id] = (rec.handle.key, rec.handle.exec_env)
+                rec.handle = rec.handle.without_exec_env()
+                self._dirty_tasks.add(rec.task_id)
             if rec.task_json:
                 try:
                     t = Task.from_dict(json.loads(rec.task_json))
                     rec.template_hash = template_hash(t)
                     if t.resources.cores and rec.handle:
-                        cpus = rec.handle.exec_env.get("cpuset")
+                        cpus = rec.handle.cpuset
                         if cpus:
                             self.cores_in_use[rec.task_id] = [int(c) for c in cpus.split(",")]
                 except Exception:  # noqa: BLE001
@@ -900,6 +913,21 @@ class Controller:
                 continue
             out.append({"id": tid, "pid": h.pid, **s, "sampled_at": time.time()})
         return out
+
+    def full_handle(self, rec: TaskRecord) -> TaskHandle:
+        """The record's handle with its exec environment (kept in the store, not in memory). Loop thread only."""
+        h = rec.handle
+        if h is None or h.exec_env:
+            return h
+        pending = self._pending_exec_envs.get(rec.task_id)
+        if pending is not None and pending[0] == h.key:
+            return dataclasses.replace(h, exec_env=pending[1])
+        try:
+            env = self.store.exec_env(rec.task_id, h.key)
+        except Exception as e:  # noqa: BLE001 - an unreadable store: exec says what is missing
+            log.warning("exec environment of %s unreadable: %s", rec.task_id, e)
+            env = None
+        return dataclasses.replace(h, exec_env=env) if env else h
 
     def store_reader(self) -> Store:
         return Store(self.store.dir.parent, readonly=True)

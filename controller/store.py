@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at REAL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS exec_envs (  -- what `tasksctl exec` and template re-rendering need of a live task
+    task_id TEXT PRIMARY KEY,           -- read on demand, never held in memory for every task
+    key TEXT NOT NULL,                  -- the handle (launcher key) it belongs to
+    env TEXT NOT NULL                   -- JSON TaskHandle.exec_env
+);
 CREATE TABLE IF NOT EXISTS allocs (
     alloc TEXT PRIMARY KEY,             -- job/group/index
     alloc_id TEXT NOT NULL,
@@ -140,6 +145,15 @@ class Store:
 
     def delete_task(self, task_id: str) -> None:
         self._write("DELETE FROM tasks WHERE task_id=?", (task_id,))
+        self._write("DELETE FROM exec_envs WHERE task_id=?", (task_id,))
+
+    def put_exec_env(self, task_id: str, key: str, env: dict) -> None:
+        self._write("INSERT OR REPLACE INTO exec_envs VALUES (?,?,?)", (task_id, key, json.dumps(env)))
+
+    def exec_env(self, task_id: str, key: str) -> dict | None:
+        """The exec environment of the handle `key`; None when none was stored for it (e.g. the write failed)."""
+        row = self.db.execute("SELECT env FROM exec_envs WHERE task_id=? AND key=?", (task_id, key)).fetchone()
+        return json.loads(row["env"]) if row else None
 
     # ---- allocs ------------------------------------------------------------------------------------------
     def allocs(self) -> dict[str, dict]:

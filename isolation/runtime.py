@@ -91,6 +91,7 @@ class Runtime:
 
     # ---- handles and exits -------------------------------------------------------------------------------
     def register(self, handle: TaskHandle) -> None:
+        handle = handle.without_exec_env()  # exit bookkeeping needs none of it, and it is KBs per task
         with self._cv:
             self._handles[handle.key] = handle
             raw = self._raw_exits.pop(handle.key, None)
@@ -204,6 +205,7 @@ class Runtime:
         if not self.identity_matches(handle):
             os.close(fd)
             return False
+        handle = handle.without_exec_env()
         with self._cv:
             self._handles[handle.key] = handle
             self._adopted[fd] = handle

@@ -6,7 +6,7 @@ back to `recover`. Identity is boot id + pid + process start time + cgroup membe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from manifests.agent_config import AgentConfig
@@ -54,13 +54,25 @@ class TaskHandle:
     uid: int | None = None
     dynamic_uid: bool = False
     netns: str | None = None
-    exec_env: dict = field(default_factory=dict)  # what `exec` into the task needs (root, caps, landlock...)
+    pid_ns: bool = False  # PID 1 of its own pid namespace (signals it does not handle are dropped)
+    cpuset: str | None = None  # reserved cores ("0,1")
+    # What `exec` into the task and re-rendering its templates need (launch spec: root, caps, Landlock, env...).
+    # Several KB per task: the controller keeps it in its store and holds handles without it (see without_exec_env).
+    exec_env: dict = field(default_factory=dict)
+
+    def without_exec_env(self) -> TaskHandle:
+        if not self.exec_env:
+            return self
+        spec = self.exec_env.get("spec") or {}
+        # Handles written by older versions carry these only inside exec_env.
+        return replace(self, exec_env={}, pid_ns=self.pid_ns or bool((spec.get("namespaces") or {}).get("pid")),
+                       cpuset=self.cpuset or self.exec_env.get("cpuset"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TaskHandle":
+    def from_dict(cls, d: dict[str, Any]) -> TaskHandle:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 

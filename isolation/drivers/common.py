@@ -151,8 +151,8 @@ class CommonDriver(Driver):
             key=key, task_id=ctx.task_id, driver=self.name, pid=reply["pid"], start_time=reply["start_time"],
             boot_id=self.runtime.boot_id, cgroup=cg_name, alloc_id=ctx.alloc_id, alloc_dir=str(td.alloc_dir),
             task_dir=str(td.dir), started_at=time.time(), oom_baseline=baseline, uid=ident.uid,
-            dynamic_uid=ident.dynamic, netns=ctx.netns,
-            exec_env={"spec": {**spec_dict, "stdout": None, "stderr": None}, "cpuset": cpuset},
+            dynamic_uid=ident.dynamic, netns=ctx.netns, pid_ns=spec.namespaces.pid, cpuset=cpuset,
+            exec_env={"spec": {**spec_dict, "stdout": None, "stderr": None}},
         )
         self.runtime.register(handle)
         return handle
@@ -336,6 +336,9 @@ class CommonDriver(Driver):
 
     # ---- exec --------------------------------------------------------------------------------------------
     def exec(self, handle: TaskHandle, argv: list[str], fds: list[int], tty: bool = False) -> str:
+        if not handle.exec_env.get("spec"):
+            raise StartError("the task's exec environment is not known (its start was not fully recorded); "
+                             "restart the task to exec into it")
         base = LaunchSpec.from_dict(handle.exec_env["spec"])
         key = f"{handle.key}.exec.{uuid.uuid4().hex[:8]}"
         path = self.exec_path(handle, base, argv[0])
@@ -362,8 +365,7 @@ _DEFAULT_NOT_FATAL = {_signal.SIGCHLD, _signal.SIGCONT, _signal.SIGURG, _signal.
 
 def _dropped_by_pid1(handle: TaskHandle, signum: int) -> bool:
     """True when the task is PID 1 of its own pid namespace and neither catches nor ignores `signum`."""
-    ns = (handle.exec_env.get("spec") or {}).get("namespaces") or {}
-    if not ns.get("pid") or signum in _DEFAULT_NOT_FATAL or signum == _signal.SIGKILL:
+    if not handle.without_exec_env().pid_ns or signum in _DEFAULT_NOT_FATAL or signum == _signal.SIGKILL:
         return False
     try:
         fields = dict(line.split(":\t", 1) for line in open(f"/proc/{handle.pid}/status").read().splitlines()

@@ -270,6 +270,52 @@ def test_exec_runs_in_the_task_with_our_stdio_and_exit_code(daemon, driver):
     assert any("id -u" in e["message"] for e in evs)
 
 
+@pytest.mark.parametrize("driver", ["exec", "exec2"])
+def test_exec_after_a_daemon_kill_uses_the_stored_exec_environment(daemon, driver):
+    # The daemon holds handles without their exec environment (KBs per task); it lives in the store. After
+    # kill -9 and a restart, exec still enters the same namespaces as the same user.
+    daemon.start()
+    daemon.write("sh.hcl", driver_job(driver))
+    pid = running_pid(daemon, "sh/g/0/t")
+    before = tasksctl(daemon, "exec", "sh", "--", "/bin/sh", "-c", "id -u; readlink /proc/self/ns/mnt")
+    assert before.returncode == 0, before.stderr
+    daemon.kill9()
+    daemon.start()
+    assert daemon.task("sh/g/0/t")["pid"] == pid
+    after = tasksctl(daemon, "exec", "sh", "--", "/bin/sh", "-c", "id -u; readlink /proc/self/ns/mnt")
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == before.stdout and uid_ok(driver, int(after.stdout.split()[0]))
+    assert after.stdout.split()[1] != os.readlink("/proc/self/ns/mnt")  # the task's mount namespace, not ours
+
+
+def test_handles_written_by_an_older_tasksd_move_their_exec_environment_to_the_store(daemon):
+    import sqlite3
+
+    daemon.start()
+    daemon.write("sh.hcl", driver_job("exec"))
+    pid = running_pid(daemon, "sh/g/0/t")
+    daemon.kill9()
+    # What versions before the exec_envs table wrote: the environment inside the handle's JSON.
+    db = sqlite3.connect(daemon.state_dir / "db" / "tasksd.db")
+    (env,) = db.execute("SELECT env FROM exec_envs WHERE task_id='sh/g/0/t'").fetchone()
+    (handle,) = db.execute("SELECT handle FROM tasks WHERE task_id='sh/g/0/t'").fetchone()
+    old = json.loads(handle)
+    old.pop("pid_ns")
+    old["exec_env"] = {**json.loads(env), "cpuset": None}
+    db.execute("UPDATE tasks SET handle=? WHERE task_id='sh/g/0/t'", (json.dumps(old),))
+    db.execute("DELETE FROM exec_envs")
+    db.commit()
+    daemon.start()
+    assert daemon.task("sh/g/0/t")["pid"] == pid
+    r = tasksctl(daemon, "exec", "sh", "--", "id", "-u")
+    assert r.returncode == 0 and r.stdout.strip() == "65534", r.stderr
+    wait_for(lambda: db.execute("SELECT count(*) FROM exec_envs").fetchone()[0] == 1, timeout=30,
+             what="the exec environment moved to its table")
+    (handle,) = db.execute("SELECT handle FROM tasks WHERE task_id='sh/g/0/t'").fetchone()
+    assert json.loads(handle)["exec_env"] == {} and json.loads(handle)["pid_ns"] is True
+    db.close()
+
+
 TTY_DRIVERS = ["raw_exec", "exec", "exec2"]
 
 
