@@ -203,13 +203,16 @@ class CgroupManager:
         """Create (or reuse) a task cgroup and write all limits. Callers kill() it before launching into it, so
         members left from an earlier life die first."""
         task = self._task(name)
-        if not all(p.is_dir() for p in self.parent_paths.values()):
-            self.ensure_parent()
         made: list[Path] = []
         try:
             for d in self._dirs(task.paths):
                 try:
-                    d.mkdir()
+                    try:
+                        d.mkdir()
+                    except FileNotFoundError:
+                        # The parent went away (or was never made): recreate it rather than stat it every start.
+                        self.ensure_parent()
+                        d.mkdir()
                     made.append(d)
                 except FileExistsError:
                     pass
