@@ -258,7 +258,9 @@ class CommonDriver(Driver):
         if not name:
             uid, gid = os.getuid(), os.getgid()
             info = lookup_user(uid)
-            return Identity(uid, gid, tuple(os.getgroups()) or (gid,), info.name, info.home)
+            # Exactly tasksd's own credentials, as Nomad's raw_exec inherits the agent's: also its (maybe empty)
+            # supplementary groups, so the launcher spawns these tasks without any credential change.
+            return Identity(uid, gid, tuple(os.getgroups()), info.name, info.home)
         try:
             info = lookup_user(name)
         except KeyError:

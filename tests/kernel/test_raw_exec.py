@@ -226,3 +226,34 @@ def test_task_survives_a_launcher_crash_and_its_exit_status_is_still_learned(tmp
         d2.destroy(h)
     finally:
         teardown_runtime(rt2)
+
+
+def _ids(handle) -> dict[str, list[int]]:
+    status = dict(line.split(":", 1) for line in _log(handle).splitlines() if ":" in line)
+    return {k: sorted({int(x) for x in status[k].split()}) for k in ("Uid", "Gid", "Groups")}
+
+
+def test_credentials_default_to_tasksds_and_user_sets_uid_gid_and_groups(drivers, agent_config, runtime):
+    """Without `user` the task has exactly the launcher's ids and groups (spawned without a credential change, so
+    with vfork); with `user` it has that account's uid, gid and supplementary groups, nothing of root's."""
+    import grp
+    import pwd
+
+    d = drivers["raw_exec"]
+    h = d.start(make_ctx(agent_config, raw_task("/bin/grep", "-E", "^(Uid|Gid|Groups):", "/proc/self/status")))
+    assert d.wait(h, 30).exit_code == 0
+    launcher = dict(line.split(":", 1) for line in open(f"/proc/{runtime.client.launcher_pid}/status").read()
+                    .splitlines() if ":" in line)
+    assert _ids(h) == {k: sorted({int(x) for x in launcher[k].split()}) for k in ("Uid", "Gid", "Groups")}
+    d.destroy(h)
+
+    # nobody, and any account of this machine that has supplementary groups.
+    members = sorted({m for g in grp.getgrall() for m in g.gr_mem if m in {p.pw_name for p in pwd.getpwall()}})
+    for name in ["nobody", *members[:1]]:
+        pw = pwd.getpwnam(name)
+        want = {pw.pw_gid, *(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)}
+        h = d.start(make_ctx(agent_config, raw_task("/bin/grep", "-E", "^(Uid|Gid|Groups):", "/proc/self/status",
+                                                    user=name)))
+        assert d.wait(h, 30).exit_code == 0, _log(h, "stderr")
+        assert _ids(h) == {"Uid": [pw.pw_uid], "Gid": [pw.pw_gid], "Groups": sorted(want)}, name
+        d.destroy(h)
