@@ -266,7 +266,7 @@ class Controller:
             if self._rescan_at is not None and self.clock() >= self._rescan_at:
                 self._rescan_at, rescan = None, True
             if rescan or full:
-                self.rescan()
+                self.rescan(reread=full)
             if self._dirty_tasks or self._dirty_manifests or self._pending_exec_envs:
                 self.flush_store()
             self._fire_timers()
@@ -312,12 +312,12 @@ class Controller:
         return False
 
     # ---- desired state -----------------------------------------------------------------------------------
-    def rescan(self) -> None:
+    def rescan(self, reread: bool = False) -> None:
         self.last_resync = self.clock()
         if not self._loaded_stored:
             self._load_stored_manifests()
         result = self.scanner.scan(known=lambda path, digest: (
-            (m := self.manifests.get(path)) is not None and m.content_hash == digest))
+            (m := self.manifests.get(path)) is not None and m.content_hash == digest), reread=reread)
         if result.dir_error != self.dir_error:
             if result.dir_error:
                 self.event("tasks_dir_error", result.dir_error)

@@ -51,9 +51,13 @@ class Scanner:
         self._cache: dict[str, FileState] = {}
         self._known = None
 
-    def scan(self, known: "Callable[[str, str], bool] | None" = None) -> ScanResult:
+    def scan(self, known: "Callable[[str, str], bool] | None" = None, reread: bool = False) -> ScanResult:
         """known(path, digest): the caller already holds the parsed result of this exact content (from its state
-        store), so the file is not parsed again — a restart with 1000 manifests re-reads them but parses none."""
+        store), so the file is not parsed again — a restart with 1000 manifests re-reads them but parses none.
+
+        reread: read and hash every file even when its stat signature is unchanged (the periodic full resync).
+        The signature can miss a same-size rewrite within one timestamp tick on filesystems with coarse
+        timestamps; content still decides, so an unchanged file costs a read and nothing else."""
         self._known = known
         out = ScanResult()
         try:
@@ -66,13 +70,13 @@ class Scanner:
             out.dir_error = problem
             return out
         for p in scan_dir_paths(self.tasks_dir):
-            fs = self._scan_file(p)
+            fs = self._scan_file(p, reread)
             if fs is not None:
                 out.files[fs.path] = fs
         self._cache = {k: v for k, v in self._cache.items() if k in out.files}
         return out
 
-    def _scan_file(self, path: str) -> FileState | None:
+    def _scan_file(self, path: str, reread: bool = False) -> FileState | None:
         try:
             st = os.stat(path)  # follows symlinks: the target is what gets run
         except OSError:
@@ -81,7 +85,7 @@ class Scanner:
             return None
         sig = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
         cached = self._cache.get(path)
-        if cached is not None and cached.signature == sig:
+        if cached is not None and cached.signature == sig and not (reread and cached.refused is None):
             return cached
         problem = permission_problem(st, path, self.strict)
         if problem:
