@@ -180,8 +180,9 @@ class Controller:
     # ---- events ------------------------------------------------------------------------------------------
     def event(self, type_: str, message: str, task_id: str | None = None, manifest: str | None = None,
               **details) -> None:
-        ev_id = self.store.add_event(type_, message, task_id, manifest, details or None, self.clock())
-        ev = {"id": ev_id, "ts": self.clock(), "type": type_, "task_id": task_id, "manifest": manifest,
+        ts = self.clock()
+        ev_id = self.store.add_event(type_, message, task_id, manifest, details or None, ts)
+        ev = {"id": ev_id, "ts": ts, "type": type_, "task_id": task_id, "manifest": manifest,
               "message": message, "details": details or None}
         log.info("%s%s: %s", type_, f" {task_id}" if task_id else (f" {manifest}" if manifest else ""), message)
         for fn in list(self.listeners):
@@ -243,11 +244,6 @@ class Controller:
             if self._rescan_at is not None:
                 deadline = min(deadline, self._rescan_at)
             timeout = max(0.0, deadline - self.clock())
-            if self._touched:
-                # Actions of the last pass touched allocs (a forgotten task frees its alloc for GC): plan them now,
-                # not at the next event. Each pass moves a task forward (busy, restarting with a time, gone), so
-                # this settles instead of spinning.
-                timeout = 0.0
             try:
                 ev = self.queue.get(timeout=timeout)
             except queue.Empty:
@@ -489,7 +485,7 @@ class Controller:
 
     def reconcile(self, full: bool = False) -> None:
         t0 = time.perf_counter()
-        grace = 0.0 if self.draining else self.config.gc_grace
+        grace = self._gc_grace()
         if full or self._full_pending:
             self._full_pending, self._touched = False, set()  # a full pass covers whatever was touched
             desired, observed, gone = self.desired, self.observed(), self.gone_times()
@@ -619,9 +615,10 @@ class Controller:
         self._apply_decision(rec, None, start_failure=True, recoverable=recoverable)
 
     def on_exit(self, handle: TaskHandle, result: ExitResult) -> None:
-        rec = next((r for r in self.records.values() if r.handle and r.handle.key == handle.key), None)
-        if rec is None:
-            if any(r.pending_key == handle.key for r in self.records.values()):
+        # A launcher key belongs to one spawn of one task: look the task up, then check it is this spawn.
+        rec = self.records.get(handle.task_id)
+        if rec is None or rec.handle is None or rec.handle.key != handle.key:
+            if rec is not None and rec.pending_key == handle.key:
                 # It exited before its start reply was processed (a short task): keep it for _started.
                 self._early_exits[handle.key] = result
                 return
@@ -791,13 +788,16 @@ class Controller:
         self._dirty_tasks.add(tid)
         self.flush_store()
 
+    def _gc_grace(self) -> float:
+        """How long a gone alloc waits before GC: none while draining (drain collects everything at once)."""
+        return 0.0 if self.draining else self.config.gc_grace
+
     def mark_alloc_gone(self, alloc: str) -> None:
         rec = self.allocs.get(alloc) or {"alloc": alloc, "alloc_id": self._alloc_id(alloc), "netns": None,
                                           "slot": None}
         rec["gone_at"] = self.clock()
         self.allocs[alloc] = rec
-        # Draining collects at once (grace 0 in reconcile): wake then, not after the configured grace.
-        self._timer(rec["gone_at"] + (0.0 if self.draining else self.config.gc_grace), alloc)
+        self._timer(rec["gone_at"] + self._gc_grace(), alloc)
         try:
             self.store.put_alloc(alloc, rec["alloc_id"], rec["gone_at"], rec.get("netns"), rec.get("slot"))
         except StoreError as e:
@@ -917,7 +917,7 @@ class Controller:
     def full_handle(self, rec: TaskRecord) -> TaskHandle:
         """The record's handle with its exec environment (kept in the store, not in memory). Loop thread only."""
         h = rec.handle
-        if h is None or h.exec_env:
+        if h is None:
             return h
         pending = self._pending_exec_envs.get(rec.task_id)
         if pending is not None and pending[0] == h.key:

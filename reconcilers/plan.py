@@ -136,6 +136,7 @@ def plan(desired: dict[str, DesiredTask], observed: dict[str, ObservedTask], now
             actions.append(Rerender(tid))
 
     # Highest index first, as Nomad scales down: with count 3 -> 1, instance 2 goes before instance 1.
+    forgotten: set[str] = set()
     for tid in sorted(observed, key=_scale_down_order):
         if tid in desired:
             continue
@@ -146,15 +147,17 @@ def plan(desired: dict[str, DesiredTask], observed: dict[str, ObservedTask], now
             actions.append(Stop(tid, "no longer in any manifest"))
         else:
             actions.append(Forget(tid, "no longer in any manifest"))
+            forgotten.add(tid)
 
-    live_allocs = {alloc_of(t) for t in observed} | set(by_alloc)
-    for alloc in sorted(set(alloc_gone_at) | live_allocs):
+    # An alloc whose last task is forgotten in this very plan is collected in it too (Forget comes first).
+    remaining = {alloc_of(t) for t in observed if t not in forgotten}
+    for alloc in sorted(set(alloc_gone_at) | remaining | {alloc_of(t) for t in forgotten} | set(by_alloc)):
         if alloc in by_alloc:
             continue
         gone = alloc_gone_at.get(alloc)
         if gone is None:
             actions.append(MarkAllocGone(alloc))
-        elif now >= gone + gc_grace and not any(alloc_of(t) == alloc for t in observed):
+        elif now >= gone + gc_grace and alloc not in remaining:
             actions.append(CollectAlloc(alloc))
     return actions
 

@@ -61,12 +61,7 @@ class TaskHandle:
     exec_env: dict = field(default_factory=dict)
 
     def without_exec_env(self) -> TaskHandle:
-        if not self.exec_env:
-            return self
-        spec = self.exec_env.get("spec") or {}
-        # Handles written by older versions carry these only inside exec_env.
-        return replace(self, exec_env={}, pid_ns=self.pid_ns or bool((spec.get("namespaces") or {}).get("pid")),
-                       cpuset=self.cpuset or self.exec_env.get("cpuset"))
+        return replace(self, exec_env={}) if self.exec_env else self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +69,13 @@ class TaskHandle:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskHandle:
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        env = d.get("exec_env") or {}
+        if env and "pid_ns" not in d:
+            # Written by a version that kept these only inside exec_env.
+            d["pid_ns"] = bool(((env.get("spec") or {}).get("namespaces") or {}).get("pid"))
+            d["cpuset"] = env.get("cpuset")
+        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -367,7 +367,7 @@ _DEFAULT_NOT_FATAL = {_signal.SIGCHLD, _signal.SIGCONT, _signal.SIGURG, _signal.
 
 def _dropped_by_pid1(handle: TaskHandle, signum: int) -> bool:
     """True when the task is PID 1 of its own pid namespace and neither catches nor ignores `signum`."""
-    if not handle.without_exec_env().pid_ns or signum in _DEFAULT_NOT_FATAL or signum == _signal.SIGKILL:
+    if not handle.pid_ns or signum in _DEFAULT_NOT_FATAL or signum == _signal.SIGKILL:
         return False
     try:
         fields = dict(line.split(":\t", 1) for line in open(f"/proc/{handle.pid}/status").read().splitlines()
