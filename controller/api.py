@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 from controller import exec_proto
 from controller.controller import Controller
 from controller.taskids import match_task_ids
+from reconcilers.plan import alloc_of
 
 log = logging.getLogger("tasksd.api")
 
@@ -41,7 +42,14 @@ def resolve_task_id(ctl: Controller, ident: str) -> str:
     return matches[0]
 
 
-class _QuietErrors:
+class _ServerBase:
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address, handler, ctl: Controller, api: "Api"):
+        self.ctl, self.api = ctl, api
+        super().__init__(address, handler)
+
     def handle_error(self, request, client_address) -> None:
         """A client that hangs up mid-request is routine: one debug line, not socketserver's traceback on stderr."""
         import sys
@@ -53,22 +61,12 @@ class _QuietErrors:
             log.error("API request failed", exc_info=exc)
 
 
-class _Server(_QuietErrors, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, path: str, handler, ctl: Controller, api: "Api"):
-        self.ctl, self.api = ctl, api
-        super().__init__(path, handler)
+class _Server(_ServerBase, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    pass
 
 
-class _TCPServer(_QuietErrors, socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr, handler, ctl: Controller, api: "Api"):
-        self.ctl, self.api = ctl, api
-        super().__init__(addr, handler)
+class _TCPServer(_ServerBase, socketserver.ThreadingMixIn, socketserver.TCPServer):
+    pass
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -126,6 +124,9 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
             return
+        self._route(method)
+
+    def _route(self, method: str) -> None:
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = [p for p in url.path.split("/") if p]
@@ -350,7 +351,7 @@ class Api:
         def locate():
             tid = resolve_task_id(self.ctl, ident)
             rec = self.ctl.records[tid]
-            alloc_id = self.ctl._alloc_id(tid.rsplit("/", 1)[0])
+            alloc_id = self.ctl._alloc_id(alloc_of(tid))
             return tid, self.ctl.runtime.alloc_root / alloc_id / "alloc" / "logs", rec.task
 
         tid, logdir, task = self.ctl.call(locate)
@@ -402,7 +403,7 @@ class Api:
 class MetricsOnlyHandler(Handler):
     """On TCP only /metrics answers: task control stays on the root-only unix socket."""
 
-    def _dispatch(self, method: str) -> None:
+    def _route(self, method: str) -> None:
         if urlparse(self.path).path == "/metrics" and method == "GET":
             return self.server.api.metrics(self)
         self._error(404, "only /metrics is served on TCP")

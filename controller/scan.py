@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, load_bytes, read_regular_file, scan_dir_paths
-from manifests.problems import Problem
 
 
 @dataclass
@@ -49,7 +48,6 @@ class Scanner:
         self.tasks_dir = Path(tasks_dir)
         self.strict = strict_permissions
         self._cache: dict[str, FileState] = {}
-        self._known = None
 
     def scan(self, known: "Callable[[str, str], bool] | None" = None, reread: bool = False) -> ScanResult:
         """known(path, digest): the caller already holds the parsed result of this exact content (from its state
@@ -58,7 +56,6 @@ class Scanner:
         reread: read and hash every file even when its stat signature is unchanged (the periodic full resync).
         The signature can miss a same-size rewrite within one timestamp tick on filesystems with coarse
         timestamps; content still decides, so an unchanged file costs a read and nothing else."""
-        self._known = known
         out = ScanResult()
         try:
             dst = os.stat(self.tasks_dir)
@@ -70,13 +67,14 @@ class Scanner:
             out.dir_error = problem
             return out
         for p in scan_dir_paths(self.tasks_dir):
-            fs = self._scan_file(p, reread)
+            fs = self._scan_file(p, known, reread)
             if fs is not None:
                 out.files[fs.path] = fs
         self._cache = {k: v for k, v in self._cache.items() if k in out.files}
         return out
 
-    def _scan_file(self, path: str, reread: bool = False) -> FileState | None:
+    def _scan_file(self, path: str, known: Callable[[str, str], bool] | None,
+                   reread: bool) -> FileState | None:
         try:
             st = os.stat(path)  # follows symlinks: the target is what gets run
         except OSError:
@@ -106,15 +104,11 @@ class Scanner:
         if cached is not None and cached.content_hash == digest and cached.result is not None:
             cached.signature = sig
             return cached
-        if self._known is not None and self._known(path, digest):
+        if known is not None and known(path, digest):
             fs = FileState(path, sig, digest, None, known=True)
             self._cache[path] = fs
             return fs
-        result = load_bytes(data, path)
+        result = load_bytes(data, path, _digest=digest)
         fs = FileState(path, sig, digest, result)
         self._cache[path] = fs
         return fs
-
-
-def refused_problem(message: str) -> Problem:
-    return Problem(message)

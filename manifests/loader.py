@@ -113,10 +113,11 @@ def load_file(path: str | os.PathLike[str]) -> LoadResult:
     return load_bytes(data, p)
 
 
-def load_bytes(data: bytes, path: str = "<stdin>", fmt: str | None = None) -> LoadResult:
+def load_bytes(data: bytes, path: str = "<stdin>", fmt: str | None = None, *, _digest: str | None = None
+               ) -> LoadResult:
     if len(data) > MAX_MANIFEST_BYTES:
         return _failed(path, f"file is larger than {MAX_MANIFEST_BYTES // 1024} KiB; refusing to parse it")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = _digest or hashlib.sha256(data).hexdigest()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
