@@ -10,13 +10,12 @@ import os
 from collections.abc import Iterable
 
 from isolation import sys as ksys
-from manifests.capabilities import ALL, CAPABILITIES, NOMAD_EXEC_DEFAULT_CAPS, normalize_cap
+from manifests.capabilities import ALL, CAP_LAST, CAPABILITIES, NOMAD_EXEC_DEFAULT_CAPS, expand_caps, normalize_cap
 
 # Nomad's exec/java default allow list (Docker's defaults without NET_RAW), canonical names, sorted.
 NOMAD_DEFAULT_ALLOW_CAPS: tuple[str, ...] = tuple(sorted(NOMAD_EXEC_DEFAULT_CAPS))
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-_CAP_SETPCAP = CAPABILITIES["CAP_SETPCAP"]
 
 
 class CapabilityError(ValueError):
@@ -24,14 +23,7 @@ class CapabilityError(ValueError):
 
 
 def _names(items: Iterable[str] | None) -> set[str]:
-    out: set[str] = set()
-    for item in items or ():
-        name = normalize_cap(item)
-        if name == ALL:
-            out.update(CAPABILITIES)
-        else:
-            out.add(name)
-    return out
+    return set(expand_caps(items or ()))
 
 
 def _short(name: str) -> str:
@@ -77,7 +69,7 @@ def last_cap() -> int:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())
     except OSError:
-        return max(CAPABILITIES.values())
+        return CAP_LAST
 
 
 # ---- capget/capset (syscalls: glibc declares no wrapper) -----------------------------------------------------

@@ -32,10 +32,19 @@ def _new_session(spec: LaunchSpec, fds: dict) -> None:
         os.setsid()
 
 
+def write_procs(path: str) -> None:
+    """Move the calling process into the cgroup of `path` (a cgroup.procs file): one write() of "0" on a plain
+    O_WRONLY descriptor (no O_CREAT: a missing file is an error, not a new regular file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
 def _join_cgroups(spec: LaunchSpec, fds: dict) -> None:
     for procs in spec.cgroup_procs:
-        with open(procs, "w") as f:
-            f.write("0")
+        write_procs(procs)
 
 
 def _enter_task(spec: LaunchSpec, fds: dict) -> None:
@@ -82,9 +91,7 @@ def _namespaces(spec: LaunchSpec, fds: dict) -> None:
     if flags:
         ksys.unshare(flags)
     if ns.net == "new":
-        from isolation import netns
-
-        netns.loopback_up()
+        ksys.loopback_up()
     if ns.uts and ns.hostname:
         ksys.sethostname(ns.hostname)
 

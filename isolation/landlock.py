@@ -212,12 +212,3 @@ def restrict_self(ruleset: int) -> None:
         hint = " (set no_new_privs first)" if e.errno == errno.EPERM else ""
         raise OSError(e.errno, f"landlock_restrict_self: {os.strerror(e.errno or 0)}{hint}") from None
 
-
-def apply(unveils: Sequence[tuple[str, str]], optional: Iterable[tuple[str, str]] = ()) -> None:
-    """no_new_privs, build, restrict: the whole exec2 confinement in one call."""
-    ksys.set_no_new_privs()
-    fd = build_ruleset(unveils, optional=optional)
-    try:
-        restrict_self(fd)
-    finally:
-        os.close(fd)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from isolation import cgroups, child
 # Imported here, never lazily in the child: after pivot_root the child can no longer see tasksd's own files.
-from isolation import caps, landlock, mounts, netns  # noqa: F401
+from isolation import caps, landlock, mounts  # noqa: F401
 from isolation import sys as ksys
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.logs import RotatingLog
@@ -370,7 +370,7 @@ class Launcher:
             stderr = self._log_pipe(spec.stderr, opened, parent_ends, "stderr")
             try:
                 for procs in spec.cgroup_procs:
-                    _write_procs(procs)
+                    child.write_procs(procs)
                     moved.append(procs)
                 ids = {} if _same_credentials(spec) else {
                     "user": spec.uid, "group": spec.gid,
@@ -383,7 +383,7 @@ class Launcher:
                 for procs in reversed(moved):
                     own = self._own_procs_for(procs)
                     if own:
-                        _write_procs(own)
+                        child.write_procs(own)
         except OSError as e:
             for fd, _, _ in parent_ends:
                 os.close(fd)
@@ -617,14 +617,6 @@ def _same_credentials(spec: LaunchSpec) -> bool:
     if spec.gid is not None and not (os.getgid() == os.getegid() == spec.gid):
         return False
     return spec.groups is None or set(spec.groups) == set(os.getgroups())
-
-
-def _write_procs(path: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, b"0")
-    finally:
-        os.close(fd)
 
 
 def _safe_key(key: str) -> str:

@@ -1,7 +1,7 @@
 """Network namespaces for the group network modes.
 
 - `host` (default): the task shares the host's network.
-- `none`: the task's child unshares CLONE_NEWNET and brings lo up (`loopback_up`, no pyroute2, no fork).
+- `none`: the task's child unshares CLONE_NEWNET and brings lo up (`isolation.sys.loopback_up`, no pyroute2, no fork).
 - `bridge`/`group`: one named namespace per alloc (/run/netns/tasksd-<alloc8>) shared by the group's tasks, lo up,
   a veth pair to a host bridge, an address from the configured subnet and a default route via the bridge.
   No port forwarding and no NAT (yet): the alloc is reachable from the host at its address.
@@ -15,34 +15,18 @@ turns /run/netns into a shared self-bind mount that nothing ever removes.
 from __future__ import annotations
 
 import errno
-import fcntl
 import ipaddress
 import json
 import os
-import socket
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 from isolation import sys as ksys
 
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 NETNS_DIR = Path("/run/netns")
 MODES = ("host", "none", "bridge", "group")
-
-
-def loopback_up() -> None:
-    """Bring `lo` up in the current network namespace with two ioctls (safe in a forked child)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        ifr = struct.pack("16sH22x", b"lo", 0)
-        flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, ifr))[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
-    finally:
-        s.close()
 
 
 def namespace_for_mode(mode: str, group_netns: str | None) -> str:

@@ -191,9 +191,9 @@ def loopback_up() -> None:
     A plain socket ioctl: pyroute2 would fork the caller, which a launcher child must not do."""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            req = struct.pack("16sh22x", b"lo", 0)
-            flags = struct.unpack("16sh22x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
-            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | _IFF_UP))
+            req = struct.pack("16sH22x", b"lo", 0)
+            flags = struct.unpack("16sH22x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+            fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
     except OSError as e:
         raise OSError(e.errno, f"bring lo up: {os.strerror(e.errno or 0)}") from None
 

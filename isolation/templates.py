@@ -257,15 +257,6 @@ def parse(text: str, left: str = "{{", right: str = "}}") -> list[Node]:
     return _Parser(_split(text, left, right)).parse()
 
 
-def called_functions(text: str, left: str = "{{", right: str = "}}") -> set[str]:
-    """Every identifier in the actions of `text` (for validation without rendering)."""
-    names: set[str] = set()
-    for kind, s, line in _split(text, left, right):
-        if kind == "action" and not s.startswith("/*"):
-            names.update(t.value for t in _tokens(s, f"line {line}") if t.kind == "ident")
-    return names
-
-
 # ---- values ------------------------------------------------------------------------------------------------
 def go_str(v: Any) -> str:
     if v is None:

@@ -43,10 +43,6 @@ _VALUE_STARTS = {"DBLQUOTE", "INT_LITERAL", "FLOAT_LITERAL", "LSQB", "HEREDOC_TE
 _STRING_INSIDE = {"STRING_CHARS", "INTERP_START"}
 
 
-class HclSyntaxError(Exception):
-    pass
-
-
 def parse_hcl(text: str) -> tuple[RawBlock | None, list[Problem]]:
     """Parse HCL text. Returns the root block (type "") and problems; root is None on a syntax error."""
     try:
@@ -58,10 +54,7 @@ def parse_hcl(text: str) -> tuple[RawBlock | None, list[Problem]]:
     problems: list[Problem] = []
     root = RawBlock(type="", line=1, column=1)
     body = tree.children[0] if tree.children else Tree("body", [])
-    try:
-        _fill_body(root, body, problems, "")
-    except HclSyntaxError as e:
-        return None, [Problem(str(e))]
+    _fill_body(root, body, problems, "")
     return root, problems
 
 

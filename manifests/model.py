@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 from manifests.frozendict import FrozenDict
 
 JOB_TYPES = ("service", "batch")
-DRIVERS = ("raw_exec", "exec", "exec2")
 RESTART_MODES = ("fail", "delay")
 LIFECYCLE_HOOKS = ("prestart", "poststart", "poststop")
 NETWORK_MODES = ("host", "none", "bridge")  # plus "cni/<name>", as in Nomad

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from isolation import artifacts, cgroups, taskdir, taskenv, templates
+from isolation import artifacts, cgroups, netns, taskdir, taskenv, templates
 from isolation.drivers.base import UNKNOWN_EXIT, Driver, ExitResult, Health, StartError, TaskContext, TaskHandle
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.runtime import Runtime
@@ -105,19 +105,20 @@ class CommonDriver(Driver):
         meta = {**dict(ctx.job.meta), **dict(ctx.group.meta), **dict(task.meta)}
         cfg = task.config
         denied = tuple(self.plugin().denied_envvars) + tuple(getattr(cfg, "denied_envvars", ()) or ())
+        node_attrs = taskenv.node_attributes(dict(self.config.meta))
         env = taskenv.build_env(
             builtins=builtins, meta=meta, task_env=dict(task.env),
             host_env=dict(os.environ) if self.passes_host_env else {}, denied_envvars=denied,
-            node_attrs=taskenv.node_attributes(dict(self.config.meta)), drop=self.dropped_env())
+            node_attrs=node_attrs, drop=self.dropped_env())
         env.update(self.extra_env(ctx, td, ident))
-        variables = {**taskenv.node_attributes(dict(self.config.meta)), **env}
+        variables = {**node_attrs, **env}
         if task.artifacts or task.templates:
             try:
                 env.update(self.prestart_files(ctx, td, ident, variables, env))
             except BaseException:
                 self.release_identity(ident)
                 raise
-            variables = {**taskenv.node_attributes(dict(self.config.meta)), **env}
+            variables = {**node_attrs, **env}
         command = taskenv.interpolate(cfg.command, variables, os.environ)
         args = [taskenv.interpolate(a, variables, os.environ) for a in cfg.args]
         path = self.resolve_command(ctx, td, command, env)
@@ -359,6 +360,15 @@ class CommonDriver(Driver):
         if not found:
             raise StartError(f"{command}: command not found in the task's PATH")
         return found
+
+
+def network_for(ctx: TaskContext) -> str:
+    """The launch spec's network namespace for the group's network mode (a StartError when it cannot be met)."""
+    mode = getattr(ctx.group.network, "mode", "host") or "host"
+    try:
+        return netns.namespace_for_mode(mode, ctx.netns)
+    except ValueError as e:
+        raise StartError(str(e)) from None
 
 
 _DEFAULT_NOT_FATAL = {_signal.SIGCHLD, _signal.SIGCONT, _signal.SIGURG, _signal.SIGWINCH, _signal.SIGSTOP,

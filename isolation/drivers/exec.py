@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from isolation import taskdir
 from isolation.drivers.base import Health, StartError, TaskContext
-from isolation.drivers.common import CommonDriver, Identity
+from isolation.drivers.common import CommonDriver, Identity, network_for
 from isolation.launchspec import BindMount, LaunchSpec, Namespaces, RootFS
 from isolation.taskenv import TaskPaths
 
@@ -83,14 +83,5 @@ class ExecDriver(CommonDriver):
         rootfs = RootFS(root=str(td.dir), binds=tuple(binds), pivot_root=not plugin.no_pivot_root,
                         readonly_paths=READONLY_PROC, masked_paths=MASKED)
         ns = Namespaces(mount=True, pid=pid_mode == "private", ipc=ipc_mode == "private", uts=True,
-                        net=_net_for(ctx))
+                        net=network_for(ctx))
         return replace(spec, rootfs=rootfs, namespaces=ns, no_new_privs=True, caps=tuple(sorted(self.caps(ctx))))
-
-
-def _net_for(ctx: TaskContext) -> str:
-    from isolation import netns
-
-    try:
-        return netns.namespace_for_mode(getattr(ctx.group.network, "mode", "host") or "host", ctx.netns)
-    except ValueError as e:
-        raise StartError(str(e)) from None

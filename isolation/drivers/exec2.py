@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from isolation import landlock, netns, taskdir
+from isolation import landlock, taskdir
 from isolation.drivers.base import Health, StartError, TaskContext, TaskHandle
-from isolation.drivers.common import CommonDriver, Identity
+from isolation.drivers.common import CommonDriver, Identity, network_for
 from isolation.launchspec import LaunchSpec, Namespaces
 from isolation.users import DYNAMIC_USER_HOME, DynamicUserPool, PoolExhausted, dynamic_user
 
@@ -111,7 +111,7 @@ class Exec2Driver(CommonDriver):
             raise StartError(health.reason)
         self.requested_unveils(ctx)
         network_for(ctx)
-        held = self._with_pool(lambda pool: ctx.task_id in pool.allocations())
+        held = bool(ctx.task.user) or self._with_pool(lambda pool: ctx.task_id in pool.allocations())
         try:
             return super().start(ctx)
         except BaseException:
@@ -199,12 +199,3 @@ def executable_under(path: str, rules: tuple[tuple[str, str], ...]) -> bool:
         if real == base or real.startswith(base.rstrip("/") + "/"):
             return True
     return False
-
-
-def network_for(ctx: TaskContext) -> str:
-    """The launch spec's network namespace for the group's network mode (a StartError when it cannot be met)."""
-    mode = getattr(ctx.group.network, "mode", "host") or "host"
-    try:
-        return netns.namespace_for_mode(mode, ctx.netns)
-    except ValueError as e:
-        raise StartError(str(e)) from None
