@@ -77,13 +77,15 @@ def desired_tasks(jobs_by_manifest: dict[str, list]) -> dict[str, DesiredTask]:
     for path, jobs in jobs_by_manifest.items():
         for job in jobs:
             for group in job.groups:
+                # Every instance of a group runs the same specs: hash each task once, not once per instance.
+                hashes = [(task, spec_hash(job, group, task), template_hash(task)) for task in group.tasks]
                 for index in range(group.count):
-                    for task in group.tasks:
+                    for task, spec, templates in hashes:
                         tid = task_id(job.name, group.name, index, task.name)
                         lc = task.lifecycle
                         out[tid] = DesiredTask(
                             task_id=tid, job=job.name, group=group.name, index=index, task=task.name,
-                            driver=task.driver, spec_hash=spec_hash(job, group, task), manifest=path,
+                            driver=task.driver, spec_hash=spec, manifest=path,
                             job_type=job.type, hook=lc.hook if lc else None, sidecar=bool(lc and lc.sidecar),
-                            template_hash=template_hash(task))
+                            template_hash=templates)
     return out

@@ -10,10 +10,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from reconcilers.desired import DesiredTask
-from reconcilers.states import TaskState
+from reconcilers.states import PROCESS_STATES, TERMINAL_STATES, TaskState
 
-ACTIVE = {TaskState.STARTING, TaskState.RUNNING, TaskState.STOPPING}
-TERMINAL = {TaskState.COMPLETE, TaskState.FAILED, TaskState.STOPPED}
+# A process exists, or a restart is scheduled: such a task must be stopped, not merely forgotten.
+_LIVE = PROCESS_STATES | {TaskState.RESTARTING}
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _may_start(d: DesiredTask, siblings: list[DesiredTask], observed: dict[str, 
     if d.hook == "poststart":
         return all((o := state(t)) is not None and o.state in (TaskState.RUNNING, TaskState.COMPLETE) for t in mains)
     if d.hook == "poststop":
-        return bool(mains) and all((o := state(t)) is not None and o.state in TERMINAL for t in mains)
+        return bool(mains) and all((o := state(t)) is not None and o.state in TERMINAL_STATES for t in mains)
     return True
 
 
@@ -115,14 +115,14 @@ def plan(desired: dict[str, DesiredTask], observed: dict[str, ObservedTask], now
             if d.departing:
                 # The alloc is going away: its poststop hook runs once nothing else of the alloc is running.
                 alloc = alloc_of(tid)
-                if all(x.state not in ACTIVE and x.state != TaskState.RESTARTING
+                if all(x.state not in _LIVE
                        for x in observed.values() if x.alloc == alloc and x.task_id != tid):
                     actions.append(Start(tid, "poststop of a removed alloc"))
             elif _may_start(d, by_alloc[alloc_of(tid)], observed):
                 actions.append(Start(tid, "new"))
             continue
         if o.spec_hash != d.spec_hash:
-            if o.state in ACTIVE or o.state == TaskState.RESTARTING:
+            if o.state in _LIVE:
                 actions.append(Stop(tid, "spec changed", then_start=True))
             elif _may_start(d, by_alloc[alloc_of(tid)], observed):
                 actions.append(Start(tid, "spec changed"))
@@ -143,7 +143,7 @@ def plan(desired: dict[str, DesiredTask], observed: dict[str, ObservedTask], now
         o = observed[tid]
         if o.busy:
             continue
-        if o.state in ACTIVE or o.state == TaskState.RESTARTING:
+        if o.state in _LIVE:
             actions.append(Stop(tid, "no longer in any manifest"))
         else:
             actions.append(Forget(tid, "no longer in any manifest"))
