@@ -48,8 +48,6 @@ class Task:
     key: str
     pid: int
     start_time: int
-    started_at: float
-    pidns: bool
     popen: object = None  # set for fast-path spawns: told the exit status so it never reaps or warns itself
     logs: list = field(default_factory=list)  # fds of log pipes still open
 
@@ -118,7 +116,7 @@ class Launcher:
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)  # the socket is created 0600: only root may ask for a process
         try:
-            _bind_unix(srv, str(path))
+            via_short_path(srv.bind, str(path))
         finally:
             os.umask(old)
         srv.listen(16)
@@ -350,24 +348,24 @@ class Launcher:
                 return f"{own_dir}/cgroup.procs"
         return None
 
-    def _spawn_fast(self, spec: LaunchSpec, conn: Conn, rid) -> bool:
+    def _spawn_fast(self, spec: LaunchSpec, conn: Conn, rid) -> None:
         """Spawn without running Python in the child: subprocess's C fork/exec (vfork when no uid change).
 
         The child must be in the task's cgroup before its first instruction, so the launcher itself joins the
         task's cgroups, spawns (the child inherits them), and goes back — safe because the launcher is
         single-threaded. oom_score_adj is inherited too, so this path is taken only when the task's value equals
-        ours. Returns False (nothing done) when the fast path cannot be used; the caller then forks normally."""
+        ours (see _fast_path_ok for what else the path requires)."""
         import subprocess
 
         opened: list[int] = []
-        parent_ends: list[tuple[int, LogTarget | None, str]] = []
+        parent_ends: list[tuple[int, LogTarget | None]] = []
         moved: list[str] = []
         proc = None
         try:
             stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
             opened.append(stdin)
-            stdout = self._log_pipe(spec.stdout, opened, parent_ends, "stdout")
-            stderr = self._log_pipe(spec.stderr, opened, parent_ends, "stderr")
+            stdout = self._log_pipe(spec.stdout, opened, parent_ends)
+            stderr = self._log_pipe(spec.stderr, opened, parent_ends)
             try:
                 for procs in spec.cgroup_procs:
                     child.write_procs(procs)
@@ -385,7 +383,7 @@ class Launcher:
                     if own:
                         child.write_procs(own)
         except OSError as e:
-            for fd, _, _ in parent_ends:
+            for fd, _ in parent_ends:
                 os.close(fd)
             if proc is None and not moved and e.errno not in (errno.ENOENT, errno.EACCES):
                 raise
@@ -397,25 +395,24 @@ class Launcher:
         pending = Spawning(spec=spec, pid=proc.pid, start_time=ksys.process_start_time(proc.pid), conn=conn,
                            rid=rid, err_r=-1, log_ends=parent_ends)
         self._spawn_succeeded(pending, popen=proc)
-        return True
 
     def _spawn(self, spec: LaunchSpec, passed: list[int], conn: Conn, rid, enter_pid: int | None = None) -> None:
-        if self._fast_path_ok(spec, passed, enter_pid):
-            self._spawn_fast(spec, conn, rid)
-            return
         """Fork the child and return at once. The reply waits for the error pipe: EOF without a report means the
         child exec'd. Meanwhile the launcher can fork the next task, so the slow part of one child's setup (mounts,
         execve) overlaps with the next spawn instead of queueing behind it."""
+        if self._fast_path_ok(spec, passed, enter_pid):
+            self._spawn_fast(spec, conn, rid)
+            return
         opened: list[int] = []
-        parent_ends: list[tuple[int, LogTarget | None, str]] = []
+        parent_ends: list[tuple[int, LogTarget | None]] = []
         try:
             if passed:
                 stdin, stdout, stderr = (passed + passed[-1:] * 3)[:3]
             else:
                 stdin = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
                 opened.append(stdin)
-                stdout = self._log_pipe(spec.stdout, opened, parent_ends, "stdout")
-                stderr = self._log_pipe(spec.stderr, opened, parent_ends, "stderr")
+                stdout = self._log_pipe(spec.stdout, opened, parent_ends)
+                stderr = self._log_pipe(spec.stderr, opened, parent_ends)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             opened.append(err_w)
             enter = _open_ns_fds(enter_pid) if enter_pid else None
@@ -429,7 +426,7 @@ class Launcher:
                 for fd in (enter or {}).values():
                     os.close(fd)
         except BaseException:
-            for fd, _, _ in parent_ends:
+            for fd, _ in parent_ends:
                 os.close(fd)
             raise
         finally:
@@ -456,7 +453,7 @@ class Launcher:
         if pending.report:
             if pending.status is None:
                 os.waitpid(pending.pid, 0)  # it exits right after writing the report
-            for fd, _, _ in pending.log_ends:
+            for fd, _ in pending.log_ends:
                 os.close(fd)
             try:
                 info = json.loads(pending.report)
@@ -469,10 +466,10 @@ class Launcher:
 
     def _spawn_succeeded(self, pending: "Spawning", popen: object = None) -> None:
         spec = pending.spec
-        task = Task(spec.key, pending.pid, pending.start_time, time.time(), spec.namespaces.pid, popen=popen)
+        task = Task(spec.key, pending.pid, pending.start_time, popen=popen)
         self.tasks[spec.key] = task
         self.by_pid[pending.pid] = spec.key
-        for fd, target, _ in pending.log_ends:
+        for fd, target in pending.log_ends:
             log = RotatingLog(Path(target.dir), target.base, target.max_files, target.max_file_size)
             os.set_blocking(fd, False)
             self.logs[fd] = (log, spec.key)
@@ -486,14 +483,14 @@ class Launcher:
         if conn.sock.fileno() in self.conns and self.conns[conn.sock.fileno()] is conn:
             self._send(conn, obj)
 
-    def _log_pipe(self, target: LogTarget | None, opened: list, parent_ends: list, name: str) -> int:
+    def _log_pipe(self, target: LogTarget | None, opened: list, parent_ends: list) -> int:
         if target is None:
             fd = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
             opened.append(fd)
             return fd
         r, w = os.pipe2(os.O_CLOEXEC)
         opened.append(w)
-        parent_ends.append((r, target, name))
+        parent_ends.append((r, target))
         return w
 
     def _fork(self, spec: LaunchSpec, fds: dict, enter: dict | None) -> int:
@@ -584,7 +581,7 @@ class LaunchError(Exception):
         self.step, self.errno = step, err
 
 
-NS_ORDER = ("user", "ipc", "uts", "net", "mnt", "pid")
+NS_ORDER = ("ipc", "uts", "net", "mnt", "pid")  # the namespaces `exec into a task` enters (child._enter_task)
 
 
 def _open_ns_fds(pid: int) -> dict[str, int]:
@@ -636,14 +633,15 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _bind_unix(sock: socket.socket, path: str) -> None:
-    """bind() with paths longer than sun_path allows (108 bytes): go through the directory's fd."""
+def via_short_path(op, path: str) -> None:
+    """op(path) for a unix socket's bind or connect, also with paths longer than sun_path allows (108 bytes):
+    those go through /proc/self/fd/<fd of the directory>/<name>."""
     if len(path.encode()) < 100:
-        sock.bind(path)
+        op(path)
         return
     dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        sock.bind(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
+        op(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
     finally:
         os.close(dfd)
 

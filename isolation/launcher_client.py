@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from isolation.launcher import socket_path
+from isolation.launcher import socket_path, via_short_path
 
 Event = dict
 
@@ -50,14 +50,7 @@ class LauncherClient:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         path = str(socket_path(self.state_dir))
         try:
-            if len(path.encode()) < 100:
-                s.connect(path)
-            else:
-                dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    s.connect(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
-                finally:
-                    os.close(dfd)
+            via_short_path(s.connect, path)
         except OSError:
             s.close()
             raise

@@ -149,6 +149,9 @@ class RotatingLog:
     def close(self) -> None:
         """Close the active file. Idempotent."""
         self._closed = True
+        self._close_fd()
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             try:
                 os.close(self._fd)
@@ -191,11 +194,7 @@ class RotatingLog:
                     return True
             except OSError as e:
                 self.last_errno = e.errno
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-            self._fd = None
+            self._close_fd()
         return self._open()
 
     def _write(self, mv: memoryview, start: int, end: int) -> bool:
@@ -246,12 +245,7 @@ class RotatingLog:
         except OSError as e:
             self.last_errno = e.errno
             return False
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+        self._close_fd()
         self.rotations += 1
         self._open()
         return True
