@@ -27,6 +27,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from statistics import median
 from pathlib import Path
 from typing import Callable
 
@@ -76,12 +77,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))  # ceil(n*q/100), at least the first sample
     return ordered[int(rank) - 1]
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 # ---- the bench runtime -------------------------------------------------------------------------------------

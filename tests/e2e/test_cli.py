@@ -316,10 +316,7 @@ def test_handles_written_by_an_older_tasksd_move_their_exec_environment_to_the_s
     db.close()
 
 
-TTY_DRIVERS = ["raw_exec", "exec", "exec2"]
-
-
-@pytest.mark.parametrize("driver", TTY_DRIVERS)
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_exec_t_through_a_pty(daemon, driver):
     daemon.start()
     daemon.write("sh.hcl", driver_job(driver))

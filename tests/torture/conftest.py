@@ -45,9 +45,8 @@ def daemon(make_daemon) -> Daemon:
 
 def resync(d: Daemon, interval: str) -> None:
     """Rewrite the daemon's config with another resync interval (the e2e default is 30s)."""
+    d.resync_interval = interval
     d.write_config()
-    text = d.config_path.read_text().replace('resync_interval = "30s"', f'resync_interval = "{interval}"')
-    d.config_path.write_text(text)
 
 
 def task_cgroups(cgroup_parent: str) -> dict[str, list[int]]:

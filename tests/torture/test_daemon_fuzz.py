@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from controller.client import Client, ClientError
 from tests.e2e.conftest import Daemon, raw_job
 from tests.helpers import wait_for
-from tests.torture.conftest import resync, scale, task_cgroups
+from tests.torture.conftest import cmdline, resync, scale, task_cgroups
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -378,18 +378,11 @@ def test_manifest_rewritten_in_place_while_the_daemon_reads_it(daemon):
     wait_for(lambda: (m := manifests(d).get(str(path))) and m["content_hash"] == sha(final)
              and m["status"] == "applied", timeout=30, what="the final content applied")
     t = wait_for(lambda: (t := d.task("race/g/0/t")) and t["state"] == "running"
-                 and cmdline_of(t["pid"]) == ["/bin/sleep", str(final_arg)] and t, timeout=60,
+                 and t["pid"] and cmdline(t["pid"]) == ["/bin/sleep", str(final_arg)] and t, timeout=60,
                  what=f"the final version running (now {d.task('race/g/0/t')})")
     assert list(cgroups_now(d).values()) == [[t["pid"]]]  # one process, no leftover version
     print(f"rewrites: {final_arg - 100000}, restarts of the task: {t['restarts']}")
     assert_healthy(d)
-
-
-def cmdline_of(pid: int | None) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    except (OSError, TypeError):
-        return []
 
 
 def test_dotdot_in_names_is_rejected_and_nothing_is_created_outside_the_state_dir(daemon, tmp):

@@ -14,6 +14,7 @@ from manifests.model import RestartPolicy
 from reconcilers import restart
 from tests.e2e.conftest import Daemon, raw_job, teardown_daemon
 from tests.helpers import wait_for
+from tests.torture.conftest import resync
 
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
@@ -129,8 +130,7 @@ def test_periodic_resync_catches_a_change_no_event_reports(tmp, cgroup_parent):
     """An in-place edit inside a symlinked subdirectory (the ConfigMap layout) happens outside the watched
     directory, so inotify says nothing: only the periodic resync can notice it."""
     d = Daemon(tmp, cgroup_parent)
-    d.write_config()
-    d.config_path.write_text(d.config_path.read_text().replace('resync_interval = "30s"', 'resync_interval = "1s"'))
+    resync(d, "1s")
     data = d.tasks_dir / "..v1"
     data.mkdir()
     (data / "web.hcl").write_text(raw_job("web"))
