@@ -157,10 +157,9 @@ class Controller:
         self._dirty_manifests: set[str] = set()
         self.ready = threading.Event()
         self.last_resync = 0.0
-        self.reconcile_count = 0
         self.store_error: str | None = None
         self.listeners: list[Callable[[dict], None]] = []
-        self.metrics: dict[str, float] = {"watch_events": 0, "reconciles": 0, "reconcile_seconds": 0.0}
+        self.metrics: dict[str, float] = {"watch_events": 0}  # reconcile timing: metrics.instrument
         self._rand = random.Random()
         runtime.on_exit = lambda h, r: self.queue.put(("exit", h, r))
 
@@ -484,7 +483,6 @@ class Controller:
         return {a: r.get("gone_at") for a, r in self.allocs.items() if a not in self.collecting}
 
     def reconcile(self, full: bool = False) -> None:
-        t0 = time.perf_counter()
         grace = self._gc_grace()
         if full or self._full_pending:
             self._full_pending, self._touched = False, set()  # a full pass covers whatever was touched
@@ -513,9 +511,6 @@ class Controller:
                     self.collect_alloc(a.alloc)
             except Exception as e:  # noqa: BLE001 - one action's bug must not stop the others
                 log.exception("action %s failed: %s", a, e)
-        self.metrics["reconciles"] += 1
-        self.metrics["reconcile_seconds"] += time.perf_counter() - t0
-        self.reconcile_count += 1
 
     # ---- actions -----------------------------------------------------------------------------------------
     def _alloc_id(self, alloc: str) -> str:
