@@ -332,11 +332,11 @@ def _group(r: _Reader, job_type: str) -> Group | None:
         if task is not None:
             tasks.append(task)
     group = Group(name=name, count=count, meta=meta, network=network, restart=group_restart, tasks=tuple(tasks))
-    findings = validate.check_group(group)
-    if r.blocks("task"):
-        # Task blocks exist but none built: their own errors say why; "needs a task" would only be noise.
-        findings = [f for f in findings if f[1] != "a group needs at least one task"]
-    r.report(findings)
+    if not r.blocks("task"):
+        # Checked on the blocks, not the built tasks: when task blocks exist but none built, their own errors
+        # say why and "needs a task" would only be noise.
+        r.error("task", "a group needs at least one task")
+    r.report(validate.check_group(group))
     return group
 
 
@@ -514,18 +514,15 @@ def _resources(r: _Reader) -> Resources:
 
 
 def _artifact(r: _Reader) -> Artifact:
-    source = r.str("source")
-    if source is None:
-        r.error("source", "source is required")
     a = Artifact(
-        source=source or "",
+        source=r.str("source") or "",
         destination=r.str("destination", "local/"),
         mode=r.str("mode", "any"),
         options=r.map("options"),
         headers=r.map("headers"),
         chown=r.bool("chown"),
     )
-    r.report(f for f in validate.check_artifact(a) if not (f[0] == "source" and source is None))
+    r.report(validate.check_artifact(a))
     return a
 
 

@@ -281,8 +281,6 @@ def check_group(g: Group) -> list[Finding]:
     out: list[Finding] = []
     if g.count < 0:
         out.append(("count", f"count must be >= 0, got {g.count}"))
-    if not g.tasks:
-        out.append(("task", "a group needs at least one task"))
     for name, n in Counter(t.name for t in g.tasks).items():
         if n > 1:
             out.append((f'task "{name}"', f"task name {name!r} is used {n} times in this group"))

@@ -253,3 +253,13 @@ def test_template_change_mode_script_is_refused_with_the_alternatives():
     result = load_text(text, "j.hcl")
     assert not result.valid
     assert any('change_mode = "script" is not supported' in e.message for e in result.errors)
+
+
+def test_a_group_without_task_blocks_needs_one_but_failed_tasks_do_not_add_that_noise():
+    from manifests.loader import load_text
+
+    empty = load_text('job "x" {\n  group "g" {\n  }\n}\n', "/x.hcl")
+    assert [(e.message, e.line) for e in empty.errors] == [("a group needs at least one task", 2)]
+    broken = load_text('job "x" {\n  group "g" {\n    task "t" {\n      driver = "nope"\n    }\n  }\n}\n', "/x.hcl")
+    assert [e.message for e in broken.errors if "needs at least one task" in e.message] == []
+    assert broken.errors
