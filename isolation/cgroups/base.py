@@ -109,6 +109,9 @@ class TaskCgroup(ABC):
     def __init__(self, name: str, paths: dict[str, Path]) -> None:
         self.name = name
         self.paths = dict(paths)
+        # Set by CgroupManager.create: some directory was already there (an earlier life of this task, whose
+        # leftovers must die before the next launch).
+        self.existed = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.paths!r})"

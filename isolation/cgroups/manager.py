@@ -200,8 +200,8 @@ class CgroupManager:
         return _TASK_CLASSES[self.layout.mode](name, {h: p / name for h, p in self.parent_paths.items()})
 
     def create(self, name: str, limits: CgroupLimits) -> TaskCgroup:
-        """Create (or reuse) a task cgroup and write all limits. Callers kill() it before launching into it, so
-        members left from an earlier life die first."""
+        """Create (or reuse) a task cgroup and write all limits. When it `existed`, callers kill() it before
+        launching into it, so members left from an earlier life die first."""
         task = self._task(name)
         made: list[Path] = []
         try:
@@ -215,7 +215,7 @@ class CgroupManager:
                         d.mkdir()
                     made.append(d)
                 except FileExistsError:
-                    pass
+                    task.existed = True
                 except OSError as e:
                     raise CgroupError(f"cannot create cgroup {d}: {e.strerror}") from e
             task.update(limits)

@@ -127,9 +127,8 @@ class CommonDriver(Driver):
         pids_limit = cfg.pids_limit if cfg.pids_limit is not None else (self.plugin().pids_limit or None)
         limits = cgroups.limits_for(res.memory, res.memory_max, res.cpu, cpuset, pids_limit)
         cg_name = f"{ctx.alloc_id}.{task.name}"
-        existed = self.runtime.cgroups.open(cg_name) is not None
         cg = self.runtime.cgroups.create(cg_name, limits)
-        if existed:
+        if cg.existed:
             cg.kill()  # anything left in the cgroup from an earlier life of this task dies before we launch
         key = ctx.key or new_key(ctx.alloc_id, task.name)
         logs = task.logs
