@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,44 +64,81 @@ class TaskDir:
         return self.dir / "private"
 
 
-def _mkdir(path: Path, mode: int, uid: int = 0, gid: int = 0) -> None:
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads creating files)."""
     try:
-        path.mkdir(mode=mode)
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o777  # unknown: assume everything is masked, so every mode gets set explicitly
+
+
+def _mkdir(path: str, mode: int, umask: int, uid: int = 0, gid: int = 0, parent_plain: bool = True) -> bool:
+    """Make `path` a directory with exactly this mode and owner. True when it was created now.
+
+    A directory we just made is ours and carries mode & ~umask, so chmod and chown are needed only where those
+    differ from what we want (a start makes ten of these; the redundant syscalls were a tenth of its cost).
+    parent_plain=False: the parent may be set-gid, so the group of a new directory is not ours to assume."""
+    try:
+        os.mkdir(path, mode)
     except FileExistsError:
-        if path.is_symlink() or not path.is_dir():
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
             # Something (maybe a task) put a file or symlink where our directory belongs: never follow it.
             raise RuntimeError(f"{path} exists and is not a directory") from None
-    os.chmod(path, mode, follow_symlinks=False)
-    os.chown(path, uid, gid, follow_symlinks=False)
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(path, uid, gid, follow_symlinks=False)
+        return False
+    if mode & umask:
+        os.chmod(path, mode, follow_symlinks=False)
+    if not parent_plain or (uid, gid) != (_EUID, _EGID):
+        os.chown(path, uid, gid, follow_symlinks=False)
+    return True
 
 
-def _is_mountpoint(path: Path) -> bool:
+_EUID, _EGID = os.geteuid(), os.getegid()
+
+
+def _is_mountpoint(path: Path | str) -> bool:
     """A tmpfs mounted on `path` has its own device number. O(1): reading /proc/self/mountinfo instead costs
     O(number of mounts) per start, which with two mounts per task made starting N tasks O(N^2)."""
     try:
-        return os.lstat(path).st_dev != os.lstat(path.parent).st_dev
+        return os.lstat(path).st_dev != os.lstat(os.path.dirname(path)).st_dev
     except FileNotFoundError:
         return False
 
 
 def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secrets_mb: int = 1) -> TaskDir:
     """Create (idempotently) the alloc dir, the task's dirs and its tmpfs mounts."""
-    alloc_root.mkdir(mode=0o711, parents=True, exist_ok=True)
-    td = TaskDir(alloc_root / alloc_id, task)
-    _mkdir(td.alloc_dir, 0o711)
-    _mkdir(td.shared, 0o755)
-    _mkdir(td.shared / "data", 0o1777)
-    _mkdir(td.shared / "tmp", 0o1777)
-    _mkdir(td.logs, 0o755)
-    _mkdir(td.dir, 0o755)
-    _mkdir(td.local, 0o755, uid, gid)
-    _mkdir(td.tmp, 0o1777)
-    for path, size in ((td.secrets, secrets_mb), (td.private, 1)):
-        _mkdir(path, 0o700, uid, gid)
-        if not _is_mountpoint(path):
-            ksys.mount("tmpfs", str(path), "tmpfs", ksys.MS_NOEXEC | ksys.MS_NOSUID | ksys.MS_NODEV,
+    root = str(alloc_root)
+    try:
+        os.mkdir(root, 0o711)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        alloc_root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    um = _umask()
+    a = f"{root}/{alloc_id}"
+    _mkdir(a, 0o711, um, parent_plain=False)  # alloc_root is the operator's: it may be set-gid
+    _mkdir(f"{a}/alloc", 0o755, um)
+    _mkdir(f"{a}/alloc/data", 0o1777, um)
+    _mkdir(f"{a}/alloc/tmp", 0o1777, um)
+    _mkdir(f"{a}/alloc/logs", 0o755, um)
+    t = f"{a}/{task}"
+    _mkdir(t, 0o755, um)
+    _mkdir(f"{t}/local", 0o755, um, uid, gid)
+    _mkdir(f"{t}/tmp", 0o1777, um)
+    for path, size in ((f"{t}/secrets", secrets_mb), (f"{t}/private", 1)):
+        fresh = _mkdir(path, 0o700, um, uid, gid)
+        if fresh or not _is_mountpoint(path):
+            ksys.mount("tmpfs", path, "tmpfs", ksys.MS_NOEXEC | ksys.MS_NOSUID | ksys.MS_NODEV,
                        f"size={max(1, size)}m,mode=0700,uid={uid},gid={gid}")
-    return td
+    return TaskDir(Path(a), task)
 
 
 def unmount_task(td: TaskDir) -> None:
