@@ -122,6 +122,18 @@ class LauncherClient:
             raise LauncherError(reply.get("error", "unknown error"), reply.get("step"), reply.get("errno"))
         return reply
 
+    def notify(self, op: str, **kw) -> None:
+        """Send a request without waiting for its reply (which the reader drops): for requests whose failure
+        changes nothing for the caller, such as an ack."""
+        if self._sock is None:
+            raise LauncherError("not connected to the launcher")
+        with self._cv:
+            self._next_id += 1
+            rid = self._next_id
+        data = (json.dumps({"id": rid, "op": op, **kw}, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            self._sock.sendall(data)
+
     def _read_loop(self, sock: socket.socket) -> None:
         buf = b""
         while True:

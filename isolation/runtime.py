@@ -157,7 +157,8 @@ class Runtime:
             self._results.pop(handle.key, None)
             self._handles.pop(handle.key, None)
         try:
-            self.client.request("ack", key=handle.key)
+            # Not waited for: the restart that usually follows must not pay a round trip for it.
+            self.client.notify("ack", key=handle.key)
         except Exception as e:  # noqa: BLE001 - an unacked record is re-delivered later, which is harmless
             log.debug("ack %s: %s", handle.key, e)
 

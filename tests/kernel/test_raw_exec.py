@@ -257,3 +257,57 @@ def test_credentials_default_to_tasksds_and_user_sets_uid_gid_and_groups(drivers
         assert d.wait(h, 30).exit_code == 0, _log(h, "stderr")
         assert _ids(h) == {"Uid": [pw.pw_uid], "Gid": [pw.pw_gid], "Groups": sorted(want)}, name
         d.destroy(h)
+
+
+def _status_field(status: str, name: str) -> str:
+    return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith(name + ":"))
+
+
+def test_child_starts_clean_new_session_default_signals_own_fds_cwd_and_umask(drivers, agent_config, tmp):
+    """The raw_exec fast path spawns without Python in the child (posix_spawn): everything the ordered child
+    setup does must still hold. The probe is the task's own main process ($$ of sh)."""
+    d = drivers["raw_exec"]
+    work = tmp / "work"
+    work.mkdir()
+    script = ('cat /proc/$$/status; echo "sid $(cut -d" " -f6 /proc/$$/stat)"; echo "pid $$"; '
+              'echo "cwd $(pwd)"; echo "stdin $(readlink /proc/$$/fd/0)"; echo fds-begin; ls /proc/$$/fd; echo fds-end; '
+              'cat /proc/$$/cgroup')
+    h = d.start(make_ctx(agent_config, raw_task("/bin/sh", "-c", script, work_dir=str(work))))
+    assert d.wait(h, 30).exit_code == 0
+    out = _log(h)
+    fields = dict(line.split(" ", 1) for line in out.splitlines() if line.split(" ", 1)[0] in
+                  ("sid", "pid", "cwd", "stdin"))
+    fds = out.split("fds-begin\n", 1)[1].split("fds-end\n", 1)[0].split()
+    assert fields["sid"] == fields["pid"] == str(h.pid)  # session leader of a new session
+    assert fields["cwd"] == str(work) and fields["stdin"] == "/dev/null"
+    # sh opens nothing of its own for -c; anything beyond 0-2 would be a descriptor leaked by the launcher
+    assert fds == ["0", "1", "2"]
+    assert int(_status_field(out, "SigIgn"), 16) == 0  # Python's ignored SIGPIPE/SIGXFSZ are back at default
+    assert int(_status_field(out, "SigBlk"), 16) == 0
+    assert _status_field(out, "Umask") == "0022"
+    cgroup_lines = [line for line in out.splitlines() if line.split(":")[0].isdigit() and line.count(":") >= 2]
+    _assert_in_task_cgroups(cgroup_lines, d.runtime.cgroups.open(h.cgroup), "the task")
+    d.destroy(h)
+
+
+def _assert_in_task_cgroups(proc_cgroup_lines: list[str], cg, who: str) -> None:
+    """Every hierarchy of the task's cgroup appears in /proc/<pid>/cgroup with the task's directory."""
+    where = {}
+    for line in proc_cgroup_lines:
+        _, ctrls, path = line.split(":", 2)
+        for ctrl in (ctrls.split(",") if ctrls else ["unified"]):
+            where[ctrl] = path
+    for hier, p in cg.paths.items():
+        assert hier in where and str(p).endswith(where[hier]), f"{who} is not in the task's {hier} cgroup {p}"
+
+
+def test_children_forked_at_once_end_up_in_every_task_cgroup(drivers, agent_config):
+    """The v1 cpu hierarchy is joined just after exec (see launcher._spawn_fast); whatever the task forks in that
+    moment must be moved with it."""
+    d = drivers["raw_exec"]
+    h = d.start(make_ctx(agent_config, raw_task("/bin/sh", "-c", "sleep 300 & sleep 300 & sleep 300 & wait")))
+    cg = d.runtime.cgroups.open(h.cgroup)
+    wait_for(lambda: len(cg.pids()) == 4, what="the task and its three children")
+    for pid in cg.pids():
+        _assert_in_task_cgroups(Path(f"/proc/{pid}/cgroup").read_text().splitlines(), cg, f"pid {pid}")
+    _finish(d, h)
