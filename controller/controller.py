@@ -155,6 +155,7 @@ class Controller:
         self._timers: list[tuple[float, str]] = []
         self._full_pending = False
         self._dirty_manifests: set[str] = set()
+        self._dirty_allocs: set[str] = set()
         self.ready = threading.Event()
         self.last_resync = 0.0
         self.store_error: str | None = None
@@ -191,51 +192,74 @@ class Controller:
                 pass
 
     def persist(self, rec: TaskRecord) -> None:
+        """Record a change of `rec`. It reaches the disk at the next flush_store, which runs before any side effect
+        (see `_submit`) and at the end of every pass."""
         self.touch(rec.task_id)
         if rec.state == TaskState.RESTARTING and rec.next_start_at is not None:
             self._timer(rec.next_start_at, alloc_of(rec.task_id))
         self._dirty_tasks.add(rec.task_id)
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        """Run a side effect (spawn, kill, cleanup) on the pool, after everything decided so far is on disk: a
+        spawn's key is stored before the process exists, so a crash at any moment cannot duplicate it."""
         self.flush_store()
+        self.pool.submit(work)
 
     def flush_store(self) -> None:
-        """Write every record and manifest the store has not taken yet. When the state dir is full or read-only,
-        tasks keep running on the in-memory state and each later pass retries, so nothing is lost once the disk
-        takes writes again (a restart after that re-adopts instead of starting duplicates)."""
+        """Write every record, alloc and manifest the store has not taken yet, in one transaction. When the state
+        dir is full or read-only, tasks keep running on the in-memory state and each later pass retries (nothing
+        is marked written before its commit succeeded), so nothing is lost once the disk takes writes again (a
+        restart after that re-adopts instead of starting duplicates)."""
+        envs, tasks = dict(self._pending_exec_envs), set(self._dirty_tasks)
+        manifests, allocs = set(self._dirty_manifests), set(self._dirty_allocs)
         try:
             # Before the task rows: a row naming a handle whose exec environment is not stored yet would make a
             # crash in between lose it; the other way round the next start simply overwrites it.
-            for tid, (key, env) in sorted(self._pending_exec_envs.items()):
+            for tid, (key, env) in sorted(envs.items()):
                 self.store.put_exec_env(tid, key, env)
-                del self._pending_exec_envs[tid]
-            for tid in sorted(self._dirty_tasks):
+            for tid in sorted(tasks):
                 rec = self.records.get(tid)
                 if rec is None:
                     self.store.delete_task(tid)
                 else:
                     self.store.put_task(rec.row())
-                self._dirty_tasks.discard(tid)
-            for path in sorted(self._dirty_manifests):
+            for alloc in sorted(allocs):
+                a = self.allocs.get(alloc)
+                if a is None:
+                    self.store.delete_alloc(alloc)
+                else:
+                    self.store.put_alloc(alloc, a["alloc_id"], a.get("gone_at"), a.get("netns"), a.get("slot"))
+            for path in sorted(manifests):
                 m = self.manifests.get(path)
                 if m is None:
                     self.store.delete_manifest(path)
                 else:
                     self.store.put_manifest(m.path, m.content_hash, m.status, m.jobs, m.errors, m.warnings,
                                             m.good_jobs(), m.good_hash, m.first_seen)
-                self._dirty_manifests.discard(path)
-            if self.store_error:
-                log.warning("state store writable again")
-                self.event("store_recovered", "the state store accepts writes again")
-            self.store_error = None
+            self.store.commit()
         except StoreError as e:
             if self.store_error != str(e):
                 log.error("%s; running tasks are unaffected, state is kept in memory and retried", e)
             self.store_error = str(e)
+            return
+        for tid, entry in envs.items():
+            if self._pending_exec_envs.get(tid) is entry:
+                del self._pending_exec_envs[tid]
+        self._dirty_tasks -= tasks
+        self._dirty_allocs -= allocs
+        self._dirty_manifests -= manifests
+        if self.store_error:
+            self.store_error = None
+            log.warning("state store writable again")
+            self.event("store_recovered", "the state store accepts writes again")
+            self.flush_store()  # commits the event
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def run(self) -> None:
         self.recover()
         self.rescan()
         self.reconcile(full=True)
+        self.flush_store()
         self.ready.set()
         while not self.stopping:
             resync_at = self.last_resync + self.config.resync_interval
@@ -262,13 +286,13 @@ class Controller:
                 self._rescan_at, rescan = None, True
             if rescan or full:
                 self.rescan(reread=full)
-            if self._dirty_tasks or self._dirty_manifests or self._pending_exec_envs:
-                self.flush_store()
             self._fire_timers()
             self.reconcile(full=full)
             if self.draining and not self.records and not self.allocs and not self.collecting:
                 self.event("drained", "every task stopped and every alloc collected; exiting")
                 self.stopping = True
+            self.flush_store()  # one commit for the whole pass (events included)
+        self.flush_store()
 
     # ---- what needs planning -----------------------------------------------------------------------------
     def touch(self, task_or_alloc: str) -> None:
@@ -343,7 +367,6 @@ class Controller:
             del self._missing_since[path]
             info = self.manifests.pop(path)
             self._dirty_manifests.add(path)
-            self.flush_store()
             self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
         self.recompute_desired()
 
@@ -420,7 +443,6 @@ class Controller:
 
     def _store_manifest(self, m: ManifestInfo) -> None:
         self._dirty_manifests.add(m.path)
-        self.flush_store()
 
     def recompute_desired(self) -> None:
         """Effective jobs per file, with duplicate job names resolved: the file seen first keeps the job."""
@@ -530,10 +552,7 @@ class Controller:
                                                         self.config.bridge_subnet, slot)
             rec["slot"] = slot
         self.allocs[alloc] = rec
-        try:
-            self.store.put_alloc(alloc, rec["alloc_id"], None, rec.get("netns"), rec.get("slot"))
-        except StoreError as e:
-            log.error("%s", e)
+        self._dirty_allocs.add(alloc)
         return rec
 
     def _reserve_cores(self, tid: str, n: int) -> str:
@@ -581,7 +600,7 @@ class Controller:
                 recoverable = getattr(e, "recoverable", True)  # e.g. an artifact checksum mismatch is not
                 self.queue.put(("done", lambda: self._start_error(tid, key, msg, recoverable)))
 
-        self.pool.submit(work)
+        self._submit(work)
 
     def _started(self, tid: str, key: str, handle: TaskHandle) -> None:
         rec = self.records.get(tid)
@@ -641,7 +660,7 @@ class Controller:
                 log.warning("cleanup of %s: %s", rec.task_id, e)
             self.queue.put(("done", lambda: self._exited(rec.task_id, handle, result)))
 
-        self.pool.submit(work)
+        self._submit(work)
 
     def _exited(self, tid: str, handle: TaskHandle, result: ExitResult) -> None:
         rec = self.records.get(tid)
@@ -718,7 +737,7 @@ class Controller:
                 log.warning("cleanup of %s: %s", tid, e)
             self.queue.put(("done", lambda: self._stopped(tid, handle, result)))
 
-        self.pool.submit(work)
+        self._submit(work)
 
     def _stopped(self, tid: str, handle: TaskHandle, result: ExitResult) -> None:
         rec = self.records.get(tid)
@@ -753,7 +772,7 @@ class Controller:
                 error = f"{type(e).__name__}: {e}"
             self.queue.put(("done", lambda: self._rerendered(tid, handle, task, d, changed, error)))
 
-        self.pool.submit(work)
+        self._submit(work)
 
     def _rerendered(self, tid: str, handle: TaskHandle, task: Task, d: DesiredTask, changed: list, error: str | None):
         rec = self.records.get(tid)
@@ -781,7 +800,6 @@ class Controller:
                 log.warning("forget %s: %s", tid, e)
         self.cores_in_use.pop(tid, None)
         self._dirty_tasks.add(tid)
-        self.flush_store()
 
     def _gc_grace(self) -> float:
         """How long a gone alloc waits before GC: none while draining (drain collects everything at once)."""
@@ -793,10 +811,7 @@ class Controller:
         rec["gone_at"] = self.clock()
         self.allocs[alloc] = rec
         self._timer(rec["gone_at"] + self._gc_grace(), alloc)
-        try:
-            self.store.put_alloc(alloc, rec["alloc_id"], rec["gone_at"], rec.get("netns"), rec.get("slot"))
-        except StoreError as e:
-            log.error("%s", e)
+        self._dirty_allocs.add(alloc)
 
     def collect_alloc(self, alloc: str) -> None:
         rec = self.allocs[alloc]
@@ -819,16 +834,13 @@ class Controller:
                 log.warning("GC of %s: %s", alloc, e)
             self.queue.put(("done", lambda: self._collected(alloc)))
 
-        self.pool.submit(work)
+        self._submit(work)
 
     def _collected(self, alloc: str) -> None:
         self.touch(alloc)
         self.collecting.discard(alloc)
         self.allocs.pop(alloc, None)
-        try:
-            self.store.delete_alloc(alloc)
-        except StoreError as e:
-            log.error("%s", e)
+        self._dirty_allocs.add(alloc)
         self.event("gc", f"alloc {alloc} garbage-collected")
 
     # ---- recovery after a restart ------------------------------------------------------------------------
