@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from controller.scan import Scanner
+from controller.byalloc import ByAlloc
 from controller.store import Store, StoreError
 from isolation import netns as netns_mod
 from isolation import taskdir
@@ -132,9 +133,9 @@ class Controller:
         self.queue: queue.Queue = queue.Queue()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="action")
         self.scanner = Scanner(tasks_dir, config.strict_manifest_permissions)
-        self.records: dict[str, TaskRecord] = {}
+        self.records: ByAlloc[TaskRecord] = ByAlloc()
         self.manifests: dict[str, ManifestInfo] = {}
-        self.desired: dict[str, DesiredTask] = {}
+        self.desired: ByAlloc[DesiredTask] = ByAlloc()
         self.specs: dict[str, tuple[Job, Any, Task]] = {}
         self.allocs: dict[str, dict] = {}
         self.collecting: set[str] = set()
@@ -469,7 +470,7 @@ class Controller:
         # among a thousand costs one expansion, not a thousand.
         cache: dict = {}
         old_desired = self.desired
-        self.desired, self.specs = {}, {}
+        self.desired, self.specs = ByAlloc(), {}
         for path, jobs in jobs_by_manifest.items():
             key = (path, self.manifests[path].good_hash, id(jobs))
             entry = self._desired_cache.get(key)
@@ -494,11 +495,12 @@ class Controller:
 
     # ---- observed state and the plan ---------------------------------------------------------------------
     def observed(self, allocs: set[str] | None = None) -> dict[str, ObservedTask]:
+        records = self.records if allocs is None else self.records.in_allocs(allocs)
         return {
             tid: ObservedTask(tid, alloc_of(tid), r.state, r.spec_hash, r.next_start_at, r.busy,
                               successful=bool(r.exit and r.exit.get("exit_code") == 0 and not r.exit.get("error")),
                               template_hash=r.template_hash)
-            for tid, r in self.records.items() if allocs is None or alloc_of(tid) in allocs
+            for tid, r in records.items()
         }
 
     def gone_times(self) -> dict[str, float | None]:
@@ -513,9 +515,10 @@ class Controller:
             touched, self._touched = self._touched, set()
             if not touched:
                 return
-            desired = {t: d for t, d in self.desired.items() if alloc_of(t) in touched}
+            desired = self.desired.in_allocs(touched)
             observed = self.observed(touched)
-            gone = {a: g for a, g in self.gone_times().items() if a in touched}
+            gone = {a: self.allocs[a].get("gone_at") for a in touched
+                    if a in self.allocs and a not in self.collecting}
         actions = plan(desired, observed, self.clock(), gone, grace)
         for a in actions:
             try:
