@@ -716,6 +716,10 @@ def main(argv: list[str] | None = None) -> int:
         print("launcher: another launcher already serves this state dir", file=sys.stderr)
         return 3
     ksys.set_child_subreaper()
+    # Tasks inherit our dispositions: whatever our parent ignored (a CI runner, a shell with `trap '' ...`, a
+    # posix_spawn from glibc ignoring 32 and 33) goes back to default. SIGPIPE and SIGXFSZ stay ignored for us
+    # (Python's choice); every spawn path resets those two in the child.
+    ksys.reset_ignored_signals(keep=(signal.SIGPIPE, signal.SIGXFSZ))
     launcher = Launcher(state)
     launcher.listen()
     # Everything imported so far lives as long as we do: move it out of the collector's sight, so neither our

@@ -12,16 +12,18 @@ import fcntl
 import os
 import re
 import platform
+import signal
 import socket
 import struct
+from typing import Iterable
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # Syscall numbers that differ per architecture (glibc has no wrapper for these, or only a recent one).
 # Numbers from 424 on are shared by every architecture (the unified syscall table).
 _SYSCALLS: dict[str, dict[str, int]] = {
-    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126},
-    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91},
+    "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "rt_sigaction": 13},
+    "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "rt_sigaction": 134},
 }
 _MACHINE = platform.machine()
 _NR = dict(_SYSCALLS.get(_MACHINE, {}))
@@ -329,6 +331,40 @@ def process_start_time(pid: int) -> int:
     # After ')' come field 3 (state) onwards; field 22 is index 19 of that list.
     rest = data[end + 1:].split()
     return int(rest[19])
+
+
+SIG_DFL_RAW, SIG_IGN_RAW = 0, 1
+_KERNEL_NSIG = 64
+
+
+def signal_disposition(sig: int, handler: int | None = None) -> int:
+    """The kernel's handler value for `sig` (0 default, 1 ignored, else an address), setting it to `handler` when
+    given. Raw rt_sigaction: glibc refuses its internal signals 32 and 33, which an ignoring parent can still pass
+    down. A zeroed struct is "default, no flags, empty mask" in the x86_64 and aarch64 layouts alike."""
+    old = ctypes.create_string_buffer(64)
+    new = None
+    if handler is not None:
+        new = ctypes.create_string_buffer(64)
+        struct.pack_into("=Q", new, 0, handler)
+    syscall("rt_sigaction", sig, ctypes.addressof(new) if new is not None else 0, ctypes.addressof(old), 8)
+    return struct.unpack_from("=Q", old, 0)[0]
+
+
+def reset_ignored_signals(keep: Iterable[int] = ()) -> list[int]:
+    """Put every ignored signal but `keep` back to its default; returns those reset. An ignored signal stays
+    ignored across fork and execve, so whatever tasksd's own parent ignored would otherwise reach every task."""
+    keep = set(keep) | {signal.SIGKILL, signal.SIGSTOP}
+    reset = []
+    for sig in range(1, _KERNEL_NSIG + 1):
+        if sig in keep:
+            continue
+        try:
+            if signal_disposition(sig) == SIG_IGN_RAW:
+                signal_disposition(sig, SIG_DFL_RAW)
+                reset.append(sig)
+        except OSError:
+            continue  # ENOSYS on an unknown architecture: nothing to do there
+    return reset
 
 
 def boot_id() -> str:

@@ -311,3 +311,30 @@ def test_children_forked_at_once_end_up_in_every_task_cgroup(drivers, agent_conf
     for pid in cg.pids():
         _assert_in_task_cgroups(Path(f"/proc/{pid}/cgroup").read_text().splitlines(), cg, f"pid {pid}")
     _finish(d, h)
+
+
+@pytest.mark.parametrize("adj", [None, 100])  # None: the vfork fast path; 100: the Python child (oom_score_adj)
+def test_signals_ignored_by_tasksds_parent_are_default_in_the_task(tmp, cgroup_parent, agent_config, adj):
+    """An ignored disposition survives fork and execve: a launcher started by a parent that ignores SIGUSR1 and
+    glibc's internal signal 32 (as a CI runner here did) must not hand that on to its tasks."""
+    from isolation import sys as ksys
+
+    ignored = (signal.SIGUSR1, 32)
+    before = {s: ksys.signal_disposition(s, ksys.SIG_IGN_RAW) for s in ignored}
+    try:
+        rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+        rt.open()  # the launcher starts now, inheriting the ignored dispositions
+    finally:
+        for s, handler in before.items():
+            ksys.signal_disposition(s, handler)
+    try:
+        d = make_drivers(rt, agent_config)["raw_exec"]
+        kw = {} if adj is None else {"oom_score_adj": adj}
+        h = d.start(make_ctx(agent_config, raw_task("/bin/sh", "-c", "cat /proc/$$/status", **kw)))
+        assert d.wait(h, 30).exit_code == 0
+        assert int(_status_field(_log(h), "SigIgn"), 16) == 0
+        d.destroy(h)
+    finally:
+        from tests.kernel.conftest import teardown_runtime
+
+        teardown_runtime(rt)
