@@ -503,8 +503,10 @@ class Controller:
             for tid, r in records.items()
         }
 
-    def gone_times(self) -> dict[str, float | None]:
-        return {a: r.get("gone_at") for a, r in self.allocs.items() if a not in self.collecting}
+    def gone_times(self, allocs: set[str] | None = None) -> dict[str, float | None]:
+        """When each alloc (or each of `allocs`) was marked gone; allocs being collected are left out."""
+        keys = self.allocs if allocs is None else [a for a in allocs if a in self.allocs]
+        return {a: self.allocs[a].get("gone_at") for a in keys if a not in self.collecting}
 
     def reconcile(self, full: bool = False) -> None:
         grace = self._gc_grace()
@@ -517,8 +519,7 @@ class Controller:
                 return
             desired = self.desired.in_allocs(touched)
             observed = self.observed(touched)
-            gone = {a: self.allocs[a].get("gone_at") for a in touched
-                    if a in self.allocs and a not in self.collecting}
+            gone = self.gone_times(touched)
         actions = plan(desired, observed, self.clock(), gone, grace)
         for a in actions:
             try:

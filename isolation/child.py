@@ -32,12 +32,12 @@ def _new_session(spec: LaunchSpec, fds: dict) -> None:
         os.setsid()
 
 
-def write_procs(path: str) -> None:
-    """Move the calling process into the cgroup of `path` (a cgroup.procs file): one write() of "0" on a plain
+def write_procs(path: str, pid: int = 0) -> None:
+    """Move process `pid` (0: the caller) into the cgroup of `path` (a cgroup.procs file): one write() on a plain
     O_WRONLY descriptor (no O_CREAT: a missing file is an error, not a new regular file)."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        os.write(fd, b"0")
+        os.write(fd, str(pid).encode())
     finally:
         os.close(fd)
 

@@ -430,8 +430,7 @@ class Launcher:
             for m in sorted(todo):
                 for procs in late:
                     try:
-                        with open(procs, "w") as f:
-                            f.write(str(m))
+                        child.write_procs(procs, m)
                     except ProcessLookupError:
                         pass  # it exited meanwhile
             moved |= todo

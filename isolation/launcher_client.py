@@ -99,12 +99,8 @@ class LauncherClient:
     def request(self, op: str, fds: list[int] | None = None, timeout: float = 60.0, **kw) -> dict:
         if self._sock is None:
             raise LauncherError("not connected to the launcher")
-        with self._cv:
-            self._next_id += 1
-            rid = self._next_id
-            slot: list = []
-            self._pending[rid] = slot
-        data = (json.dumps({"id": rid, "op": op, **kw}, separators=(",", ":")) + "\n").encode()
+        slot: list = []
+        rid, data = self._frame(op, kw, slot)
         with self._lock:
             if fds:
                 socket.send_fds(self._sock, [data], fds)
@@ -127,12 +123,18 @@ class LauncherClient:
         changes nothing for the caller, such as an ack."""
         if self._sock is None:
             raise LauncherError("not connected to the launcher")
+        _, data = self._frame(op, kw, None)
+        with self._lock:
+            self._sock.sendall(data)
+
+    def _frame(self, op: str, kw: dict, slot: list | None) -> tuple[int, bytes]:
+        """A new request id and its line; with `slot`, the reader files the reply there."""
         with self._cv:
             self._next_id += 1
             rid = self._next_id
-        data = (json.dumps({"id": rid, "op": op, **kw}, separators=(",", ":")) + "\n").encode()
-        with self._lock:
-            self._sock.sendall(data)
+            if slot is not None:
+                self._pending[rid] = slot
+        return rid, (json.dumps({"id": rid, "op": op, **kw}, separators=(",", ":")) + "\n").encode()
 
     def _read_loop(self, sock: socket.socket) -> None:
         buf = b""
