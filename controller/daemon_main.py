@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A blocked mask is inherited from whoever started us (a CI runner here blocked nearly everything): SIGTERM
+    # and SIGHUP must reach our handlers. Before any thread exists, so every thread starts with this mask.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     from controller import logsetup
 
     logsetup.setup(args.log_format, getattr(logging, args.log_level.upper()))

@@ -719,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     # posix_spawn from glibc ignoring 32 and 33) goes back to default. SIGPIPE and SIGXFSZ stay ignored for us
     # (Python's choice); every spawn path resets those two in the child.
     ksys.reset_ignored_signals(keep=(signal.SIGPIPE, signal.SIGXFSZ))
+    # The blocked mask survives fork and execve as well (a CI runner here started us with nearly every signal
+    # blocked, so a task's SIGTERM would have waited forever). The vfork fast path hands the task our mask as is.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     launcher = Launcher(state)
     launcher.listen()
     # Everything imported so far lives as long as we do: move it out of the collector's sight, so neither our

@@ -163,3 +163,19 @@ def test_sighup_reloads_the_config(daemon):
     t = wait_for(lambda: (t := daemon.task("other/g/0/t")) and t["last_error"] and t, what="refused start")
     assert "raw_exec is disabled" in t["last_error"]
     assert daemon.task(TID)["pid"] == pid  # a reload restarts nothing
+
+
+def test_signals_blocked_by_tasksds_parent_do_not_make_it_or_its_tasks_deaf(daemon):
+    """A blocked mask survives fork and execve (a CI runner here started its children with nearly every signal
+    blocked): SIGTERM must still stop tasksd, and its tasks must start with nothing blocked."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP})  # inherited by the daemon
+    try:
+        daemon.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    daemon.write("web.hcl", raw_job("web"))
+    pid = pid_of(daemon)
+    blocked = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigBlk"))
+    assert int(blocked.split()[1], 16) == 0, blocked  # `sleep` itself: it does not touch its mask
+    daemon.terminate()  # waits for the exit: a deaf daemon fails here
+    assert Path(f"/proc/{pid}").exists()  # and it left its task running, as SIGTERM should
