@@ -181,6 +181,28 @@ def test_limits_are_written_and_reset(mgr):
     assert _read(pids / "pids.max") == "max"
 
 
+def test_hybrid_task_joins_only_hierarchies_that_limit_count_or_kill_it(mgr):
+    """On this hybrid host the v2 tree gives usage, freeze and kill: no v1 cpuacct or freezer directory per task,
+    and a cpuset directory only for a task that asks for cores. open() still looks everywhere, so a leftover
+    directory in a hierarchy the task no longer joins is found and removed."""
+    plain = mgr.create("plain.t", limits_for(memory_mb=64, cpu_mhz=100, pids_limit=20))
+    assert set(plain.paths) == {UNIFIED, "memory", "cpu", "pids"}
+    assert all(d.is_dir() for d in plain.paths.values())
+    assert not (mgr.parent_paths["freezer"] / "plain.t").exists()
+    assert not (mgr.parent_paths["cpuset"] / "plain.t").exists()
+    pinned = mgr.create("pinned.t", limits_for(memory_mb=64, cpu_mhz=100, cores_cpus="0", pids_limit=20))
+    assert set(pinned.paths) == {UNIFIED, "memory", "cpu", "cpuset", "pids"}
+    assert _read(pinned.paths["cpuset"] / "cpuset.cpus") == "0"
+
+    stray = mgr.parent_paths["freezer"] / "plain.t"
+    stray.mkdir()
+    opened = mgr.open("plain.t")
+    assert opened is not None and opened.paths["freezer"] == stray
+    opened.remove()
+    assert not stray.exists() and not any(d.exists() for d in plain.paths.values())
+    pinned.remove()
+
+
 def test_create_is_idempotent_and_open_finds_it(mgr):
     first = mgr.create("x.t", CgroupLimits(pids_max=10))
     again = mgr.create("x.t", CgroupLimits(pids_max=20))

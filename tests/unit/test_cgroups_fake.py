@@ -296,15 +296,18 @@ def test_v1_unset_limits_write_kernel_defaults(v1_tree):
     (task_mem / "memory.memsw.limit_in_bytes").write_text(str(64 * MIB))
     (base / "cpu,cpuacct/tasksd/abc.web/cpu.shares").write_text("5")
     before = _snapshot(base)
-    mgr.create("abc.web", CgroupLimits())
+    cg = mgr.create("abc.web", CgroupLimits())
     assert _changes(base, before) == {
         "memory/user.slice/tasksd/abc.web/memory.memsw.limit_in_bytes": "-1",
         "memory/user.slice/tasksd/abc.web/memory.limit_in_bytes": "-1",
         "memory/user.slice/tasksd/abc.web/memory.soft_limit_in_bytes": "-1",
         "cpu,cpuacct/tasksd/abc.web/cpu.shares": "1024",
-        "cpuset/tasksd/abc.web/cpuset.cpus": "0-3",
-        "cpuset/tasksd/abc.web/cpuset.mems": "0",
     }
+    # No cores asked for: no cpuset directory to make and join (the task stays in the launcher's cpuset). On a
+    # pure-v1 host the freezer is still joined: it is how a kill stops forks there.
+    assert cg.procs_files() == [str(base / p / "cgroup.procs") for p in (
+        "cpu,cpuacct/tasksd/abc.web", "freezer/tasksd/abc.web",
+        "memory/user.slice/tasksd/abc.web", "pids/user.slice/tasksd/abc.web")]
 
 
 def test_v1_reads_membership_oom_and_stats(v1_tree):
