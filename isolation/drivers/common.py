@@ -140,7 +140,8 @@ class CommonDriver(Driver):
             stderr=LogTarget(str(td.logs), f"{task.name}.stderr", logs.max_files, logs.max_file_size * MB),
         )
         spec = self.isolate(ctx, td, ident, spec)
-        baseline = cg.oom_kills()
+        # A cgroup made just now counts from 0; only a reused one (an earlier life of this task) has a past to skip.
+        baseline = cg.oom_kills() if cg.existed else 0
         try:
             spec_dict = spec.to_dict()
             reply = self.runtime.client.request("spawn", spec=spec_dict)
