@@ -248,11 +248,11 @@ class CgroupManager:
         return task
 
     def open(self, name: str) -> TaskCgroup | None:
-        """An existing task cgroup, with the directories it has in any hierarchy (so leftovers of a task that
-        joined more hierarchies are killed and removed too); None when it has none."""
+        """An existing task cgroup, with its path in every hierarchy tasksd uses, made or not: leftovers of a
+        task that joined more hierarchies are killed and removed too, and a half-removed one (kill -9 between two
+        rmdirs) still has its v2 path for the code that expects one. None when no directory exists."""
         task = self._task(name)
-        task.paths = {h: p for h, p in task.paths.items() if p.is_dir()}
-        return task if task.paths else None
+        return task if task.exists() else None
 
     def names(self) -> list[str]:
         """Task cgroups under the parent, in any hierarchy (so half-created leftovers are found too)."""
