@@ -144,6 +144,9 @@ class Controller:
         self.stopping = False
         self.draining = False
         self._desired_cache: dict = {}
+        # Set whenever the set of manifests or one's content changes; rescans that find nothing new (the burst
+        # of events around one rename, resyncs) then skip recompute_desired, which walks every task.
+        self._desired_stale = True
         self._early_exits: dict[str, ExitResult] = {}
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
@@ -354,6 +357,7 @@ class Controller:
             if info is not None and info.content_hash == digest:
                 continue
             self.apply_file(path, fs, info, digest)
+            self._desired_stale = True
         now = self.clock()
         for path in list(self.manifests):
             if path in seen:
@@ -368,8 +372,10 @@ class Controller:
             del self._missing_since[path]
             info = self.manifests.pop(path)
             self._dirty_manifests.add(path)
+            self._desired_stale = True
             self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
-        self.recompute_desired()
+        if self._desired_stale:
+            self.recompute_desired()
 
     def _rescan_timer(self, when: float) -> None:
         """Rescan at `when` even if no event comes (the removal grace)."""
@@ -486,6 +492,7 @@ class Controller:
             self.desired.update(entry[0])
             self.specs.update(entry[1])
         self._desired_cache = cache
+        self._desired_stale = False
         self._add_departing(old_desired)
         for tid in old_desired.keys() ^ self.desired.keys():
             self.touch(tid)

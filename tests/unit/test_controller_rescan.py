@@ -80,3 +80,25 @@ def test_the_full_resync_rereads_files_whose_stat_signature_did_not_change(tmp):
     ctl.rescan(reread=True)
     assert ctl.specs["web/g/0/t"][2].config.args == ("2",)
     ctl.store.close()
+
+
+def test_a_rescan_that_finds_nothing_new_leaves_desired_state_alone(tmp):
+    """With a thousand manifests, every event burst rescans the directory; walking every task again is only
+    needed when a manifest came, went or changed."""
+    ctl, tasks, clock = controller(tmp)
+    (tasks / "web.hcl").write_text(JOB)
+    ctl.rescan()
+    before = ctl.desired
+    (tasks / ".web.hcl.tmp").write_text(JOB)  # not a manifest name: an editor's temp file
+    ctl.rescan()
+    ctl.rescan(reread=True)
+    assert ctl.desired is before  # not rebuilt
+    (tasks / "api.hcl").write_text(JOB.replace('"web"', '"api"'))
+    ctl.rescan()
+    assert ctl.desired is not before and {"web/g/0/t", "api/g/0/t"} <= set(ctl.desired)
+    (tasks / "api.hcl").unlink()
+    ctl.rescan()
+    clock.now += REMOVAL_GRACE
+    ctl.rescan()
+    assert "api/g/0/t" not in ctl.desired and "web/g/0/t" in ctl.desired
+    ctl.store.close()
