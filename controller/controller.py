@@ -472,26 +472,30 @@ class Controller:
             jobs_by_manifest[m.path] = m.effective
         if self.draining:
             jobs_by_manifest = {}
-        # Expanding a file's jobs hashes every task spec: cache it per (file, version) so one changed file
+        # Expanding a file's jobs hashes every task spec: cache it per file and version, so one changed file
         # among a thousand costs one expansion, not a thousand.
-        cache: dict = {}
+        entries: dict[str, tuple] = {}
+        for path, jobs in jobs_by_manifest.items():
+            key = (self.manifests[path].good_hash, id(jobs))
+            cached = self._desired_cache.get(path)
+            if cached is not None and cached[0] == key:
+                entries[path] = cached
+                continue
+            specs = {}
+            for job in jobs:
+                for group in job.groups:
+                    for i in range(group.count):
+                        for t in group.tasks:
+                            specs[f"{job.name}/{group.name}/{i}/{t.name}"] = (job, group, t)
+            entries[path] = (key, desired_tasks({path: jobs}), specs)
+        if not (self.draining or self.departing) and self._patch_desired(entries):
+            return
         old_desired = self.desired
         self.desired, self.specs = ByAlloc(), {}
-        for path, jobs in jobs_by_manifest.items():
-            key = (path, self.manifests[path].good_hash, id(jobs))
-            entry = self._desired_cache.get(key)
-            if entry is None:
-                specs = {}
-                for job in jobs:
-                    for group in job.groups:
-                        for i in range(group.count):
-                            for t in group.tasks:
-                                specs[f"{job.name}/{group.name}/{i}/{t.name}"] = (job, group, t)
-                entry = (desired_tasks({path: jobs}), specs)
-            cache[key] = entry
-            self.desired.update(entry[0])
-            self.specs.update(entry[1])
-        self._desired_cache = cache
+        for _, desired, specs in entries.values():
+            self.desired.update(desired)
+            self.specs.update(specs)
+        self._desired_cache = entries
         self._desired_stale = False
         self._add_departing(old_desired)
         for tid in old_desired.keys() ^ self.desired.keys():
@@ -499,6 +503,33 @@ class Controller:
         for tid, d in self.desired.items():
             if old_desired.get(tid, d) != d:
                 self.touch(tid)
+
+    def _patch_desired(self, entries: dict[str, tuple]) -> bool:
+        """Apply only the files that changed, came or went to desired state; the same result as rebuilding it,
+        without walking the other 999 tasks. Declines (False: rebuild) when a leaving task is a poststop hook,
+        whose departure the rebuild handles (see _add_departing)."""
+        old = self._desired_cache
+        changed = [p for p, entry in entries.items() if old.get(p) is not entry]
+        gone = [p for p in old if p not in entries]
+        leaving = [(tid, d) for p in changed + gone if p in old for tid, d in old[p][1].items()]
+        if any(d.hook == "poststop" for _, d in leaving):
+            return False
+        before = {tid: self.desired.get(tid) for tid, _ in leaving}
+        for tid, _ in leaving:
+            self.desired.pop(tid, None)
+            self.specs.pop(tid, None)
+        for p in changed:
+            _, desired, specs = entries[p]
+            self.desired.update(desired)
+            self.specs.update(specs)
+            before.update((tid, before.get(tid)) for tid in desired)
+        self._desired_cache = entries
+        self._desired_stale = False
+        self._last_specs = self.specs  # the rebuild replaces self.specs, so this keeps what it needs
+        for tid, was in before.items():
+            if self.desired.get(tid) != was:
+                self.touch(tid)
+        return True
 
     # ---- observed state and the plan ---------------------------------------------------------------------
     def observed(self, allocs: set[str] | None = None) -> dict[str, ObservedTask]:

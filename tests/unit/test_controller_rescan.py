@@ -88,17 +88,49 @@ def test_a_rescan_that_finds_nothing_new_leaves_desired_state_alone(tmp):
     ctl, tasks, clock = controller(tmp)
     (tasks / "web.hcl").write_text(JOB)
     ctl.rescan()
-    before = ctl.desired
+    calls = []
+    recompute = ctl.recompute_desired
+    ctl.recompute_desired = lambda: (calls.append(1), recompute())
     (tasks / ".web.hcl.tmp").write_text(JOB)  # not a manifest name: an editor's temp file
     ctl.rescan()
     ctl.rescan(reread=True)
-    assert ctl.desired is before  # not rebuilt
+    assert calls == []
     (tasks / "api.hcl").write_text(JOB.replace('"web"', '"api"'))
     ctl.rescan()
-    assert ctl.desired is not before and {"web/g/0/t", "api/g/0/t"} <= set(ctl.desired)
-    (tasks / "api.hcl").unlink()
-    ctl.rescan()
-    clock.now += REMOVAL_GRACE
-    ctl.rescan()
-    assert "api/g/0/t" not in ctl.desired and "web/g/0/t" in ctl.desired
+    assert calls == [1] and {"web/g/0/t", "api/g/0/t"} <= set(ctl.desired)
     ctl.store.close()
+
+
+def test_patching_desired_state_gives_what_a_rebuild_gives(tmp):
+    """recompute_desired applies only the files that changed; a twin controller that always rebuilds must end
+    every step with the same desired tasks, specs and touched allocs. Random adds, edits (count, args, a job
+    renamed), deletes and duplicate job names across files."""
+    import random
+
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    patched, tasks, clock = controller(tmp / "a")
+    rebuilt = Controller(AgentConfig(), str(tasks), Store(tmp / "b" / "state"), SimpleNamespace(on_exit=None), {},
+                         clock=clock)
+    rebuilt._patch_desired = lambda entries: False
+    rng = random.Random(7)
+    for step in range(80):
+        name = f"f{rng.randrange(6)}.hcl"
+        if rng.random() < 0.3 and (tasks / name).exists():
+            (tasks / name).unlink()
+        else:
+            job = JOB.replace('"web"', f'"j{rng.randrange(4)}"').replace('args = ["1"]', f'args = ["{step}"]')
+            job = job.replace('group "g" {', f'group "g" {{\n count = {rng.randrange(1, 4)}')
+            (tasks / name).write_text(job)
+        clock.now += rng.choice([0.01, REMOVAL_GRACE])
+        for c in (patched, rebuilt):
+            c._touched.clear()
+            c.rescan()
+        assert dict(patched.desired) == dict(rebuilt.desired), f"step {step}"
+        assert patched.specs == rebuilt.specs, f"step {step}"
+        assert patched._touched == rebuilt._touched, f"step {step}"
+        assert {a: sorted(ids) for a, ids in patched.desired._index.items()} == \
+            {a: sorted(ids) for a, ids in rebuilt.desired._index.items()}, f"step {step}"
+    assert len(patched.desired) > 0
+    patched.store.close()
+    rebuilt.store.close()
