@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test bench bench-peers clean
+.PHONY: run test torture torture-long install install-test bench bench-peers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,14 @@ run: install
 # The console scripts the tests spawn (tasksd, tasksctl) are the installed ones, so packaging mistakes fail here.
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The reliability suite alone: the short version (also part of `make test`), and the long one (200 manifests and
+# 50 kill -9 of tasksd, 1000 fuzzed manifests through the daemon, a 30-minute soak): about 40 minutes.
+torture: install-test
+	$(BIN)/python -m pytest -s tests/torture $(PYTEST_ARGS)
+
+torture-long: install-test
+	TASKSD_TORTURE_LONG=1 $(BIN)/python -m pytest -s tests/torture $(PYTEST_ARGS)
 
 # Benchmarks need root; peers.py installs supervisor/runit if missing and takes a few minutes more.
 bench: install

@@ -43,8 +43,11 @@ _SUFFIXES = HCL_SUFFIXES + YAML_SUFFIXES
 
 def is_manifest_name(name: str) -> bool:
     """The file filter shared by `tasksctl validate DIR` and the watcher."""
-    base = os.path.basename(name)
-    if not base or base.startswith(".") or not base.endswith(_SUFFIXES):
+    return _is_manifest_base(os.path.basename(name))
+
+
+def _is_manifest_base(base: str) -> bool:
+    if not base or base[0] == "." or not base.endswith(_SUFFIXES):
         return False
     return _IGNORED.match(base) is None
 
@@ -59,7 +62,7 @@ def scan_dir_paths(directory: str | os.PathLike[str]) -> list[str]:
     out = []
     with os.scandir(directory) as it:
         for entry in it:
-            if not is_manifest_name(entry.name):
+            if not _is_manifest_base(entry.name):  # already a base name: no basename() per file
                 continue
             try:
                 if entry.is_file(follow_symlinks=True):
