@@ -293,13 +293,16 @@ def test_child_starts_clean_new_session_default_signals_own_fds_cwd_and_umask(dr
 
 
 def _assert_in_task_cgroups(proc_cgroup_lines: list[str], cg, who: str) -> None:
-    """Every hierarchy of the task's cgroup appears in /proc/<pid>/cgroup with the task's directory."""
+    """Every hierarchy the task's cgroup has a directory in (open() names them all; a task joins only some, see
+    CgroupManager.joined) appears in /proc/<pid>/cgroup with the task's directory."""
     where = {}
     for line in proc_cgroup_lines:
         _, ctrls, path = line.split(":", 2)
         for ctrl in (ctrls.split(",") if ctrls else ["unified"]):
             where[ctrl] = path
-    for hier, p in cg.paths.items():
+    made = {hier: p for hier, p in cg.paths.items() if p.is_dir()}
+    assert made, f"{who}: the task cgroup has no directory at all"
+    for hier, p in made.items():
         assert hier in where and str(p).endswith(where[hier]), f"{who} is not in the task's {hier} cgroup {p}"
 
 
