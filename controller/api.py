@@ -291,13 +291,18 @@ class Api:
         h._send_json(200, self.ctl.call(self.ctl.spec_snapshot))
 
     def events(self, h: Handler, q: dict) -> None:
+        # With `after`, a cursor: every event after that id, oldest first (a reader resuming where it stopped
+        # must not lose the ones in between). Without, a tail: the newest `limit`.
+        resume = "after" in q
         after = _int(q.get("after", "0"), "after")
         limit = _int(q.get("limit", "1000"), "limit")
+        if limit < 1:
+            raise ApiError(400, "limit must be at least 1")
         task = q.get("task")
         if task:
             task = self.ctl.call(lambda: resolve_task_id(self.ctl, task))
         if q.get("follow") not in ("1", "true"):
-            h._send_json(200, self._read_events(after, limit, task))
+            h._send_json(200, self._read_events(after, limit, task, oldest_first=resume))
             return
         # Follow: newline-delimited JSON, one event per line, as they happen.
         h.send_response(200)
@@ -317,7 +322,19 @@ class Api:
         self.ctl.listeners.append(listener)
         last = after
         try:
-            backlog = self._read_events(after, limit, task)
+            if resume:
+                # The whole backlog after the cursor, page by page (it can hold more than one page: a start
+                # with 1000 manifests writes thousands of events before a follower connects).
+                while True:
+                    page = self._read_events(last, limit, task, oldest_first=True)
+                    for ev in page:
+                        h.wfile.write((json.dumps(ev, default=str) + "\n").encode())
+                        last = ev["id"]
+                    if len(page) < limit:
+                        break
+                backlog = []
+            else:
+                backlog = self._read_events(after, limit, task)
             while not h.client_gone():
                 with cv:
                     if not backlog:
@@ -334,10 +351,10 @@ class Api:
             self.ctl.listeners.remove(listener)
             h.close_connection = True
 
-    def _read_events(self, after: int, limit: int, task: str | None) -> list[dict]:
+    def _read_events(self, after: int, limit: int, task: str | None, oldest_first: bool = False) -> list[dict]:
         reader = self.ctl.store_reader()
         try:
-            return reader.events(after, limit, task)
+            return reader.events(after, limit, task, oldest_first)
         finally:
             reader.close()
 

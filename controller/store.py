@@ -216,16 +216,20 @@ class Store:
         except sqlite3.OperationalError:
             return 0  # the event log is best effort; state writes are not
 
-    def events(self, after: int = 0, limit: int = 1000, task_id: str | None = None) -> list[dict]:
+    def events(self, after: int = 0, limit: int = 1000, task_id: str | None = None,
+               oldest_first: bool = False) -> list[dict]:
+        """Events with id > after, in id order: the newest `limit` of them (a tail), or with oldest_first the
+        oldest `limit` (a page: ask again after the last id for the next one)."""
         sql = "SELECT * FROM events WHERE id > ?"
         args: list[Any] = [after]
         if task_id:
             sql += " AND task_id = ?"
             args.append(task_id)
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += f" ORDER BY id {'ASC' if oldest_first else 'DESC'} LIMIT ?"
         args.append(limit)
         rows = [dict(r) for r in self.db.execute(sql, args)]
-        rows.reverse()
+        if not oldest_first:
+            rows.reverse()
         for r in rows:
             r["details"] = json.loads(r["details"]) if r["details"] else None
         return rows

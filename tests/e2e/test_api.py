@@ -67,6 +67,8 @@ def test_malformed_requests_get_4xx_json_and_the_daemon_keeps_working(daemon):
     assert status == 400 and "JSON object" in err["error"]
     status, err = raw_request(daemon, b"GET /v1/events?after=x HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 400 and "after" in err["error"]
+    status, err = raw_request(daemon, b"GET /v1/events?limit=0&follow=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 400 and "limit" in err["error"]
     # The exec socket: garbage, and a request without the three fds.
     for payload in (b"garbage\n", b'{"v":1,"task":"t","argv":["true"]}\n'):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -196,3 +198,33 @@ def test_an_ignored_request_body_is_not_read_as_the_next_request(daemon):
             body = json.loads(resp.read())
             assert resp.status == 200 and body["tasks"] == []
     assert "Traceback" not in daemon.log()
+
+
+def test_events_after_a_cursor_are_all_delivered_oldest_first_even_beyond_one_page(daemon):
+    """`after=N` resumes: every event after N, in order, however many pages the backlog holds (a follower that
+    connects after a start with 1000 manifests faced thousands). Without `after`: the newest `limit`."""
+    daemon.start()
+    for i in range(4):
+        daemon.write(f"j{i}.hcl", raw_job(f"j{i}"))
+    for i in range(4):
+        daemon.wait_state(f"j{i}/g/0/t", "running")
+    everything = daemon.client.get("/v1/events?after=0&limit=10000")
+    ids = [e["id"] for e in everything]
+    assert len(ids) > 6 and ids == sorted(ids)
+
+    assert [e["id"] for e in daemon.client.get("/v1/events?limit=3")] == ids[-3:]  # a tail
+    assert [e["id"] for e in daemon.client.get(f"/v1/events?after={ids[1]}&limit=3")] == ids[2:5]  # a page
+
+    seen: list[int] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(daemon.socket)
+        s.sendall(f"GET /v1/events?after={ids[0]}&limit=2&follow=1 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        f = s.makefile("rb")
+        while f.readline() not in (b"\r\n", b""):
+            pass  # the status line and headers
+        while len(seen) < len(ids) - 1:
+            line = f.readline()
+            assert line, f"stream ended after {seen}"
+            seen.append(json.loads(line)["id"])
+    assert seen == ids[1:]  # pages of 2, nothing skipped, nothing twice

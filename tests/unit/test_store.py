@@ -69,3 +69,18 @@ def test_close_commits_what_is_pending(tmp_path):
         assert set(again.tasks()) == {"j/g/0/t"}
     finally:
         again.close()
+
+
+def test_events_tail_and_page_order(tmp_path):
+    """events(): the newest `limit` by default (a tail), the oldest `limit` after the cursor with oldest_first
+    (a page); both in id order, and a task filter applies before the limit."""
+    s = Store(tmp_path)
+    try:
+        ids = [s.add_event("note", f"m{i}", "a/g/0/t" if i % 2 else "b/g/0/t") for i in range(7)]
+        s.commit()
+        assert [e["id"] for e in s.events(limit=3)] == ids[-3:]
+        assert [e["id"] for e in s.events(after=ids[1], limit=3, oldest_first=True)] == ids[2:5]
+        assert [e["id"] for e in s.events(after=ids[1], limit=3)] == ids[-3:]
+        assert [e["id"] for e in s.events(limit=2, task_id="a/g/0/t", oldest_first=True)] == [ids[1], ids[3]]
+    finally:
+        s.close()
