@@ -11,6 +11,7 @@ end (tasks stopped, launcher gone). Latencies are taken from the daemon's own ev
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -78,16 +79,20 @@ class Bench:
     def _follow(self) -> None:
         try:
             after = max((e["id"] for e in self.events), default=0)
+            buf = b""
             for chunk in self.client.stream(f"/v1/events?follow=1&after={after}"):
-                for line in chunk.splitlines():
+                # A read can end mid-line: only whole lines are parsed, the rest waits for the next chunk.
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
                     if line.strip():
                         ev = json.loads(line)
                         ev["seen"] = time.time()
                         with self._cv:
                             self.events.append(ev)
                             self._cv.notify_all()
-        except Exception:  # noqa: BLE001 - the daemon went away
-            pass
+        except (ClientError, OSError, http.client.HTTPException):
+            pass  # the daemon went away (kill -9, drain); anything else is a bug here and must show
 
     def wait_event(self, type_: str, task_id: str, after_ts: float, timeout: float = 60) -> dict:
         def find():
