@@ -318,8 +318,14 @@ class Api:
                 pending.append(ev)
                 cv.notify()
 
-        # Listen before reading the backlog so nothing falls between the two; ids drop the overlap.
-        self.ctl.listeners.append(listener)
+        # Listen before reading the backlog so nothing falls between the two; ids drop the overlap. On the loop
+        # thread, with a commit: an event emitted earlier in the current pass is not in the database yet (the pass
+        # commits at its end) and would reach neither the backlog nor the listener.
+        def listen() -> None:
+            self.ctl.listeners.append(listener)
+            self.ctl.flush_store()
+
+        self.ctl.call(listen)
         last = after
         try:
             if resume:

@@ -15,6 +15,7 @@ import pytest
 
 from controller.exec_proto import exec_socket_path
 from tests.e2e.conftest import REPO, Daemon, raw_job, teardown_daemon
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -228,3 +229,30 @@ def test_events_after_a_cursor_are_all_delivered_oldest_first_even_beyond_one_pa
             assert line, f"stream ended after {seen}"
             seen.append(json.loads(line)["id"])
     assert seen == ids[1:]  # pages of 2, nothing skipped, nothing twice
+
+
+def test_a_follower_connecting_mid_burst_misses_no_event(daemon):
+    """A follower that connects while tasksd is starting many tasks: events emitted earlier in the same pass
+    were neither committed (the backlog) nor seen by its listener, and were lost (bench/peers waited for 21 of
+    100 `started` events). Every task's `started` must arrive, each once."""
+    n = 60
+    for i in range(n):
+        daemon.write(f"j{i}.hcl", raw_job(f"j{i}"))
+    daemon.start(wait_ready=False)
+    wait_for(daemon.is_ready, timeout=60, what="tasksd ready")
+    want = {f"j{i}/g/0/t" for i in range(n)}
+    started: list[str] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(60)
+        s.connect(daemon.socket)
+        s.sendall(b"GET /v1/events?after=0&follow=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        f = s.makefile("rb")
+        while f.readline() not in (b"\r\n", b""):
+            pass
+        while set(started) != want:
+            line = f.readline()
+            assert line, f"stream ended; missing {sorted(want - set(started))}"
+            ev = json.loads(line)
+            if ev["type"] == "started":
+                started.append(ev["task_id"])
+    assert len(started) == n  # each once
