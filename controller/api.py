@@ -378,17 +378,23 @@ class Api:
             return tid, self.ctl.runtime.alloc_root / alloc_id / "alloc" / "logs", rec.task
 
         tid, logdir, task = self.ctl.call(locate)
-        from controller.logread import follow_log, read_log
+        from controller.logread import follow_log, open_active, read_log
 
         h.send_response(200)
         h.send_header("Content-Type", "application/octet-stream")
         h.end_headers()
         base = f"{task}.{stream}"
-        data = read_log(logdir, base, tail)
-        h.wfile.write(data)
-        h.wfile.flush()
+        start = open_active(logdir, base) if follow else None
+        end = start[0].seek(0, os.SEEK_END) if start is not None else None
+        try:
+            h.wfile.write(read_log(logdir, base, tail, active_end=end))
+            h.wfile.flush()
+        except BaseException:
+            if start is not None:
+                start[0].close()
+            raise
         if follow:
-            for chunk in follow_log(logdir, base, h.client_gone):
+            for chunk in follow_log(logdir, base, h.client_gone, start):
                 h.wfile.write(chunk)
                 h.wfile.flush()
         h.close_connection = True

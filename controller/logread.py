@@ -4,27 +4,39 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from isolation.logs import read_tail
 
 FOLLOW_INTERVAL = 0.1  # only while a client follows: interactive, not part of supervision
 
 
-def read_log(logdir: Path, base: str, tail: int) -> bytes:
-    if tail is not None and tail >= 0:
-        return b"".join(read_tail(logdir, base, tail))
+def open_active(logdir: Path, base: str) -> tuple[BinaryIO, int] | None:
+    """The active file opened at its current end, and its inode: where a follower starts. Taken before the tail is
+    read, and the tail is read only up to that offset, so a line written in between is sent once, not lost."""
     try:
-        return (logdir / base).read_bytes()
+        f = open(logdir / base, "rb")
+    except FileNotFoundError:
+        return None
+    return f, os.fstat(f.fileno()).st_ino
+
+
+def read_log(logdir: Path, base: str, tail: int, active_end: int | None = None) -> bytes:
+    if tail is not None and tail >= 0:
+        return b"".join(read_tail(logdir, base, tail, active_end=active_end))
+    try:
+        with open(logdir / base, "rb") as f:
+            return f.read() if active_end is None else f.read(active_end)
     except FileNotFoundError:
         return b""
 
 
-def follow_log(logdir: Path, base: str, stop: Callable[[], bool]) -> Iterator[bytes]:
-    """Yield what is appended to the active file; when it rotates (new inode), continue in the new one."""
+def follow_log(logdir: Path, base: str, stop: Callable[[], bool],
+               start: tuple[BinaryIO, int] | None = None) -> Iterator[bytes]:
+    """Yield what is appended to the active file (from `start`, see open_active, else from its end when first
+    seen); when it rotates (new inode), continue in the new one."""
     path = logdir / base
-    f = None
-    ino = None
+    f, ino = start if start is not None else (None, None)
     try:
         while not stop():
             if f is None:

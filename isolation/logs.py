@@ -270,9 +270,10 @@ def log_files(dir: Path, base: str) -> list[Path]:
     return out
 
 
-def read_tail(dir: Path, base: str, n_lines: int, block_size: int = 65536) -> list[bytes]:
+def read_tail(dir: Path, base: str, n_lines: int, block_size: int = 65536, active_end: int | None = None) -> list[bytes]:
     """The last n_lines lines across the active and rotated files, oldest first, each with its newline (the last one
-    may lack it: a line still being written). A line split across files (see the module doc) is joined again."""
+    may lack it: a line still being written). A line split across files (see the module doc) is joined again.
+    active_end: read the active file only up to this offset (a follower continues from there)."""
     if n_lines <= 0:
         return []
     chunks: list[bytes] = []  # newest first
@@ -285,6 +286,8 @@ def read_tail(dir: Path, base: str, n_lines: int, block_size: int = 65536) -> li
             continue  # rotated away between listing and opening
         with f:
             end = f.seek(0, os.SEEK_END)
+            if active_end is not None and path == dir / base:
+                end = min(end, active_end)
             while end > 0:
                 start = max(0, end - block_size)
                 f.seek(start)

@@ -296,3 +296,21 @@ def test_read_tail_joins_a_split_line(tmp: Path) -> None:
 def test_read_tail_of_a_missing_stream_is_empty(tmp: Path) -> None:
     assert read_tail(tmp, "nothing.stderr", 5) == []
     assert read_tail(tmp / "no-such-dir", BASE, 5) == []
+
+
+def test_a_line_written_between_the_tail_and_the_follow_is_sent_once(tmp_path):
+    """`tasksctl logs -f -n 1`: the tail is sent, then the file is followed. A line the task wrote in between
+    was lost when the follower opened the file at its end only after sending the tail (a flaky e2e test)."""
+    from controller.logread import follow_log, open_active, read_log
+
+    (tmp_path / "t.stdout").write_bytes(b"one\ntwo\n")
+    start = open_active(tmp_path, "t.stdout")
+    end = start[0].seek(0, 2)
+    with open(tmp_path / "t.stdout", "ab") as f:
+        f.write(b"three\n")  # the task writes while the tail is on its way
+    assert read_log(tmp_path, "t.stdout", 1, active_end=end) == b"two\n"
+    assert read_log(tmp_path, "t.stdout", -1, active_end=end) == b"one\ntwo\n"
+    chunks = follow_log(tmp_path, "t.stdout", lambda: False, start)
+    assert next(chunks) == b"three\n"
+    chunks.close()
+    assert start[0].closed
