@@ -203,8 +203,9 @@ def run_tasksd(n: int, opts: Options) -> Result:
         # From tasksd's own `started` events (the stream replays from the daemon's start), not by listing every
         # task each 10 ms, which loaded the daemon in the window being measured.
         values["all_running_s"] = b.wait_started({f"j{i}/g/0/t" for i in range(n)}, t0, timeout=600) - t0
-        if b.running() < n:
-            raise RuntimeError(f"every tasksd task started, yet {n - b.running()} are not running")
+        running = b.running()
+        if running < n:
+            raise RuntimeError(f"every tasksd task started, yet {n - running} are not running")
 
         values["rss_mb"], values["pss_mb"] = b.memory()
         values["per_task_kb"] = values["pss_mb"] * 1024 / n

@@ -328,19 +328,9 @@ class Api:
         self.ctl.call(listen)
         last = after
         try:
-            if resume:
-                # The whole backlog after the cursor, page by page (it can hold more than one page: a start
-                # with 1000 manifests writes thousands of events before a follower connects).
-                while True:
-                    page = self._read_events(last, limit, task, oldest_first=True)
-                    for ev in page:
-                        h.wfile.write((json.dumps(ev, default=str) + "\n").encode())
-                        last = ev["id"]
-                    if len(page) < limit:
-                        break
-                backlog = []
-            else:
-                backlog = self._read_events(after, limit, task)
+            # Resuming: the whole backlog after the cursor, however many pages (a start with 1000 manifests writes
+            # thousands of events before a follower connects). Otherwise the newest `limit`.
+            backlog = self._read_events(after, limit, task, oldest_first=resume, all_pages=resume)
             while not h.client_gone():
                 with cv:
                     if not backlog:
@@ -357,10 +347,16 @@ class Api:
             self.ctl.listeners.remove(listener)
             h.close_connection = True
 
-    def _read_events(self, after: int, limit: int, task: str | None, oldest_first: bool = False) -> list[dict]:
+    def _read_events(self, after: int, limit: int, task: str | None, oldest_first: bool = False,
+                     all_pages: bool = False) -> list[dict]:
+        """One page of events, or with all_pages (oldest first) every page after `after`, on one reader."""
         reader = self.ctl.store_reader()
         try:
-            return reader.events(after, limit, task, oldest_first)
+            out = page = reader.events(after, limit, task, oldest_first)
+            while all_pages and len(page) == limit:
+                page = reader.events(page[-1]["id"], limit, task, oldest_first=True)
+                out = out + page
+            return out
         finally:
             reader.close()
 
@@ -385,13 +381,12 @@ class Api:
         h.end_headers()
         base = f"{task}.{stream}"
         start = open_active(logdir, base) if follow else None
-        end = start[0].seek(0, os.SEEK_END) if start is not None else None
         try:
-            h.wfile.write(read_log(logdir, base, tail, active_end=end))
+            h.wfile.write(read_log(logdir, base, tail, active_end=start.tell() if start is not None else None))
             h.wfile.flush()
         except BaseException:
             if start is not None:
-                start[0].close()
+                start.close()
             raise
         if follow:
             for chunk in follow_log(logdir, base, h.client_gone, start):

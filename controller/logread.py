@@ -11,14 +11,15 @@ from isolation.logs import read_tail
 FOLLOW_INTERVAL = 0.1  # only while a client follows: interactive, not part of supervision
 
 
-def open_active(logdir: Path, base: str) -> tuple[BinaryIO, int] | None:
-    """The active file opened at its current end, and its inode: where a follower starts. Taken before the tail is
-    read, and the tail is read only up to that offset, so a line written in between is sent once, not lost."""
+def open_active(logdir: Path, base: str) -> BinaryIO | None:
+    """The active file opened at its current end: where a follower starts. Taken before the tail is read, and the
+    tail is read only up to that offset (its tell()), so a line written in between is sent once, not lost."""
     try:
         f = open(logdir / base, "rb")
     except FileNotFoundError:
         return None
-    return f, os.fstat(f.fileno()).st_ino
+    f.seek(0, os.SEEK_END)
+    return f
 
 
 def read_log(logdir: Path, base: str, tail: int, active_end: int | None = None) -> bytes:
@@ -31,12 +32,12 @@ def read_log(logdir: Path, base: str, tail: int, active_end: int | None = None) 
         return b""
 
 
-def follow_log(logdir: Path, base: str, stop: Callable[[], bool],
-               start: tuple[BinaryIO, int] | None = None) -> Iterator[bytes]:
+def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryIO | None = None) -> Iterator[bytes]:
     """Yield what is appended to the active file (from `start`, see open_active, else from its end when first
     seen); when it rotates (new inode), continue in the new one."""
     path = logdir / base
-    f, ino = start if start is not None else (None, None)
+    f = start
+    ino = os.fstat(f.fileno()).st_ino if f is not None else None
     try:
         while not stop():
             if f is None:
