@@ -104,7 +104,7 @@ class Daemon:
             return 1
         ctl = Controller(self.config, self.tasks_dir, store, runtime, drivers)
         self.ctl = ctl
-        watcher = DirWatcher(self.tasks_dir, lambda: ctl.wake("watch"))
+        watcher = DirWatcher(self.tasks_dir, lambda: ctl.wake("watch"), early=runtime.expect_start)
         api = Api(ctl, self.args.socket, self.config.socket_group, self.config.metrics_address)
 
         def on_term(signum, frame):
@@ -178,7 +178,11 @@ class Daemon:
             ctl.config = config
             for d in ctl.drivers.values():
                 d.config = config
-            ctl.scanner.strict = config.strict_manifest_permissions
+            if ctl.scanner.strict != config.strict_manifest_permissions:
+                # Files refused (or let through) under the old rule are judged again: no cached verdict stands.
+                ctl.scanner.strict = config.strict_manifest_permissions
+                ctl.scanner.forget()
+                ctl.wake("config")
             ctl._full_pending = True  # grace periods and plugin settings may have changed for every task
             ctl.event("config_reloaded", f"reloaded {self.config_path or 'defaults'}")
 

@@ -9,7 +9,19 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 try:
@@ -21,6 +33,9 @@ try:
     InotifyMoveEventGrouper.delay = 0.0
 except ImportError:  # another watchdog version: correct anyway, only a rename out may be picked up later
     pass
+
+_CHANGES = [FileCreatedEvent, DirCreatedEvent, FileDeletedEvent, DirDeletedEvent, FileModifiedEvent,
+            DirModifiedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent]
 
 DEBOUNCE = 0.005  # an editor's save is a burst of events within a millisecond or two
 
@@ -36,9 +51,12 @@ class _Handler(FileSystemEventHandler):
 
 
 class DirWatcher:
-    def __init__(self, directory: str, wake: Callable[[], None], debounce: float = DEBOUNCE):
+    def __init__(self, directory: str, wake: Callable[[], None], debounce: float = DEBOUNCE,
+                 early: Callable[[], None] | None = None):
+        """early: called at the first event of a burst, before the debounce (the runtime prepares for a start)."""
         self.directory = directory
         self.wake = wake
+        self.early = early
         self.debounce = debounce
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
@@ -52,6 +70,8 @@ class DirWatcher:
             self._timer = threading.Timer(self.debounce, self._flush)
             self._timer.daemon = True
             self._timer.start()
+        if self.early is not None:
+            self.early()
 
     def _flush(self) -> None:
         with self._lock:
@@ -59,7 +79,14 @@ class DirWatcher:
         self.wake()
 
     def start(self) -> None:
-        self._observer.schedule(_Handler(self._fire), self.directory, recursive=False)
+        handler = _Handler(self._fire)
+        try:
+            # Changes only, asked of the kernel: without a filter inotify also queues an open and a close for
+            # every file our own scans read (and for the directory each scan lists), and watchdog's thread wakes
+            # to parse and drop each of them, taking the GIL from the scan that caused them.
+            self._observer.schedule(handler, self.directory, recursive=False, event_filter=_CHANGES)
+        except TypeError:  # a watchdog without event filters: the handler drops those events itself
+            self._observer.schedule(handler, self.directory, recursive=False)
         self._observer.daemon = True
         self._observer.start()
 

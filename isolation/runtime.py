@@ -17,6 +17,7 @@ from typing import Callable
 
 from isolation import cgroups
 from isolation import sys as ksys
+from isolation.cgroups.warm import MigrationWarmer, own_procs_file
 from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
 from isolation.launcher import describe_status
 from isolation.launcher_client import LauncherClient
@@ -43,6 +44,7 @@ class Runtime:
         self._adopted: dict[int, TaskHandle] = {}  # pidfd -> handle, for tasks that are not the launcher's children
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._watcher: threading.Thread | None = None
+        self.warmer = MigrationWarmer(None)  # real once open() knows which cgroup we are in
         self._closed = False
         self._view: dict | None = None
 
@@ -58,6 +60,8 @@ class Runtime:
             # controllers can be enabled for the task cgroups beside it.
             self.cgroups.move_self_to_leaf()
         self.cgroups.ensure_parent()
+        self.warmer = MigrationWarmer(own_procs_file())
+        self.warmer.start()
         self.client.connect()
         listing = self.client.request("list")
         with self._cv:
@@ -70,6 +74,7 @@ class Runtime:
     def close(self) -> None:
         """Disconnect; tasks and the launcher keep running (a daemon restart must not touch workloads)."""
         self._closed = True
+        self.warmer.close()
         os.write(self._wake_w, b"x")
         if self._watcher:
             self._watcher.join(5)
@@ -98,9 +103,14 @@ class Runtime:
         if raw is not None:
             self._finish(handle, raw)
 
+    def expect_start(self) -> None:
+        """A task start is likely within tens of ms (a manifest changed, a task exited): see cgroups.warm."""
+        self.warmer.poke()
+
     def _on_event(self, ev: dict) -> None:
         if ev.get("event") != "exit":
             return
+        self.warmer.poke()  # a restart usually follows
         with self._cv:
             handle = self._handles.get(ev["key"])
             if handle is None:

@@ -384,3 +384,53 @@ def test_v2_limit_without_controller_is_refused_and_leaves_nothing(v2_mgr):
     with pytest.raises(CgroupError, match="memory controller is not enabled in .*cgroup.subtree_control"):
         v2_mgr.create("nolimit.t", CgroupLimits(memory_max=32 * MIB))
     assert v2_mgr.names() == []
+
+
+# ---- the migration-lock warmer -------------------------------------------------------------------------------
+def test_the_warmer_writes_into_our_own_cgroup_and_moves_nothing():
+    """The warm-up writes "0" into the cgroup.procs of the cgroup this process is in: the kernel takes its
+    migration lock for writing and finds nothing to move. Membership in every hierarchy must be unchanged, the
+    writes must stop once the hold after the last poke has passed, and nothing may run while idle. (How much it
+    saves is a latency, measured by bench/converge.py, not asserted here.)"""
+    from isolation.cgroups.warm import MigrationWarmer, own_procs_file
+
+    procs = own_procs_file()
+    assert procs is not None and str(os.getpid()) in Path(procs).read_text().split()
+    before = Path("/proc/self/cgroup").read_text()
+    warmer = MigrationWarmer(procs, period=0.001, hold=0.05)
+    warmer.start()
+    try:
+        assert warmer.writes == 0
+        warmer.poke()
+        wait_for(lambda: warmer.writes >= 3, timeout=10, what="no-op migrations after a poke")
+        # The hold runs out: the count settles, and stays put with nobody poking.
+        settled = wait_for(lambda: (n := warmer.writes) == _writes_after(warmer, 0.06) and n, timeout=10,
+                           what="the warmer going idle")
+        assert _writes_after(warmer, 0.1) == settled
+    finally:
+        warmer.close()
+    assert Path("/proc/self/cgroup").read_text() == before
+    assert str(os.getpid()) in Path(procs).read_text().split()
+
+
+def _writes_after(warmer, seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)  # a window of observation, not a wait for a condition: nothing must happen in it
+    return warmer.writes
+
+
+def test_a_warmer_that_cannot_write_turns_itself_off(tmp):
+    """A cgroup removed under it, EBUSY on an inner v2 cgroup: starts simply go on paying the kernel's wait."""
+    from isolation.cgroups.warm import MigrationWarmer
+
+    warmer = MigrationWarmer(str(tmp / "no-such-cgroup" / "cgroup.procs"), period=0.001, hold=1.0)
+    warmer.start()
+    try:
+        warmer.poke()
+        wait_for(lambda: warmer._broken is not None, timeout=10, what="the warmer noticing it cannot write")
+        assert warmer.writes == 0 and "no-such-cgroup" in warmer._broken
+        warmer.poke()  # a no-op now, and no exception
+    finally:
+        warmer.close()
+    assert warmer._thread is None
