@@ -122,6 +122,14 @@ def freeze(d: Path, frozen: bool, deadline: float) -> None:
 
 def kill_all(d: Path, deadline: float) -> None:
     """cgroup.kill (Linux >= 5.14) kills every member and descendant atomically; older kernels: freeze, kill, thaw."""
+    try:
+        if "populated 0" in (d / "cgroup.events").read_text():
+            # Nobody left (the usual case when a task exited: restarts and stops end here). Only a member can
+            # fork a new one, so an empty cgroup stays empty; and writing cgroup.kill would take cgroup_mutex,
+            # which waits behind any migration stuck in the kernel's grace-period wait (see warm.py).
+            return
+    except FileNotFoundError:
+        return
     if (d / "cgroup.kill").exists():
         write_value(d / "cgroup.kill", 1)
     elif (d / "cgroup.freeze").exists():

@@ -221,9 +221,21 @@ def test_v2_reads_membership_events_oom_and_stats(v2_tree):
 def test_v2_kill_writes_cgroup_kill(v2_tree):
     _, own, proc = v2_tree
     task = _mkcg(own / "tasksd/t", V2_FILES)
+    (task / "cgroup.events").write_text("populated 1\nfrozen 0\n")
     cg = CgroupManager(detect(proc_root=proc), "tasksd").open("t")
-    cg.kill()  # the fake's cgroup.events already says "populated 0", so the wait ends at once
+    with pytest.raises(CgroupError, match="still has members"):  # a fake file never empties
+        cg.kill(timeout=0.05)
     assert (task / "cgroup.kill").read_text() == "1"
+
+
+def test_v2_kill_of_an_empty_cgroup_writes_nothing(v2_tree):
+    """An exited task's cgroup is usually empty: no cgroup.kill write (it would queue on cgroup_mutex)."""
+    _, own, proc = v2_tree
+    task = _mkcg(own / "tasksd/t", V2_FILES)
+    (task / "cgroup.events").write_text("populated 0\nfrozen 0\n")
+    before = (task / "cgroup.kill").read_text()
+    CgroupManager(detect(proc_root=proc), "tasksd").open("t").kill()
+    assert (task / "cgroup.kill").read_text() == before
 
 
 # -- pure v1 ---------------------------------------------------------------------------------------------------------
