@@ -38,6 +38,7 @@ from reconcilers.states import TaskState
 
 log = logging.getLogger("tasksd.controller")
 
+WARM_LEAD = 0.015  # seconds before a timer (a delayed restart) that the cgroup lock warm-up begins
 REMOVAL_GRACE = 0.25  # seconds a manifest must stay absent before its tasks stop (editor saves, see rescan)
 
 
@@ -147,6 +148,11 @@ class Controller:
         # Set whenever the set of manifests or one's content changes; rescans that find nothing new (the burst
         # of events around one rename, resyncs) then skip recompute_desired, which walks every task.
         self._desired_stale = True
+        # For the incremental recompute: files applied or removed since the last one, and who owns each job name.
+        self._stale_paths: set[str] = set()
+        self._owner: dict[str, str] = {}
+        self._had_duplicates = False
+        self._warmed_for: float | None = None  # the timer whose start the runtime was told to expect
         self._early_exits: dict[str, ExitResult] = {}
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
@@ -268,6 +274,15 @@ class Controller:
         while not self.stopping:
             resync_at = self.last_resync + self.config.resync_interval
             deadline = min(self._timers[0][0], resync_at) if self._timers else resync_at
+            if self._timers and self._warmed_for != self._timers[0][0]:
+                # A timer is mostly a restart after its delay: prepare the kernel for its cgroup migration a
+                # little ahead (see isolation.cgroups.warm), so the delay is all the task waits.
+                lead = self._timers[0][0] - WARM_LEAD
+                if self.clock() >= lead:
+                    self._warmed_for = self._timers[0][0]
+                    self.runtime.expect_start()
+                else:
+                    deadline = min(deadline, lead)
             if self._rescan_at is not None:
                 deadline = min(deadline, self._rescan_at)
             timeout = max(0.0, deadline - self.clock())
@@ -347,9 +362,11 @@ class Controller:
             self.dir_error = result.dir_error
         if result.dir_error:
             return  # keep running what runs; an unreadable directory is not a request to stop everything
-        seen: set[str] = set()
-        for path, fs in sorted(result.files.items()):
-            seen.add(path)
+        seen = result.files
+        # Only what the scanner saw change, plus files we hold nothing for; the periodic resync looks at all.
+        todo = seen.keys() if reread else result.changed | (seen.keys() - self.manifests.keys())
+        for path in sorted(todo):
+            fs = seen[path]
             info = self.manifests.get(path)
             if fs.known:
                 continue  # same content as the version we hold
@@ -358,11 +375,11 @@ class Controller:
                 continue
             self.apply_file(path, fs, info, digest)
             self._desired_stale = True
+            self._stale_paths.add(path)
         now = self.clock()
-        for path in list(self.manifests):
-            if path in seen:
-                self._missing_since.pop(path, None)
-                continue
+        for path in [p for p in self._missing_since if p in seen]:
+            del self._missing_since[path]
+        for path in sorted(self.manifests.keys() - seen.keys()):
             # Editors save by renaming the old file away and writing a new one: for a moment the manifest is
             # absent. Act on a removal only once it has lasted REMOVAL_GRACE, so a save never stops the tasks.
             since = self._missing_since.setdefault(path, now)
@@ -373,6 +390,7 @@ class Controller:
             info = self.manifests.pop(path)
             self._dirty_manifests.add(path)
             self._desired_stale = True
+            self._stale_paths.add(path)
             self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
         if self._desired_stale:
             self.recompute_desired()
@@ -453,11 +471,15 @@ class Controller:
 
     def recompute_desired(self) -> None:
         """Effective jobs per file, with duplicate job names resolved: the file seen first keeps the job."""
+        if self._recompute_changed():
+            return
         owner: dict[str, str] = {}
         jobs_by_manifest: dict[str, list[Job]] = {}
+        duplicates = False
         for m in sorted(self.manifests.values(), key=lambda m: (m.first_seen, m.path)):
             clash = [j.name for j in m.effective if j.name in owner]
             if clash:
+                duplicates = True
                 msg = (f"job {clash[0]!r} is already defined in {owner[clash[0]]}; this file is rejected "
                        f"until one of them is renamed or removed")
                 if m.status != "duplicate" or m.errors[:1] != [{"message": msg, "line": None, "column": None,
@@ -467,27 +489,34 @@ class Controller:
                     self.event("manifest_rejected", msg, manifest=m.path)
                     self._store_manifest(m)
                 continue
+            if m.status == "duplicate":
+                # The file that held its job name first is gone or renamed it: this one runs now (its last valid
+                # version, when the current content is not).
+                if m.content_hash == m.good_hash:
+                    m.status, m.errors = "applied", []
+                    self.event("manifest_applied", f"applied (jobs: {', '.join(m.jobs)}): the job it duplicated "
+                               "is gone", manifest=m.path)
+                else:
+                    m.status = "rejected"
+                    m.errors = [{"message": "invalid; the job it duplicated is gone, so its last valid version "
+                                 "runs", "line": None, "column": None, "where": ""}]
+                    self.event("manifest_rejected", m.errors[0]["message"], manifest=m.path)
+                self._store_manifest(m)
             for j in m.effective:
                 owner[j.name] = m.path
             jobs_by_manifest[m.path] = m.effective
+        self._owner, self._had_duplicates, self._stale_paths = owner, duplicates, set()
         if self.draining:
             jobs_by_manifest = {}
         # Expanding a file's jobs hashes every task spec: cache it per file and version, so one changed file
         # among a thousand costs one expansion, not a thousand.
         entries: dict[str, tuple] = {}
         for path, jobs in jobs_by_manifest.items():
-            key = (self.manifests[path].good_hash, id(jobs))
             cached = self._desired_cache.get(path)
-            if cached is not None and cached[0] == key:
+            if cached is not None and cached[0] == (self.manifests[path].good_hash, id(jobs)):
                 entries[path] = cached
-                continue
-            specs = {}
-            for job in jobs:
-                for group in job.groups:
-                    for i in range(group.count):
-                        for t in group.tasks:
-                            specs[f"{job.name}/{group.name}/{i}/{t.name}"] = (job, group, t)
-            entries[path] = (key, desired_tasks({path: jobs}), specs)
+            else:
+                entries[path] = self._desired_entry(path, jobs)
         if not (self.draining or self.departing) and self._patch_desired(entries):
             return
         old_desired = self.desired
@@ -503,6 +532,47 @@ class Controller:
         for tid, d in self.desired.items():
             if old_desired.get(tid, d) != d:
                 self.touch(tid)
+
+    def _desired_entry(self, path: str, jobs: list[Job]) -> tuple:
+        specs = {}
+        for job in jobs:
+            for group in job.groups:
+                for i in range(group.count):
+                    for t in group.tasks:
+                        specs[f"{job.name}/{group.name}/{i}/{t.name}"] = (job, group, t)
+        return ((self.manifests[path].good_hash, id(jobs)), desired_tasks({path: jobs}), specs)
+
+    def _recompute_changed(self) -> bool:
+        """recompute_desired for the usual case, one file among a thousand changed: only the changed files are
+        looked at (the full pass sorts and walks every manifest). Declines (False: do the full pass) whenever
+        job ownership is in question: a duplicate exists, or a changed file claims a job name another file
+        holds or claimed too (which file keeps it depends on first_seen order, the full pass's business)."""
+        paths = self._stale_paths
+        if not paths or not self._desired_cache or self._had_duplicates or self.draining or self.departing:
+            return False
+        owner = self._owner
+        claimed: dict[str, str] = {}
+        for p in paths:
+            m = self.manifests.get(p)
+            for j in (m.effective if m is not None else ()):
+                if owner.get(j.name, p) != p or claimed.setdefault(j.name, p) != p:
+                    return False
+        entries = dict(self._desired_cache)
+        for p in paths:
+            m = self.manifests.get(p)
+            if m is None:
+                entries.pop(p, None)
+            else:
+                cached = entries.get(p)
+                if cached is None or cached[0] != (m.good_hash, id(m.effective)):
+                    entries[p] = self._desired_entry(p, m.effective)
+        if not self._patch_desired(entries):
+            return False
+        for name in [n for n, o in owner.items() if o in paths and claimed.get(n) != o]:
+            del owner[name]
+        owner.update(claimed)
+        self._stale_paths = set()
+        return True
 
     def _patch_desired(self, entries: dict[str, tuple]) -> bool:
         """Apply only the files that changed, came or went to desired state; the same result as rebuilding it,

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, load_bytes, read_regular_file, scan_dir_paths
+from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, _is_manifest_base, load_bytes, read_regular_file
+
+
+_NAME_CACHE_MAX = 100_000  # names seen in the dir; cleared past this (a dir churned by editors)
 
 
 @dataclass
@@ -31,6 +34,9 @@ class FileState:
 class ScanResult:
     files: dict[str, FileState] = field(default_factory=dict)
     dir_error: str | None = None
+    # Paths whose FileState is not the very object the previous scan returned (new, edited, re-read or refused
+    # anew). Every other path is byte-for-byte what the caller already handled, so it need not look at them.
+    changed: set[str] = field(default_factory=set)
 
 
 def permission_problem(st: os.stat_result, what: str, strict: bool) -> str | None:
@@ -48,6 +54,7 @@ class Scanner:
         self.tasks_dir = Path(tasks_dir)
         self.strict = strict_permissions
         self._cache: dict[str, FileState] = {}
+        self._names: dict[str, bool] = {}  # name -> passes the manifest filter (a regex match per name otherwise)
 
     def scan(self, known: "Callable[[str, str], bool] | None" = None, reread: bool = False) -> ScanResult:
         """known(path, digest): the caller already holds the parsed result of this exact content (from its state
@@ -66,35 +73,58 @@ class Scanner:
         if problem:
             out.dir_error = problem
             return out
-        for p in scan_dir_paths(self.tasks_dir):
-            fs = self._scan_file(p, known, reread)
-            if fs is not None:
-                out.files[fs.path] = fs
-        self._cache = {k: v for k, v in self._cache.items() if k in out.files}
+        # One tight pass: with 1000 manifests this loop is the whole cost of a rescan, and a rescan follows every
+        # change in the directory. Unchanged files cost a listing entry and one stat().
+        cache, names, files, changed = self._cache, self._names, out.files, out.changed
+        try:
+            it = os.scandir(self.tasks_dir)
+        except OSError as e:
+            out.dir_error = f"cannot read tasks dir {self.tasks_dir}: {e.strerror}"
+            return out
+        with it:
+            for entry in it:
+                name = entry.name
+                wanted = names.get(name)
+                if wanted is None:
+                    if len(names) > _NAME_CACHE_MAX:
+                        names.clear()
+                    wanted = names[name] = _is_manifest_base(name)
+                if not wanted:
+                    continue
+                path = entry.path
+                try:
+                    st = os.stat(path)  # follows symlinks: the target is what gets run
+                except OSError:
+                    continue  # vanished between listing and stat (a rename in flight): the next scan sees the result
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                sig = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
+                cached = cache.get(path)
+                if cached is not None and cached.signature == sig and not (reread and cached.refused is None):
+                    fs = cached
+                else:
+                    fs = self._scan_file(path, st, sig, cached, known)
+                    if fs is None:
+                        continue
+                if fs is not cache.get(path):
+                    changed.add(path)
+                files[path] = fs
+        self._cache = dict(files)  # a copy: the caller owns out.files
         return out
 
-    def _scan_file(self, path: str, known: Callable[[str, str], bool] | None,
-                   reread: bool) -> FileState | None:
-        try:
-            st = os.stat(path)  # follows symlinks: the target is what gets run
-        except OSError:
-            return None  # vanished between listing and stat (a rename in flight): the next scan sees the result
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        sig = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_uid)
-        cached = self._cache.get(path)
-        if cached is not None and cached.signature == sig and not (reread and cached.refused is None):
-            return cached
+    def forget(self) -> None:
+        """Drop every cached verdict: the next scan reads each file again (a changed permission rule)."""
+        self._cache = {}
+
+    def _scan_file(self, path: str, st: os.stat_result, sig: tuple, cached: FileState | None,
+                   known: Callable[[str, str], bool] | None) -> FileState | None:
+        """A file whose stat signature is new (or a re-read): read, hash, and parse only when the content is new."""
         problem = permission_problem(st, path, self.strict)
         if problem:
-            fs = FileState(path, sig, "", None, refused=problem)
-            self._cache[path] = fs
-            return fs
+            return FileState(path, sig, "", None, refused=problem)
         if st.st_size > MAX_MANIFEST_BYTES:
-            fs = FileState(path, sig, "", None, refused=f"{path} is {st.st_size} bytes, more than the "
-                                                         f"{MAX_MANIFEST_BYTES} allowed for a manifest")
-            self._cache[path] = fs
-            return fs
+            return FileState(path, sig, "", None, refused=f"{path} is {st.st_size} bytes, more than the "
+                                                          f"{MAX_MANIFEST_BYTES} allowed for a manifest")
         try:
             # A FIFO or device renamed over the manifest after the stat above must not block the loop.
             data = read_regular_file(path)
@@ -105,10 +135,5 @@ class Scanner:
             cached.signature = sig
             return cached
         if known is not None and known(path, digest):
-            fs = FileState(path, sig, digest, None, known=True)
-            self._cache[path] = fs
-            return fs
-        result = load_bytes(data, path, _digest=digest)
-        fs = FileState(path, sig, digest, result)
-        self._cache[path] = fs
-        return fs
+            return FileState(path, sig, digest, None, known=True)
+        return FileState(path, sig, digest, load_bytes(data, path, _digest=digest))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import pytest
+
 from controller.controller import REMOVAL_GRACE, Controller
 from controller.store import Store
 from manifests.agent_config import AgentConfig
@@ -101,10 +103,12 @@ def test_a_rescan_that_finds_nothing_new_leaves_desired_state_alone(tmp):
     ctl.store.close()
 
 
-def test_patching_desired_state_gives_what_a_rebuild_gives(tmp):
-    """recompute_desired applies only the files that changed; a twin controller that always rebuilds must end
-    every step with the same desired tasks, specs and touched allocs. Random adds, edits (count, args, a job
-    renamed), deletes and duplicate job names across files."""
+@pytest.mark.parametrize("job_names", [4, 40])
+def test_patching_desired_state_gives_what_a_rebuild_gives(tmp, job_names):
+    """recompute_desired applies only the files that changed (and, without duplicates, looks at no other file);
+    a twin controller that always rebuilds must end every step with the same desired tasks, specs, touched
+    allocs and manifest statuses. Random adds, edits (count, args, a job renamed), deletes and duplicate job
+    names across files: 4 names among 6 files clash all the time, 40 rarely."""
     import random
 
     (tmp / "a").mkdir()
@@ -113,13 +117,17 @@ def test_patching_desired_state_gives_what_a_rebuild_gives(tmp):
     rebuilt = Controller(AgentConfig(), str(tasks), Store(tmp / "b" / "state"), SimpleNamespace(on_exit=None), {},
                          clock=clock)
     rebuilt._patch_desired = lambda entries: False
+    rebuilt._recompute_changed = lambda: False
+    fast = []
+    incremental = patched._recompute_changed
+    patched._recompute_changed = lambda: fast.append(incremental()) or fast[-1]
     rng = random.Random(7)
     for step in range(80):
         name = f"f{rng.randrange(6)}.hcl"
         if rng.random() < 0.3 and (tasks / name).exists():
             (tasks / name).unlink()
         else:
-            job = JOB.replace('"web"', f'"j{rng.randrange(4)}"').replace('args = ["1"]', f'args = ["{step}"]')
+            job = JOB.replace('"web"', f'"j{rng.randrange(job_names)}"').replace('args = ["1"]', f'args = ["{step}"]')
             job = job.replace('group "g" {', f'group "g" {{\n count = {rng.randrange(1, 4)}')
             (tasks / name).write_text(job)
         clock.now += rng.choice([0.01, REMOVAL_GRACE])
@@ -129,8 +137,114 @@ def test_patching_desired_state_gives_what_a_rebuild_gives(tmp):
         assert dict(patched.desired) == dict(rebuilt.desired), f"step {step}"
         assert patched.specs == rebuilt.specs, f"step {step}"
         assert patched._touched == rebuilt._touched, f"step {step}"
+        assert ({p: (m.status, m.errors) for p, m in patched.manifests.items()}
+                == {p: (m.status, m.errors) for p, m in rebuilt.manifests.items()}), f"step {step}"
         assert {a: sorted(ids) for a, ids in patched.desired._index.items()} == \
             {a: sorted(ids) for a, ids in rebuilt.desired._index.items()}, f"step {step}"
     assert len(patched.desired) > 0
+    assert any(fast), "the incremental path never ran: this test would not see it break"
     patched.store.close()
     rebuilt.store.close()
+
+
+def test_the_scanner_reports_only_the_files_that_changed(tmp):
+    """The controller looks only at what a scan reports as changed (the other 999 files are the very FileState
+    objects it already handled); anything new, edited or renamed in must be in that set."""
+    from controller.scan import Scanner
+
+    tasks = tmp / "tasks.d"
+    tasks.mkdir(mode=0o755)
+    os.chmod(tmp, 0o755)
+    for name in ("a", "b", "c"):
+        (tasks / f"{name}.hcl").write_text(JOB.replace('"web"', f'"{name}"'))
+    scanner = Scanner(tasks)
+    first = scanner.scan()
+    assert first.changed == set(first.files) and len(first.files) == 3
+    second = scanner.scan()
+    assert second.changed == set()
+    assert all(second.files[p] is first.files[p] for p in first.files)
+    (tasks / "b.hcl").write_text(JOB.replace('"web"', '"b"').replace('args = ["1"]', 'args = ["2"]'))
+    (tasks / ".d.hcl.tmp").write_text(JOB.replace('"web"', '"d"'))
+    os.rename(tasks / ".d.hcl.tmp", tasks / "d.hcl")
+    (tasks / "c.hcl").unlink()
+    third = scanner.scan()
+    assert third.changed == {str(tasks / "b.hcl"), str(tasks / "d.hcl")}
+    assert set(third.files) == {str(tasks / n) for n in ("a.hcl", "b.hcl", "d.hcl")}
+    # The same bytes rewritten: a new stat signature, the same content: nothing to look at.
+    (tasks / "a.hcl").write_text((tasks / "a.hcl").read_text())
+    assert scanner.scan().changed == set()
+
+
+def test_a_duplicate_whose_rival_is_removed_runs_and_says_applied(tmp):
+    ctl, tasks, clock = controller(tmp)
+    (tasks / "a.hcl").write_text(JOB)
+    ctl.rescan()
+    clock.now += 1
+    (tasks / "b.hcl").write_text(JOB.replace('args = ["1"]', 'args = ["2"]'))
+    ctl.rescan()
+    assert ctl.manifests[str(tasks / "b.hcl")].status == "duplicate"
+    assert ctl.specs["web/g/0/t"][2].config.args == ("1",)
+    (tasks / "a.hcl").unlink()
+    ctl.rescan()  # noticed; acted on once it has been gone for the removal grace
+    clock.now += REMOVAL_GRACE
+    ctl.rescan()
+    b = ctl.manifests[str(tasks / "b.hcl")]
+    assert (b.status, b.errors) == ("applied", [])
+    assert ctl.specs["web/g/0/t"][2].config.args == ("2",)
+    ctl.store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="manifest permissions are only enforced when tasksd runs as root")
+def test_a_manifest_refused_for_its_mode_is_judged_again_when_the_rule_changes(tmp):
+    ctl, tasks, clock = controller(tmp)
+    path = tasks / "web.hcl"
+    path.write_text(JOB)
+    os.chmod(path, 0o666)
+    ctl.rescan()
+    assert ctl.manifests[str(path)].status == "rejected" and "web/g/0/t" not in ctl.desired
+    ctl.scanner.strict = False
+    ctl.rescan()
+    assert ctl.manifests[str(path)].status == "rejected"  # a cached verdict survives until forgotten...
+    ctl.scanner.forget()
+    ctl.rescan()
+    assert ctl.manifests[str(path)].status == "applied" and "web/g/0/t" in ctl.desired  # ...which a reload does
+    ctl.store.close()
+
+
+def test_the_watcher_wakes_on_changes_and_not_on_reads(tmp):
+    """Real inotify (no root needed). Each scan reads every changed file and lists the directory; were opens and
+    closes delivered, every scan would wake the watcher thread (and with a short debounce, another scan)."""
+    import threading
+
+    from controller.watcher import DirWatcher
+    from tests.helpers import wait_for
+
+    tasks = tmp / "tasks.d"
+    tasks.mkdir()
+    (tasks / "a.hcl").write_text(JOB)
+    wakes, early = [], []
+    woke = threading.Event()
+    w = DirWatcher(str(tasks), lambda: (wakes.append(1), woke.set()), debounce=0.001, early=lambda: early.append(1))
+    w.start()
+    try:
+        for _ in range(20):
+            (tasks / "a.hcl").read_text()
+            os.listdir(tasks)
+        (tasks / "b.hcl").write_text(JOB)  # a change after the reads: its wake-up ends the wait below
+        wait_for(woke.is_set, timeout=10, what="a wake-up for the new file")
+        woke.clear()
+        (tasks / "a.hcl").read_text()
+        # Nothing may follow a read; the watcher is given a change to report afterwards, and exactly that one.
+        (tasks / "c.hcl").write_text(JOB)
+        wait_for(woke.is_set, timeout=10, what="a wake-up for the second file")
+        observer_filtered = w._observer.emitters and next(iter(w._observer.emitters))._event_filter is not None
+    finally:
+        w.stop()
+    assert early, "the early hook never ran"
+    assert len(wakes) == 2, wakes
+    import inspect
+
+    from watchdog.observers.api import BaseObserver
+
+    if "event_filter" in inspect.signature(BaseObserver.schedule).parameters:
+        assert observer_filtered, "the kernel is still asked for opens and closes"
