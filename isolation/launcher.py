@@ -25,6 +25,7 @@ import socket
 import struct
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from isolation.logs import RotatingLog
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 4 * 1024 * 1024
+MAX_OPEN_LOG_FILES = 256  # log files kept open; quieter ones are reopened at their next output (see _log_used)
 
 
 def socket_path(state_dir: str | os.PathLike) -> Path:
@@ -94,6 +96,8 @@ class Launcher:
         self.spawning: dict[int, Spawning] = {}
         self.exits: dict[str, dict] = {}
         self.logs: dict[int, tuple[RotatingLog, str]] = {}  # pipe read fd -> (log, task key)
+        # Log files with an open descriptor, least recently written first (see _log_used).
+        self.open_logs: OrderedDict[int, RotatingLog] = OrderedDict()
         self.conns: dict[int, Conn] = {}
         self.running = True
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -521,6 +525,8 @@ class Launcher:
                 _log(f"launcher: logs of {spec.key}: {e}")
                 log = None
             self.logs[fd] = (log, spec.key)
+            if log is not None:
+                self._log_used(fd, log)
             self.sel.register(fd, selectors.EVENT_READ, ("log", None))
         # Replied only now: once the caller hears "running", the task's log files exist (tail -F, tasksctl logs).
         self._reply(pending.conn, {"id": pending.rid, "ok": True, "pid": task.pid, "start_time": task.start_time})
@@ -617,15 +623,27 @@ class Launcher:
                 break
             if log is not None:
                 log.write(data)
+                self._log_used(fd, log)
         # EOF: every writer (the task and anything it forked) closed the pipe.
         self.sel.unregister(fd)
         os.close(fd)
         if log is not None:
             log.close()
         del self.logs[fd]
+        self.open_logs.pop(fd, None)
         task = self.tasks.get(key)
         if task and fd in task.logs:
             task.logs.remove(fd)
+
+    def _log_used(self, fd: int, log: RotatingLog) -> None:
+        """Keep at most MAX_OPEN_LOG_FILES log files open. Every descriptor we hold is copied into each child at
+        spawn and closed there again before exec: with 1000 tasks (2000 pipes, 2000 files) that was ~0.5 ms of
+        every start. A quiet task's file is closed, and reopened at its next output (~10 us)."""
+        self.open_logs[fd] = log
+        self.open_logs.move_to_end(fd)
+        while len(self.open_logs) > MAX_OPEN_LOG_FILES:
+            _, oldest = self.open_logs.popitem(last=False)
+            oldest.release()
 
 
 class LaunchError(Exception):

@@ -146,6 +146,15 @@ class RotatingLog:
     def flush(self) -> None:
         """Nothing to do: every byte is handed to the kernel in write(). Kept so callers can treat this like a file."""
 
+    def release(self) -> None:
+        """Close the file descriptor but stay usable: the next write reopens the active file (and re-reads its
+        size). Lets a launcher with thousands of quiet tasks keep only the recently written logs open."""
+        self._close_fd()
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
     def close(self) -> None:
         """Close the active file. Idempotent."""
         self._closed = True

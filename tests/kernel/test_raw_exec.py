@@ -349,3 +349,30 @@ def test_signals_ignored_or_blocked_by_tasksds_parent_are_default_in_the_task(tm
         from tests.kernel.conftest import teardown_runtime
 
         teardown_runtime(rt)
+
+
+def test_the_launcher_keeps_few_log_files_open_and_quiet_tasks_still_log(drivers, agent_config, runtime):
+    """More tasks than MAX_OPEN_LOG_FILES: the launcher holds every task's pipes but only the recently written
+    log files (each descriptor it holds costs every later spawn a copy and a close). A task whose file was
+    closed long ago still gets its next line into the same file."""
+    from isolation.launcher import MAX_OPEN_LOG_FILES
+
+    d = drivers["raw_exec"]
+    n = MAX_OPEN_LOG_FILES // 2 + 8  # two streams each: more files than the launcher may keep open
+    script = 'trap "echo again" USR1; echo start; while :; do sleep 1000 & wait $!; done'
+    handles = [d.start(make_ctx(agent_config, raw_task("/bin/sh", "-c", script), job=f"j{i}")) for i in range(n)]
+    try:
+        for h in handles:
+            wait_for(lambda h=h: _log(h) == "start\n", timeout=30, what=f"first line of {h.task_id}")
+        lpid = runtime.client.launcher_pid
+        targets = [os.readlink(f"/proc/{lpid}/fd/{fd}") for fd in os.listdir(f"/proc/{lpid}/fd")]
+        open_logs = [t for t in targets if t.endswith((".stdout", ".stderr"))]
+        assert 0 < len(open_logs) <= MAX_OPEN_LOG_FILES < 2 * n
+        first = handles[0]
+        assert not any(t.startswith(first.alloc_dir) for t in open_logs), "the oldest task's file was not released"
+        d.signal(first, "SIGUSR1")
+        wait_for(lambda: _log(first) == "start\nagain\n", timeout=30, what="a line from a released log")
+    finally:
+        for h in handles:
+            d.stop(h, "SIGKILL", 5)
+            d.destroy(h)

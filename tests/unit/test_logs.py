@@ -203,6 +203,23 @@ def test_active_file_deleted_externally_is_recreated(tmp: Path) -> None:
         assert log.size == 6
 
 
+def test_a_released_log_reopens_where_it_left_off(tmp: Path) -> None:
+    """The launcher releases the descriptors of quiet logs; the next output must land as if it never had: same
+    file, an unfinished line finished, and rotation still at line boundaries with the size counted right."""
+    with RotatingLog(tmp, BASE, max_files=3, max_file_size=10) as log:
+        log.write(b"abc")
+        log.release()
+        assert not log.is_open and log.size == 3
+        log.write(b"def\n")
+        assert log.is_open and (tmp / BASE).read_bytes() == b"abcdef\n"
+        log.release()
+        log.write(b"0123456789\n")  # does not fit after 7 bytes: rotates at the line boundary
+        log.release()
+        log.write(b"x\n")  # the 11-byte line filled that file: rotates again
+        assert contents(tmp) == [b"abcdef\n", b"0123456789\n", b"x\n"]
+        assert log.size == 2
+
+
 def test_a_planted_symlink_is_not_followed_and_nothing_raises(tmp: Path) -> None:
     target = tmp / "victim"
     target.write_bytes(b"precious\n")
