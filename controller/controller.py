@@ -765,11 +765,22 @@ class Controller:
         self.persist(rec)
         driver = self.drivers[rec.driver]
 
-        def work():
+        def cleanup():
             try:
                 driver.destroy(handle, keep_identity=True)  # leftovers die; a dynamic uid stays for the restart
             except Exception as e:  # noqa: BLE001
                 log.warning("cleanup of %s: %s", rec.task_id, e)
+
+        if driver.left_nothing(handle):
+            # The usual exit: nothing to kill, so the cleanup is a few reads and cannot block the loop. Done here
+            # it saves two thread hand-offs (~1 ms) on the way to the restart.
+            self.flush_store()
+            cleanup()
+            self._exited(rec.task_id, handle, result)
+            return
+
+        def work():
+            cleanup()
             self.queue.put(("done", lambda: self._exited(rec.task_id, handle, result)))
 
         self._submit(work)
@@ -935,6 +946,7 @@ class Controller:
                 # Task cgroups kept across restarts (destroy with keep_identity) go with their alloc.
                 for name in self.runtime.cgroups.names():
                     if name.startswith(rec["alloc_id"] + "."):
+                        self.runtime.cgroups.forget(name)
                         cg = self.runtime.cgroups.open(name)
                         if cg is not None:
                             cg.kill()

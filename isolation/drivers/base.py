@@ -119,6 +119,11 @@ class Driver(ABC):
     @abstractmethod
     def destroy(self, handle: TaskHandle, keep_identity: bool = False) -> None: ...
 
+    def left_nothing(self, handle: TaskHandle) -> bool:
+        """True when no process of the exited task is left (nothing it forked lives on): destroy then kills
+        nothing and cannot block, so a caller may run it inline. False when unsure."""
+        return False
+
     @abstractmethod
     def signal(self, handle: TaskHandle, signal: str) -> None: ...
 

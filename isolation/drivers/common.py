@@ -304,6 +304,8 @@ class CommonDriver(Driver):
         policy), so its cgroup, tmpfs mounts and dynamic uid stay for the next run (which starts faster and still
         owns its files); whatever is left is removed with the alloc (GC) or by a later full destroy."""
         cg = self.runtime.cgroups.open(handle.cgroup)
+        if not keep_identity:
+            self.runtime.cgroups.forget(handle.cgroup)
         if cg is not None:
             cg.kill()
             if not keep_identity:
@@ -313,6 +315,10 @@ class CommonDriver(Driver):
         self.runtime.ack(handle)
         if not keep_identity:
             self.release(handle)
+
+    def left_nothing(self, handle: TaskHandle) -> bool:
+        cg = self.runtime.cgroups.open(handle.cgroup)
+        return cg is None or (not cg.populated() and not cg.pids())
 
     def stats(self, handle: TaskHandle) -> dict[str, Any]:
         cg = self.runtime.cgroups.open(handle.cgroup)
