@@ -17,9 +17,6 @@ from typing import Callable
 from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, _is_manifest_base, load_bytes, read_regular_file
 
 
-_NAME_CACHE_MAX = 100_000  # names seen in the dir; cleared past this (a dir churned by editors)
-
-
 @dataclass
 class FileState:
     path: str
@@ -76,6 +73,7 @@ class Scanner:
         # One tight pass: with 1000 manifests this loop is the whole cost of a rescan, and a rescan follows every
         # change in the directory. Unchanged files cost a listing entry and one stat().
         cache, names, files, changed = self._cache, self._names, out.files, out.changed
+        seen_names: dict[str, bool] = {}  # the next scan's name cache: only names listed now (no growth by churn)
         try:
             it = os.scandir(self.tasks_dir)
         except OSError as e:
@@ -86,9 +84,8 @@ class Scanner:
                 name = entry.name
                 wanted = names.get(name)
                 if wanted is None:
-                    if len(names) > _NAME_CACHE_MAX:
-                        names.clear()
-                    wanted = names[name] = _is_manifest_base(name)
+                    wanted = _is_manifest_base(name)
+                seen_names[name] = wanted
                 if not wanted:
                     continue
                 path = entry.path
@@ -110,6 +107,7 @@ class Scanner:
                     changed.add(path)
                 files[path] = fs
         self._cache = dict(files)  # a copy: the caller owns out.files
+        self._names = seen_names
         return out
 
     def forget(self) -> None:
