@@ -241,16 +241,10 @@ _MISSING = object()
 
 def compute_plan(jobs_by_manifest: dict[str, list], running: dict[str, dict]) -> list[dict]:
     """Per task: create / update (with fields) / stop / unchanged. Pure: the daemon's specs come in as data."""
-    from reconcilers.desired import desired_tasks
+    from reconcilers.desired import desired_tasks, task_instances
 
     desired = desired_tasks(jobs_by_manifest)
-    specs = {}
-    for jobs in jobs_by_manifest.values():
-        for job in jobs:
-            for group in job.groups:
-                for i in range(group.count):
-                    for t in group.tasks:
-                        specs[f"{job.name}/{group.name}/{i}/{t.name}"] = t.to_dict()
+    specs = {tid: t.to_dict() for jobs in jobs_by_manifest.values() for tid, _, _, _, t in task_instances(jobs)}
     out = []
     for tid in sorted(desired.keys() | running.keys()):
         d, r = desired.get(tid), running.get(tid)

@@ -31,7 +31,7 @@ from isolation.runtime import Runtime
 from manifests.agent_config import AgentConfig
 from manifests.model import Job, Task
 from reconcilers import restart as restart_policy
-from reconcilers.desired import DesiredTask, desired_tasks, is_live_template, template_hash
+from reconcilers.desired import DesiredTask, desired_tasks, is_live_template, task_instances, template_hash
 from reconcilers.plan import (CollectAlloc, Forget, MarkAllocGone, ObservedTask, Rerender, Start, Stop, alloc_of,
                               plan)
 from reconcilers.states import TaskState
@@ -534,12 +534,7 @@ class Controller:
                 self.touch(tid)
 
     def _desired_entry(self, path: str, jobs: list[Job]) -> tuple:
-        specs = {}
-        for job in jobs:
-            for group in job.groups:
-                for i in range(group.count):
-                    for t in group.tasks:
-                        specs[f"{job.name}/{group.name}/{i}/{t.name}"] = (job, group, t)
+        specs = {tid: (job, group, t) for tid, job, group, _, t in task_instances(jobs)}
         return ((self.manifests[path].good_hash, id(jobs)), desired_tasks({path: jobs}), specs)
 
     def _recompute_changed(self) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,15 @@ def spec_hash(job, group, task) -> str:
         "job_type": job.type,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def task_instances(jobs: Iterable) -> Iterator[tuple[str, Any, Any, int, Any]]:
+    """(task id, job, group, index, task) for every instance of every task: `count` instances of each group."""
+    for job in jobs:
+        for group in job.groups:
+            for index in range(group.count):
+                for task in group.tasks:
+                    yield task_id(job.name, group.name, index, task.name), job, group, index, task
 
 
 def desired_tasks(jobs_by_manifest: dict[str, list]) -> dict[str, DesiredTask]:
