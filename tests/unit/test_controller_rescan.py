@@ -214,7 +214,10 @@ def test_a_manifest_refused_for_its_mode_is_judged_again_when_the_rule_changes(t
 def test_the_watcher_wakes_on_changes_and_not_on_reads(tmp):
     """Real inotify (no root needed). Each scan reads every changed file and lists the directory; were opens and
     closes delivered, every scan would wake the watcher thread (and with a short debounce, another scan)."""
+    import inspect
     import threading
+
+    from watchdog.observers.api import BaseObserver
 
     from controller.watcher import DirWatcher
     from tests.helpers import wait_for
@@ -224,27 +227,48 @@ def test_the_watcher_wakes_on_changes_and_not_on_reads(tmp):
     (tasks / "a.hcl").write_text(JOB)
     wakes, early = [], []
     woke = threading.Event()
-    w = DirWatcher(str(tasks), lambda: (wakes.append(1), woke.set()), debounce=0.001, early=lambda: early.append(1))
+    w = DirWatcher(str(tasks), lambda: (wakes.append(1), woke.set()), debounce=0.2, early=lambda: early.append(1))
     w.start()
     try:
+        (tasks / "b.hcl").write_text(JOB)  # create, modify, close: the close wakes at once
+        wait_for(woke.is_set, timeout=10, what="a wake-up for the new file")
+        woke.clear()
         for _ in range(20):
             (tasks / "a.hcl").read_text()
             os.listdir(tasks)
-        (tasks / "b.hcl").write_text(JOB)  # a change after the reads: its wake-up ends the wait below
-        wait_for(woke.is_set, timeout=10, what="a wake-up for the new file")
-        woke.clear()
-        (tasks / "a.hcl").read_text()
-        # Nothing may follow a read; the watcher is given a change to report afterwards, and exactly that one.
-        (tasks / "c.hcl").write_text(JOB)
-        wait_for(woke.is_set, timeout=10, what="a wake-up for the second file")
+        (tasks / ".c.hcl.tmp").write_text(JOB)  # not a manifest: woken by the debounce timer
+        wait_for(woke.is_set, timeout=10, what="a wake-up for the temp file")
         observer_filtered = w._observer.emitters and next(iter(w._observer.emitters))._event_filter is not None
     finally:
         w.stop()
     assert early, "the early hook never ran"
-    assert len(wakes) == 2, wakes
-    import inspect
-
-    from watchdog.observers.api import BaseObserver
-
+    assert len(wakes) == 2, wakes  # the reads in between woke nothing
     if "event_filter" in inspect.signature(BaseObserver.schedule).parameters:
         assert observer_filtered, "the kernel is still asked for opens and closes"
+
+
+def test_a_manifest_renamed_in_wakes_at_once_and_other_events_wait_for_the_debounce(tmp):
+    """The debounce (30 s here, to make waiting visible) applies to everything but an event that completes a
+    manifest: a rename onto a manifest name (the usual atomic write) or the close of a written manifest."""
+    import threading
+
+    from controller.watcher import DirWatcher
+    from tests.helpers import wait_for
+
+    tasks = tmp / "tasks.d"
+    tasks.mkdir()
+    wakes, early = [], []
+    woke = threading.Event()
+    w = DirWatcher(str(tasks), lambda: (wakes.append(1), woke.set()), debounce=30, early=lambda: early.append(1))
+    w.start()
+    try:
+        (tasks / ".web.hcl.tmp").write_text(JOB)
+        wait_for(lambda: early, timeout=10, what="the watcher seeing the temp file")
+        assert wakes == [] and w._timer is not None  # a temp file waits for the debounce
+        os.replace(tasks / ".web.hcl.tmp", tasks / "web.hcl")
+        wait_for(woke.is_set, timeout=10, what="an immediate wake-up for the renamed manifest")
+        # Exactly one: the temp file's timer was cancelled (the immediate rescan runs after its events). watchdog
+        # follows the rename with a modification of the directory, whose own timer is still 30 s away.
+        assert wakes == [1]
+    finally:
+        w.stop()
