@@ -153,7 +153,7 @@ class Controller:
         self._owner: dict[str, str] = {}
         self._had_duplicates = False
         self._warmed_for: float | None = None  # the timer whose start the runtime was told to expect
-        self._early_exits: dict[str, ExitResult] = {}
+        self._early_exits: dict[str, tuple[TaskHandle, ExitResult]] = {}  # launcher key -> exit seen early
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
         self._pending_exec_envs: dict[str, tuple[str, dict]] = {}  # task id -> (handle key, exec_env) to store
@@ -711,7 +711,10 @@ class Controller:
 
     def _started(self, tid: str, key: str, handle: TaskHandle) -> None:
         rec = self.records.get(tid)
+        early = self._early_exits.pop(key, None)
         if rec is None or rec.pending_key != key:
+            if early is not None:
+                self.runtime.ack(early[0])  # nobody will handle that exit: let the launcher forget it
             return
         if handle.exec_env:
             self._pending_exec_envs[tid] = (handle.key, handle.exec_env)
@@ -719,11 +722,15 @@ class Controller:
         rec.state, rec.started_at, rec.last_error = TaskState.RUNNING, handle.started_at, None
         self.persist(rec)
         self.event("started", f"started (pid {handle.pid})", tid, pid=handle.pid)
-        early = self._early_exits.pop(key, None) or self.runtime.result(handle.key)
-        if early is not None:  # it already exited while the start reply travelled
-            self.on_exit(handle, early)
+        result = early[1] if early is not None else self.runtime.result(handle.key)
+        if result is not None:  # it already exited while the start reply travelled
+            self.on_exit(handle, result)
 
     def _start_error(self, tid: str, key: str, msg: str, recoverable: bool = True) -> None:
+        early = self._early_exits.pop(key, None)
+        if early is not None:
+            # It ran and exited, yet the start failed afterwards (e.g. recording its handle): the exit is moot.
+            self.runtime.ack(early[0])
         rec = self.records.get(tid)
         if rec is None or rec.pending_key != key:
             return
@@ -740,8 +747,9 @@ class Controller:
         rec = self.records.get(handle.task_id)
         if rec is None or rec.handle is None or rec.handle.key != handle.key:
             if rec is not None and rec.pending_key == handle.key:
-                # It exited before its start reply was processed (a short task): keep it for _started.
-                self._early_exits[handle.key] = result
+                # It exited before its start reply was processed (a short task): keep it for _started (or for
+                # _start_error, which acks it).
+                self._early_exits[handle.key] = (handle, result)
                 return
             self.runtime.ack(handle)
             return

@@ -272,3 +272,28 @@ def test_a_manifest_renamed_in_wakes_at_once_and_other_events_wait_for_the_debou
         assert wakes == [1]
     finally:
         w.stop()
+
+
+def test_an_exit_seen_before_a_start_that_then_failed_is_acked_not_kept(tmp):
+    """A short task can exit before its start reply is processed; the exit waits in _early_exits for _started. If
+    the start is reported failed instead (or the record moved on), the waiting exit must be acked to the launcher
+    (which otherwise keeps the record on disk) and dropped, not kept forever."""
+    from controller.controller import TaskRecord
+    from isolation.drivers.base import ExitResult
+
+    ctl, tasks, clock = controller(tmp)
+    acked: list[str] = []
+    ctl.runtime = SimpleNamespace(on_exit=None, ack=lambda h: acked.append(h.key), result=lambda key: None)
+    for key, report in (("k1", lambda: ctl._start_error("web/g/0/t", "k1", "boom")),
+                        ("k2", lambda: ctl._started("web/g/0/t", "k2", SimpleNamespace(key="k2")))):
+        rec = TaskRecord("web/g/0/t", "web", "g", 0, "t", "raw_exec", "web.hcl")
+        rec.pending_key = key
+        ctl.records["web/g/0/t"] = rec
+        ctl.on_exit(SimpleNamespace(task_id="web/g/0/t", key=key), ExitResult(exit_code=0))
+        assert key in ctl._early_exits and acked == (["k1"] if key == "k2" else [])
+        if key == "k2":
+            rec.pending_key = "a-newer-start"  # the record moved on before the start reply was handled
+        report()
+        assert ctl._early_exits == {} and acked[-1] == key
+    assert acked == ["k1", "k2"]
+    ctl.store.close()
