@@ -512,11 +512,7 @@ class Controller:
         # among a thousand costs one expansion, not a thousand.
         entries: dict[str, tuple] = {}
         for path, jobs in jobs_by_manifest.items():
-            cached = self._desired_cache.get(path)
-            if cached is not None and cached[0] == (self.manifests[path].good_hash, id(jobs)):
-                entries[path] = cached
-            else:
-                entries[path] = self._desired_entry(path, jobs)
+            entries[path] = self._desired_entry(path, jobs)
         if not (self.draining or self.departing) and self._patch_desired(entries):
             return
         old_desired = self.desired
@@ -534,8 +530,13 @@ class Controller:
                 self.touch(tid)
 
     def _desired_entry(self, path: str, jobs: list[Job]) -> tuple:
+        """(key, desired tasks, specs) of one file: the cached entry while the file's version is unchanged."""
+        key = (self.manifests[path].good_hash, id(jobs))
+        cached = self._desired_cache.get(path)
+        if cached is not None and cached[0] == key:
+            return cached
         specs = {tid: (job, group, t) for tid, job, group, _, t in task_instances(jobs)}
-        return ((self.manifests[path].good_hash, id(jobs)), desired_tasks({path: jobs}), specs)
+        return (key, desired_tasks({path: jobs}), specs)
 
     def _recompute_changed(self) -> bool:
         """recompute_desired for the usual case, one file among a thousand changed: only the changed files are
@@ -558,9 +559,7 @@ class Controller:
             if m is None:
                 entries.pop(p, None)
             else:
-                cached = entries.get(p)
-                if cached is None or cached[0] != (m.good_hash, id(m.effective)):
-                    entries[p] = self._desired_entry(p, m.effective)
+                entries[p] = self._desired_entry(p, m.effective)
         if not self._patch_desired(entries):
             return False
         for name in [n for n, o in owner.items() if o in paths and claimed.get(n) != o]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, _is_manifest_base, load_bytes, read_regular_file
+from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, is_manifest_base, load_bytes, read_regular_file
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Scanner:
                 name = entry.name
                 wanted = names.get(name)
                 if wanted is None:
-                    wanted = _is_manifest_base(name)
+                    wanted = is_manifest_base(name)
                 seen_names[name] = wanted
                 if not wanted:
                     continue

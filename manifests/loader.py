@@ -43,10 +43,11 @@ _SUFFIXES = HCL_SUFFIXES + YAML_SUFFIXES
 
 def is_manifest_name(name: str) -> bool:
     """The file filter shared by `tasksctl validate DIR` and the watcher."""
-    return _is_manifest_base(os.path.basename(name))
+    return is_manifest_base(os.path.basename(name))
 
 
-def _is_manifest_base(base: str) -> bool:
+def is_manifest_base(base: str) -> bool:
+    """is_manifest_name for a name that is already a base name (a directory listing's entries)."""
     if not base or base[0] == "." or not base.endswith(_SUFFIXES):
         return False
     return _IGNORED.match(base) is None
@@ -62,7 +63,7 @@ def scan_dir_paths(directory: str | os.PathLike[str]) -> list[str]:
     out = []
     with os.scandir(directory) as it:
         for entry in it:
-            if not _is_manifest_base(entry.name):  # already a base name: no basename() per file
+            if not is_manifest_base(entry.name):  # already a base name: no basename() per file
                 continue
             try:
                 if entry.is_file(follow_symlinks=True):

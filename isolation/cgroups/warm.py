@@ -23,25 +23,25 @@ import os
 import threading
 import time
 
+from .layout import UNIFIED, CgroupError, detect
+
 log = logging.getLogger("tasksd.cgroups")
 
 PERIOD = 0.003  # below one grace period on any kernel config we know (the lock leaves writer mode one GP after exit)
 HOLD = 0.06  # a start follows a watch event after debounce + scan + plan: ~20 ms at 1000 manifests
 
 
-def own_procs_file(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> str | None:
+def own_procs_file(proc_root: str = "/proc") -> str | None:
     """cgroup.procs of the cgroup this process is in now: the v2 one when v2 is mounted, else a v1 hierarchy's.
 
     Read from /proc/self/cgroup at call time (the daemon may have moved itself to a leaf since start)."""
-    from .layout import detect  # local: layout imports nothing from here, keep it that way
-
     layout = detect(proc_root)
-    for hierarchy in ("unified", "pids", "memory", *sorted(layout.own)):
+    for hierarchy in (UNIFIED, "pids", "memory", *sorted(layout.own)):
         if hierarchy not in layout.own:
             continue
         try:
             path = layout.own_dir(hierarchy) / "cgroup.procs"
-        except Exception:  # noqa: BLE001 - a hierarchy the layout cannot place: try the next
+        except CgroupError:  # listed in /proc/self/cgroup but not mounted (name=systemd, ...): try the next
             continue
         if path.exists():
             return str(path)
