@@ -200,7 +200,7 @@ cd /; for i in $(seq 64); do cd .. 2>/dev/null; done
 if [ -e "{marker}" ]; then echo dotdot=host; else echo dotdot=jail; fi
 if [ -e "/proc/1/root{marker}" ]; then echo proc1root=host; else echo proc1root=jail; fi
 echo procs=$(ls /proc | grep -c '^[0-9]')
-if cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -q "daemon_$(echo main)"; then echo sees_tasksd=yes; else echo sees_tasksd=no; fi
+if cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\0' ' ' | grep -q 'daemon[_]main'; then echo sees_tasksd=yes; else echo sees_tasksd=no; fi
 if echo x > "{tasks_dir}/evil.hcl" 2>/dev/null; then echo write_tasks=yes; else echo write_tasks=no; fi
 if echo x > "{state_dir}/evil" 2>/dev/null; then echo write_state=yes; else echo write_state=no; fi
 if python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])' "{socket}" 2>/dev/null
