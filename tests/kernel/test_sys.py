@@ -301,3 +301,34 @@ def test_loopback_up_in_a_new_network_namespace():
     """))
     assert out[0] != "ok"
     assert out[1] == "ok"
+
+
+ARENAS = """
+    import ctypes, sys, threading
+    from isolation import sys as ksys
+    if sys.argv[1] == "cap":
+        assert ksys.limit_malloc_arenas(2)
+    keep, go = [], threading.Barrier(8)
+    def work():
+        go.wait()  # all eight alive at once, so none can inherit an arena a finished thread left free
+        keep.append([bytes(600 + i % 50) for i in range(2000)])  # > 512 bytes: malloc, not CPython's pools
+        go.wait()
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    libc = ctypes.CDLL(None)
+    libc.fflush(None)
+    libc.malloc_info(0, ctypes.c_void_p.in_dll(libc, "stdout"))
+    libc.fflush(None)
+"""
+
+
+@pytest.mark.parametrize("mode", ["cap", "nocap"])
+def test_limit_malloc_arenas_bounds_the_arenas_threads_use(mode):
+    # malloc_info's XML has one <heap nr=...> per arena; the uncapped run shows the test can tell the difference.
+    out = run_py(ARENAS, mode).stdout
+    arenas = len(re.findall(r"<heap nr=", out))
+    if mode == "cap":
+        assert 1 <= arenas <= 2, out
+    else:
+        assert arenas > 2, out
