@@ -74,7 +74,7 @@ def _namespaces(spec: LaunchSpec, fds: dict) -> None:
     from isolation import sys as ksys
 
     flags = 0
-    if ns.mount or spec.rootfs or ns.mount_proc or spec.tmpfs:
+    if ns.mount or spec.rootfs or ns.mount_proc:
         flags |= ksys.CLONE_NEWNS
     if ns.ipc:
         flags |= ksys.CLONE_NEWIPC
@@ -97,7 +97,7 @@ def _namespaces(spec: LaunchSpec, fds: dict) -> None:
 
 
 def _mounts(spec: LaunchSpec, fds: dict) -> None:
-    if not (spec.rootfs or spec.namespaces.mount_proc or spec.tmpfs):
+    if not (spec.rootfs or spec.namespaces.mount_proc):
         return
     from isolation import mounts
 

@@ -341,7 +341,7 @@ class Launcher:
         """raw_exec-style tasks need nothing Python must do between fork and exec except joining the cgroup,
         which the launcher can do for them (see _spawn_fast). Anything else goes through isolation.child."""
         ns = spec.namespaces
-        return (enter_pid is None and not passed and spec.rootfs is None and not spec.tmpfs
+        return (enter_pid is None and not passed and spec.rootfs is None
                 and spec.landlock is None and spec.caps is None and not spec.no_new_privs and not spec.ctty
                 and spec.setsid and not (ns.mount or ns.pid or ns.ipc or ns.uts or ns.mount_proc)
                 and ns.net == "host" and spec.oom_score_adj == self.own_oom_score_adj

@@ -67,10 +67,8 @@ class LaunchSpec:
     landlock_skip_missing: bool = True
     namespaces: Namespaces = field(default_factory=Namespaces)
     rootfs: RootFS | None = None
-    tmpfs: tuple[tuple[str, int, bool], ...] = ()  # (host path, size MB, noexec) mounted before chroot (secrets)
     stdout: LogTarget | None = None
     stderr: LogTarget | None = None
-    stdin_fd_passed: bool = False  # exec: stdio comes as fds over the socket
     setsid: bool = True
     ctty: bool = False  # exec -t: make the passed stdin the controlling terminal
 
@@ -89,6 +87,9 @@ class LaunchSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LaunchSpec":
         d = dict(d)
+        # Fields that never did anything and were removed; exec environments stored by older versions have them.
+        for gone in ("tmpfs", "stdin_fd_passed"):
+            d.pop(gone, None)
         d["argv"] = tuple(d["argv"])
         d["env"] = tuple((k, v) for k, v in d["env"])
         d["cgroup_procs"] = tuple(d.get("cgroup_procs", ()))
@@ -105,7 +106,6 @@ class LaunchSpec:
             r["readonly_paths"] = tuple(r.get("readonly_paths", ()))
             r["masked_paths"] = tuple(r.get("masked_paths", ()))
             d["rootfs"] = RootFS(**r)
-        d["tmpfs"] = tuple(tuple(t) for t in d.get("tmpfs", ()))
         for k in ("stdout", "stderr"):
             if d.get(k):
                 d[k] = LogTarget(**d[k])

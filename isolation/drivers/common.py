@@ -351,10 +351,10 @@ class CommonDriver(Driver):
         base = LaunchSpec.from_dict(handle.exec_env["spec"])
         key = f"{handle.key}.exec.{uuid.uuid4().hex[:8]}"
         path = self.exec_path(handle, base, argv[0])
-        spec = replace(base, key=key, path=path, argv=tuple(argv), rootfs=None, tmpfs=(),
+        spec = replace(base, key=key, path=path, argv=tuple(argv), rootfs=None,
                        namespaces=replace(base.namespaces, mount=False, pid=False, ipc=False, uts=False,
                                           net="host", mount_proc=False),
-                       stdout=None, stderr=None, stdin_fd_passed=True, setsid=True, ctty=tty)
+                       stdout=None, stderr=None, setsid=True, ctty=tty)
         self.runtime.client.request("exec", spec=spec.to_dict(), target_pid=handle.pid, fds=fds, nfds=len(fds))
         return key
 

@@ -13,9 +13,8 @@ def full_spec() -> LaunchSpec:
         namespaces=Namespaces(mount=True, pid=True, ipc=True, uts=True, net="new", mount_proc=True, hostname="h"),
         rootfs=RootFS(root="/r", binds=(BindMount("/usr", "/usr"), BindMount("/data", "/d", readonly=False)),
                       pivot_root=False, readonly_paths=("/proc/sys",), masked_paths=("/proc/kcore",)),
-        tmpfs=(("/r/secrets", 1, True),),
         stdout=LogTarget("/logs", "t.stdout", 3, 1024), stderr=LogTarget("/logs", "t.stderr"),
-        stdin_fd_passed=True, setsid=False, ctty=True)
+        setsid=False, ctty=True)
 
 
 def test_to_dict_matches_asdict_for_every_field():
@@ -34,3 +33,10 @@ def test_to_dict_does_not_share_nested_state_with_the_spec():
     d["namespaces"]["pid"] = False
     d["stdout"]["base"] = "changed"
     assert spec.namespaces.pid is True and spec.stdout.base == "t.stdout"
+
+
+def test_specs_stored_by_older_versions_still_load():
+    # exec environments in the state store hold specs with fields since removed (tmpfs, stdin_fd_passed).
+    d = json.loads(json.dumps(full_spec().to_dict()))
+    d.update(tmpfs=[["/r/secrets", 1, True]], stdin_fd_passed=True)
+    assert LaunchSpec.from_dict(d) == full_spec()
