@@ -175,13 +175,7 @@ class CommonDriver(Driver):
         for i, t in enumerate(task.templates):
             where = f"template[{i}] ({t.destination})"
             try:
-                if t.source is not None:
-                    text = artifacts.read_beneath(td.alloc_dir, task.name,
-                                                  taskenv.interpolate(t.source, variables, os.environ)).decode()
-                else:
-                    text = t.data or ""
-                out = templates.render(text, env, left=t.left_delimiter, right=t.right_delimiter)
-                dest = taskenv.interpolate(t.destination, variables, os.environ)
+                dest, out = self._render_template(t, td.alloc_dir, task.name, env, variables)
                 artifacts.write_beneath(td.alloc_dir, task.name, dest, out.encode(), int(t.perms, 8),
                                         ident.uid, ident.gid)
                 if t.env:
@@ -206,10 +200,8 @@ class CommonDriver(Driver):
         alloc_dir = Path(handle.alloc_dir)
         changed = []
         for t in to_render:
-            text = (artifacts.read_beneath(alloc_dir, task_name, taskenv.interpolate(t.source, variables, os.environ))
-                    .decode() if t.source is not None else t.data or "")
-            out = templates.render(text, env, left=t.left_delimiter, right=t.right_delimiter).encode()
-            dest = taskenv.interpolate(t.destination, variables, os.environ)
+            dest, text = self._render_template(t, alloc_dir, task_name, env, variables)
+            out = text.encode()
             try:
                 if artifacts.read_beneath(alloc_dir, task_name, dest) == out:
                     continue
@@ -218,6 +210,18 @@ class CommonDriver(Driver):
             artifacts.write_beneath(alloc_dir, task_name, dest, out, int(t.perms, 8), uid, gid)
             changed.append(t)
         return changed
+
+    @staticmethod
+    def _render_template(t: Any, alloc_dir: Path, task_name: str, env: dict[str, str],
+                         variables: dict[str, str]) -> tuple[str, str]:
+        """(destination, rendered text) of one template; a `source` is read beneath the task's directory."""
+        if t.source is not None:
+            src = taskenv.interpolate(t.source, variables, os.environ)
+            text = artifacts.read_beneath(alloc_dir, task_name, src).decode()
+        else:
+            text = t.data or ""
+        out = templates.render(text, env, left=t.left_delimiter, right=t.right_delimiter)
+        return taskenv.interpolate(t.destination, variables, os.environ), out
 
     def release_identity(self, ident: Identity) -> None:
         """Undo `identity` when the start failed (dynamic users)."""
