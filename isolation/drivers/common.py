@@ -113,11 +113,7 @@ class CommonDriver(Driver):
         env.update(self.extra_env(ctx, td, ident))
         variables = {**node_attrs, **env}
         if task.artifacts or task.templates:
-            try:
-                env.update(self.prestart_files(ctx, td, ident, variables, env))
-            except BaseException:
-                self.release_identity(ident)
-                raise
+            env.update(self.prestart_files(ctx, td, ident, variables, env))
             variables = {**node_attrs, **env}
         command = taskenv.interpolate(cfg.command, variables, os.environ)
         args = [taskenv.interpolate(a, variables, os.environ) for a in cfg.args]
@@ -146,7 +142,6 @@ class CommonDriver(Driver):
             spec_dict = spec.to_dict()
             reply = self.runtime.client.request("spawn", spec=spec_dict)
         except Exception as e:
-            self.release_identity(ident)
             raise StartError(str(e)) from e
         handle = TaskHandle(
             key=key, task_id=ctx.task_id, driver=self.name, pid=reply["pid"], start_time=reply["start_time"],
@@ -222,9 +217,6 @@ class CommonDriver(Driver):
             text = t.data or ""
         out = templates.render(text, env, left=t.left_delimiter, right=t.right_delimiter)
         return taskenv.interpolate(t.destination, variables, os.environ), out
-
-    def release_identity(self, ident: Identity) -> None:
-        """Undo `identity` when the start failed (dynamic users)."""
 
     def dropped_env(self) -> tuple[str, ...]:
         return ()

@@ -86,10 +86,6 @@ class Exec2Driver(CommonDriver):
     def forget(self, task_id: str) -> None:
         self._with_pool(lambda pool: pool.release_owner(task_id))
 
-    def release_identity(self, ident: Identity) -> None:
-        if ident.dynamic:
-            self._with_pool(lambda pool: pool.release(ident.uid))
-
     # ---- driver ------------------------------------------------------------------------------------------
     def plugin(self):
         return self.config.exec2
@@ -104,8 +100,9 @@ class Exec2Driver(CommonDriver):
         return Health(True)
 
     def start(self, ctx: TaskContext) -> TaskHandle:
-        # Everything that can refuse the task is checked before a dynamic uid is taken, and a start that fails
-        # anywhere after that gives the uid back (the common pipeline only does so when the spawn itself fails).
+        # Everything that can refuse the task is checked before a dynamic uid is taken. A start that fails after
+        # that gives the uid back only if this start took it: an instance that already held one (a restart) keeps
+        # it, since it owns the files the last run left in local/ and alloc/data.
         health = self.fingerprint()
         if not health.healthy:
             raise StartError(health.reason)

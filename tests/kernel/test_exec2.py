@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from isolation import landlock
 from isolation.drivers.base import StartError
 from isolation.drivers.exec2 import Exec2Driver
 from manifests.agent_config import AgentConfig, Exec2Plugin
-from manifests.model import Exec2Config, Task
+from manifests.model import Exec2Config, Task, Template
 from tests.helpers import wait_for
 from tests.kernel.conftest import make_ctx
 
@@ -273,3 +274,30 @@ def test_stop_signal_reaches_a_task_that_handles_it(exec2):
         assert res.exit_code == 7 and res.signal is None
     finally:
         d.destroy(h)
+
+
+def test_a_restart_that_fails_keeps_the_instance_uid(exec2, runtime):
+    # The uid owns what the last run left in local/ and alloc/data. A restart that fails (here its template's
+    # source is gone: the first run deleted it) must not give the uid back: the next try would run as another
+    # uid that cannot read those files, and the old uid could be handed to another task.
+    cfg = config()
+    d = exec2(cfg)
+    tpl = Template(destination="local/out", source="local/in.tpl")
+    task = replace(exec2_task("/bin/sh", "-c", 'rm "$NOMAD_TASK_DIR/in.tpl"'), templates=(tpl,))
+    ctx = make_ctx(cfg, task)
+    local = Path(runtime.alloc_root) / ctx.alloc_id / "t" / "local"
+    local.mkdir(parents=True)
+    (local / "in.tpl").write_text("x")
+    h = d.start(ctx)
+    try:
+        res = d.wait(h, 30)
+        assert res is not None and res.exit_code == 0, (res, logs(h))
+        assert not (local / "in.tpl").exists() and (local / "out").read_text() == "x"
+        d.destroy(h, keep_identity=True)  # the restart policy will run it again
+        assert pool_owners(runtime) == {ctx.task_id: h.uid}
+        with pytest.raises(StartError, match=r"template\[0\]"):
+            d.start(ctx)
+        assert pool_owners(runtime) == {ctx.task_id: h.uid}
+    finally:
+        d.destroy(h)
+    assert pool_owners(runtime) == {}
