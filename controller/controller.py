@@ -25,7 +25,7 @@ from controller.byalloc import ByAlloc
 from controller.store import Store, StoreError
 from isolation import netns as netns_mod
 from isolation import taskdir
-from isolation.drivers.base import ExitResult, StartError, TaskContext, TaskHandle
+from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, StartError, TaskContext, TaskHandle
 from isolation.drivers.common import new_key
 from isolation.runtime import Runtime
 from manifests.agent_config import AgentConfig
@@ -154,6 +154,10 @@ class Controller:
         self._had_duplicates = False
         self._warmed_for: float | None = None  # the timer whose start the runtime was told to expect
         self._early_exits: dict[str, tuple[TaskHandle, ExitResult]] = {}  # launcher key -> exit seen early
+        # Task ids whose templates are being re-rendered (busy, yet still RUNNING), and an exit that arrived
+        # meanwhile: it is handled when the re-render is done, not dropped as if a stop would collect it.
+        self._rerendering: set[str] = set()
+        self._exits_in_rerender: dict[str, tuple[TaskHandle, ExitResult]] = {}
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
         self._pending_exec_envs: dict[str, tuple[str, dict]] = {}  # task id -> (handle key, exec_env) to store
@@ -738,6 +742,7 @@ class Controller:
 
     def _start_failed(self, rec: TaskRecord, msg: str, recoverable: bool = True) -> None:
         rec.last_error = msg
+        self.cores_in_use.pop(rec.task_id, None)  # reserved for a process that never ran
         self.event("start_failed", msg, rec.task_id)
         self._apply_decision(rec, None, start_failure=True, recoverable=recoverable)
 
@@ -753,8 +758,12 @@ class Controller:
             self.runtime.ack(handle)
             return
         if rec.state == TaskState.STOPPING or rec.busy:
-            return  # the stop in flight collects it
-        rec.exit = result.to_dict()
+            if rec.task_id in self._rerendering:
+                self._exits_in_rerender[rec.task_id] = (handle, result)
+            return  # otherwise the stop, or the exit cleanup, in flight collects it
+        # The handle's key goes with the exit: after a crash before the restart decision is stored (the launcher
+        # forgets an exit once acked), recovery can tell this run's recorded exit from an unknown one.
+        rec.exit = {**result.to_dict(), "key": handle.key}
         what = (f"exited with code {result.exit_code}" if result.signal is None
                 else f"killed by signal {result.signal}")
         if result.oom_killed:
@@ -885,6 +894,7 @@ class Controller:
         to_render = [t for t in task.templates if is_live_template(t)
                      and (t.destination, t.data, t.source, t.perms) not in old_live]
         rec.busy = True
+        self._rerendering.add(tid)
         driver, handle = self.drivers[rec.driver], self.full_handle(rec)
 
         def work():
@@ -900,8 +910,12 @@ class Controller:
         self._submit(work)
 
     def _rerendered(self, tid: str, handle: TaskHandle, task: Task, d: DesiredTask, changed: list, error: str | None):
+        self._rerendering.discard(tid)
+        exited = self._exits_in_rerender.pop(tid, None)
         rec = self.records.get(tid)
         if rec is None or rec.handle is None or rec.handle.key != handle.key:
+            if exited is not None:
+                self.runtime.ack(exited[0])
             return
         rec.busy = False
         if error:
@@ -914,6 +928,8 @@ class Controller:
                              for t in changed) or "no output changed"
             self.event("template_rendered", f"re-rendered without a restart: {what}", tid)
         self.persist(rec)
+        if exited is not None:  # it exited (perhaps from change_signal) while the files were being written
+            self.on_exit(*exited)
 
     def forget(self, tid: str, reason: str) -> None:
         self.touch(tid)
@@ -973,6 +989,9 @@ class Controller:
     def recover(self) -> None:
         """Re-adopt what the last run left: running tasks keep running; exits seen meanwhile go through policy."""
         self.allocs = self.store.allocs()
+        for alloc, a in self.allocs.items():
+            if a.get("gone_at") is not None:
+                self._timer(a["gone_at"] + self._gc_grace(), alloc)
         self.runtime.begin_recovery()
         try:
             self._recover_tasks()
@@ -999,6 +1018,8 @@ class Controller:
                 except Exception:  # noqa: BLE001
                     pass
             if rec.handle is None:
+                if rec.state == TaskState.RESTARTING and rec.next_start_at is not None:
+                    self._timer(rec.next_start_at, alloc_of(rec.task_id))  # timers live in memory only
                 if rec.state in (TaskState.STARTING, TaskState.RUNNING, TaskState.STOPPING):
                     # Crashed between writing the key and recording the handle: the next start kills whatever
                     # is in the task's cgroup first, so this can never become a duplicate.
@@ -1014,6 +1035,10 @@ class Controller:
                 self.event("recovered", f"re-adopted running process (pid {rec.handle.pid})", rec.task_id)
             else:
                 # It ended while we were away. Decide by policy once desired state is known (after rescan).
+                if result.error == UNKNOWN_EXIT and rec.exit and rec.exit.get("key") == rec.handle.key:
+                    # We recorded this run's exit and acked it, then died before storing what to do about it:
+                    # the launcher has forgotten it, but the record has not.
+                    result = ExitResult(**{k: v for k, v in rec.exit.items() if k != "key"})
                 rec.state = TaskState.RUNNING
                 self.queue.put(("exit", rec.handle, result))
 
