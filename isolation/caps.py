@@ -51,6 +51,23 @@ def compute_caps(allow_caps: Iterable[str] | None, cap_add: Iterable[str] | None
     return frozenset(CAPABILITIES[n] for n in result)
 
 
+# What a task running as a non-root user keeps of the defaults without asking. Nomad's executor hands such a
+# task every default capability as an ambient one, and CHOWN, DAC_OVERRIDE, FOWNER, FSETID, MKNOD, SETUID, SETGID,
+# SETFCAP... let "nobody" read /etc/shadow through the chroot's read-only /etc, make device nodes, or leave a
+# setuid-root binary in its task directory for any host user to run. These two are harmless and common (a web
+# server on port 80 as nobody); anything else a non-root task needs it names in cap_add.
+NONROOT_DEFAULT_CAPS = frozenset({"CAP_AUDIT_WRITE", "CAP_NET_BIND_SERVICE"})
+
+
+def for_user(caps: frozenset[int], uid: int, cap_add: Iterable[str] | None) -> frozenset[int]:
+    """The capabilities a task running as `uid` gets out of `caps` (compute_caps' result): all of them as root
+    (Nomad's rule); as any other user only NONROOT_DEFAULT_CAPS and what cap_add names."""
+    if uid == 0:
+        return caps
+    keep = {CAPABILITIES[n] for n in NONROOT_DEFAULT_CAPS | _names(cap_add)}
+    return frozenset(c for c in caps if c in keep)
+
+
 def caps_mask(caps: Iterable[int]) -> int:
     mask = 0
     for c in caps:

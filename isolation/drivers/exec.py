@@ -63,12 +63,13 @@ class ExecDriver(CommonDriver):
     def work_dir(self, cfg, td: taskdir.TaskDir) -> str:
         return cfg.work_dir or "/"
 
-    def caps(self, ctx: TaskContext) -> frozenset[int]:
+    def caps(self, ctx: TaskContext, uid: int) -> frozenset[int]:
         from isolation import caps
 
         cfg = ctx.task.config
         try:
-            return caps.compute_caps(self.config.exec.allow_caps, cfg.cap_add, cfg.cap_drop)
+            return caps.for_user(caps.compute_caps(self.config.exec.allow_caps, cfg.cap_add, cfg.cap_drop), uid,
+                                 cfg.cap_add)
         except ValueError as e:
             raise StartError(str(e)) from None
 
@@ -84,4 +85,5 @@ class ExecDriver(CommonDriver):
                         readonly_paths=READONLY_PROC, masked_paths=MASKED)
         ns = Namespaces(mount=True, pid=pid_mode == "private", ipc=ipc_mode == "private", uts=True,
                         net=network_for(ctx))
-        return replace(spec, rootfs=rootfs, namespaces=ns, no_new_privs=True, caps=tuple(sorted(self.caps(ctx))))
+        return replace(spec, rootfs=rootfs, namespaces=ns, no_new_privs=True,
+                       caps=tuple(sorted(self.caps(ctx, ident.uid))))

@@ -17,6 +17,7 @@ from isolation.caps import (
     cap_names,
     caps_mask,
     compute_caps,
+    for_user,
     read_proc_caps,
 )
 from manifests.capabilities import CAPABILITIES
@@ -108,7 +109,7 @@ def test_nobody_with_drop_all_add_net_bind_service_holds_exactly_0x400():
 
 
 @pytest.mark.root
-def test_nobody_with_nomad_defaults_matches_nomads_executor():
+def test_nobody_given_nomads_whole_default_set_holds_it_as_nomads_executor_would():
     st = task_status(compute_caps(NOMAD_DEFAULT_ALLOW_CAPS), NOBODY, NOBODY)
     assert {st[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == {0xA80405FB}
 
@@ -164,3 +165,20 @@ def test_net_bind_service_is_effective_for_the_task(add, expected):
     proc = run_as(caps, NOBODY, NOBODY, "/usr/bin/python3", "-c", _BIND_LOW_PORT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == expected
+
+
+# ---- what a non-root task keeps (tasksd's rule, stricter than Nomad's executor) ------------------------------
+
+
+def test_a_non_root_task_keeps_only_the_harmless_defaults_and_what_it_adds():
+    defaults = compute_caps(NOMAD_DEFAULT_ALLOW_CAPS)
+    assert names(for_user(defaults, 65534, None)) == ["CAP_AUDIT_WRITE", "CAP_NET_BIND_SERVICE"]
+    assert for_user(defaults, 0, None) == defaults  # root keeps Nomad's set
+    added = compute_caps(NOMAD_DEFAULT_ALLOW_CAPS, ["chown"], ["net_bind_service"])
+    assert names(for_user(added, 65534, ["chown"])) == ["CAP_AUDIT_WRITE", "CAP_CHOWN"]
+
+
+@pytest.mark.root
+def test_nobody_under_the_default_exec_config_holds_only_net_bind_service_and_audit_write():
+    st = task_status(for_user(compute_caps(NOMAD_DEFAULT_ALLOW_CAPS), NOBODY, None), NOBODY, NOBODY)
+    assert {st[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == {0x20000400}

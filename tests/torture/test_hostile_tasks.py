@@ -207,6 +207,11 @@ if python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys
 then echo socket=connected; else echo socket=denied; fi
 if echo -1000 > /proc/self/oom_score_adj 2>/dev/null; then echo oom_lowered=yes; else echo oom_lowered=no; fi
 for f in $(find /sys/fs/cgroup -maxdepth 2 -name cgroup.procs 2>/dev/null); do echo $$ > $f 2>/dev/null && echo moved=$f; done
+if cat /etc/shadow >/dev/null 2>&1; then echo shadow=read; else echo shadow=denied; fi
+if mknod "$NOMAD_TASK_DIR/blk" b 8 0 2>/dev/null; then echo mknod=yes; else echo mknod=no; fi
+cp /bin/true "$NOMAD_TASK_DIR/suid" 2>/dev/null
+if chown 0:0 "$NOMAD_TASK_DIR/suid" 2>/dev/null && chmod 4755 "$NOMAD_TASK_DIR/suid" 2>/dev/null
+then echo suid_root=yes; else echo suid_root=no; fi
 echo uid=$(id -u)
 echo done
 exec sleep 1000
@@ -232,6 +237,8 @@ def test_escape_snoop_and_tamper_attempts_fail(daemon, neighbour, driver):
     assert seen["oom_lowered"] == "no", seen
     assert "moved" not in seen, seen
     assert seen["uid"] != "0"
+    # With Nomad's default capabilities as ambient ones (what Nomad's exec gives "nobody"), each of these worked.
+    assert (seen["shadow"], seen["mknod"], seen["suid_root"]) == ("denied", "no", "no"), seen
     # The kernel's view from outside: still in its own cgroup, score not lowered.
     cg = f"{taskdir.alloc_id_for('hostile', 'g', 0)}.t"
     assert pid in task_cgroups(daemon.cgroup_parent)[cg]
@@ -248,6 +255,7 @@ def test_escape_probe_control_raw_exec_sees_the_host(daemon, neighbour):
     daemon.write("control.hcl", sh_job("control", "raw_exec", script))
     seen = probe_output(daemon, "control")
     assert seen["dotdot"] == "host" and seen["sees_tasksd"] == "yes" and seen["socket"] == "connected", seen
+    assert (seen["shadow"], seen["mknod"], seen["suid_root"]) == ("read", "yes", "yes"), seen
     assert seen["write_tasks"] == "yes", seen
 
 
