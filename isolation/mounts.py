@@ -10,6 +10,7 @@ Runs in the launcher's forked child: no threads, errors are OSErrors naming the 
 from __future__ import annotations
 
 import os
+import stat
 
 from isolation import sys as ksys
 from isolation.launchspec import LaunchSpec, RootFS
@@ -52,12 +53,32 @@ def bind(src: str, target: str, readonly: bool) -> None:
     ksys.mount(src, target, None, ksys.MS_BIND | ksys.MS_REC, None)
     if readonly:
         ksys.mount(None, target, None, BIND_FLAGS_RO, None)
+    elif not _is_device(src):
+        _no_dev_no_suid(target)
+
+
+def _is_device(path: str) -> bool:
+    return stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISBLK(os.stat(path).st_mode)
+
+
+def _no_dev_no_suid(target: str) -> None:
+    """Remount a writable bind mount nodev and nosuid, keeping its other flags. A device node a task makes there
+    (with CAP_MKNOD, given to root tasks or by cap_add) cannot be opened, so it cannot reach a disk."""
+    keep = os.statvfs(target).f_flag
+    flags = ksys.MS_BIND | ksys.MS_REMOUNT | ksys.MS_NOSUID | ksys.MS_NODEV
+    for st_flag, ms_flag in ((os.ST_NOEXEC, ksys.MS_NOEXEC), (os.ST_RDONLY, ksys.MS_RDONLY),
+                             (os.ST_NOATIME, ksys.MS_NOATIME), (os.ST_NODIRATIME, ksys.MS_NODIRATIME),
+                             (os.ST_RELATIME, ksys.MS_RELATIME)):
+        if keep & st_flag:
+            flags |= ms_flag
+    ksys.mount(None, target, None, flags, None)
 
 
 def _build_root(rootfs: RootFS, private_pid: bool) -> None:
     root = os.path.realpath(rootfs.root)
     # pivot_root needs the new root to be a mount point.
     ksys.mount(root, root, None, ksys.MS_BIND | ksys.MS_REC, None)
+    _no_dev_no_suid(root)  # the task dir: local/ and tmp/ are the task's to write
     for b in rootfs.binds:
         if not os.path.exists(b.source):
             continue  # chroot_env entries that do not exist on this host (lib32...) are skipped, as Nomad does
@@ -106,7 +127,8 @@ def _resolv_conf(root: str) -> None:
 def _dev(root: str) -> None:
     dev = _inside(root, "/dev")
     os.makedirs(dev, mode=0o755, exist_ok=True)
-    ksys.mount("tmpfs", dev, "tmpfs", ksys.MS_NOSUID | ksys.MS_NOEXEC, "mode=755,size=65536k")
+    # nodev too: the devices below are bind mounts of the host's nodes, which keep their own mount's flags.
+    ksys.mount("tmpfs", dev, "tmpfs", ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, "mode=755,size=65536k")
     for name in DEVICES:
         if os.path.exists(f"/dev/{name}"):
             bind(f"/dev/{name}", f"{dev}/{name}", readonly=False)

@@ -160,3 +160,15 @@ def test_stop_of_pid1_without_handler_does_not_wait_out_kill_timeout(drivers, ag
     assert res.exit_code == 0 and res.signal is None  # its own handler ran
     d.destroy(plain)
     d.destroy(trapping)
+
+
+def test_a_device_node_the_task_makes_cannot_be_opened(drivers, agent_config):
+    # cap_add gives this nobody task CAP_MKNOD (and DAC_OVERRIDE, to write into /dev): it can make nodes, but
+    # every place it can write is mounted nodev, so a node for a disk would be useless. 1:3 is /dev/null.
+    script = ('for d in /local /tmp /alloc/data /dev; do mknod $d/n c 1 3 || echo "$d=nomknod"; '
+              'if echo x > $d/n 2>/dev/null; then echo "$d=opened"; else echo "$d=denied"; fi; done; '
+              'echo x > /dev/null && echo "null=ok"')
+    task = exec_task("/bin/sh", "-c", script, cap_add=("mknod", "dac_override"))
+    seen, _ = run_probe(drivers["exec"], agent_config, task)
+    assert seen == {"/local": "denied", "/tmp": "denied", "/alloc/data": "denied", "/dev": "denied",
+                    "null": "ok"}, seen
