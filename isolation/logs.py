@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 # O_RDWR only so a reopened file's last byte can be pread (O_APPEND still puts every write at the end).
-_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+# O_NONBLOCK: a FIFO planted under the log's name must not hang the writer (regular files ignore the flag; the
+# opened file is then refused unless it is a regular file).
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Task output can hold secrets; the alloc/logs directory decides who may enter, this keeps others out of the file.
 _FILE_MODE = 0o640
 _NL = 0x0A
@@ -40,8 +44,9 @@ def rotated_name(base: str, n: int) -> str:
     return base if n == 0 else f"{base}.{n}"
 
 
-def _rotated_indexes(directory: Path, base: str) -> list[int]:
-    """Indexes of the rotated files present, ascending (newest first). Names that only look similar are ignored."""
+def _rotated_indexes(directory: Path | int, base: str) -> list[int]:
+    """Indexes of the rotated files present, ascending (newest first). Names that only look similar are ignored.
+    `directory` may be an open directory descriptor."""
     prefix = base + "."
     out = []
     try:
@@ -175,9 +180,22 @@ class RotatingLog:
         self.close()
 
     # ---- internals ---------------------------------------------------------------------------------------------
+    def _dir_fd(self) -> int:
+        """The log directory, never through a symlink: it lies in the task's alloc dir, and a task that may
+        rename there (a root task in its chroot) could otherwise point us, as root, at any host directory. Every
+        open, rename and unlink below is relative to this descriptor."""
+        return os.open(self.dir, _DIR_FLAGS)
+
     def _open(self) -> bool:
         try:
-            fd = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
+            dfd = self._dir_fd()
+            try:
+                fd = os.open(self.base, _OPEN_FLAGS, _FILE_MODE, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
         except OSError as e:
             self.last_errno = e.errno
             self._fd = None
@@ -235,25 +253,32 @@ class RotatingLog:
     def _rotate(self) -> bool:
         """Shift `.k` to `.k+1`, the active file to `.1`, and open a fresh active file. False if renaming failed."""
         keep = self.max_files - 1
-        d = self.dir
+        try:
+            d = self._dir_fd()
+        except OSError as e:
+            self.last_errno = e.errno
+            return False
         try:
             if keep == 0:
-                os.unlink(self.path)
+                os.unlink(self.base, dir_fd=d)
             else:
                 # Renaming onto the oldest kept name replaces it, which is the deletion of the oldest file. Only the
                 # files present are renamed: rotation costs O(files), not O(max_files).
                 for k in reversed(_rotated_indexes(d, self.base)):
                     if k < keep:
                         try:
-                            os.rename(d / rotated_name(self.base, k), d / rotated_name(self.base, k + 1))
+                            os.rename(rotated_name(self.base, k), rotated_name(self.base, k + 1),
+                                      src_dir_fd=d, dst_dir_fd=d)
                         except FileNotFoundError:
                             pass
-                os.rename(self.path, d / rotated_name(self.base, 1))
+                os.rename(self.base, rotated_name(self.base, 1), src_dir_fd=d, dst_dir_fd=d)
         except FileNotFoundError:
             pass  # the active file was removed meanwhile: a fresh one is what we want anyway
         except OSError as e:
             self.last_errno = e.errno
             return False
+        finally:
+            os.close(d)
         self._close_fd()
         self.rotations += 1
         self._open()
@@ -261,12 +286,19 @@ class RotatingLog:
 
     def _prune(self, keep: int) -> None:
         """Remove rotated files beyond what max_files allows (max_files may have been lowered since last run)."""
-        for k in _rotated_indexes(self.dir, self.base):
-            if k > keep:
-                try:
-                    os.unlink(self.dir / rotated_name(self.base, k))
-                except OSError:
-                    pass
+        try:
+            d = self._dir_fd()
+        except OSError:
+            return
+        try:
+            for k in _rotated_indexes(d, self.base):
+                if k > keep:
+                    try:
+                        os.unlink(rotated_name(self.base, k), dir_fd=d)
+                    except OSError:
+                        pass
+        finally:
+            os.close(d)
 
 
 def log_files(dir: Path, base: str) -> list[Path]:

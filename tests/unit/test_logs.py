@@ -232,6 +232,31 @@ def test_a_planted_symlink_is_not_followed_and_nothing_raises(tmp: Path) -> None
     assert log.last_errno == errno.ELOOP
 
 
+def test_a_log_dir_swapped_for_a_symlink_is_not_followed(tmp: Path) -> None:
+    # A task that may rename in /alloc (root in its chroot) swaps alloc/logs for a link to a host directory after
+    # the writer opened its file, then deletes the file so the writer reopens it: nothing lands in the target.
+    logs, outside, moved = tmp / "logs", tmp / "outside", tmp / "moved"
+    logs.mkdir()
+    outside.mkdir()
+    log = RotatingLog(logs, BASE, max_files=2, max_file_size=10)
+    log.write(b"first\n")
+    logs.rename(moved)
+    (moved / BASE).unlink()
+    logs.symlink_to(outside)
+    for _ in range(5):
+        log.write(b"line into a rotation\n")
+    log.close()
+    assert os.listdir(outside) == [] and log.dropped_bytes > 0
+
+
+def test_a_fifo_planted_as_the_log_does_not_hang_the_writer(tmp: Path) -> None:
+    os.mkfifo(tmp / BASE)
+    log = RotatingLog(tmp, BASE, max_files=1, max_file_size=100)  # no reader: a blocking open would hang here
+    log.write(b"x\n")
+    log.close()
+    assert log.dropped_bytes == 2
+
+
 def test_close_is_idempotent_and_write_after_close_is_an_error(tmp: Path) -> None:
     log = RotatingLog(tmp, BASE, max_files=2, max_file_size=100)
     log.write(b"x\n")
