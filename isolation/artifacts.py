@@ -271,6 +271,12 @@ def _obtain(req: Request, work: Path, cache_dir: Path, alloc_dir: Path, task: st
         staged.write_bytes(read_beneath(alloc_dir, task, req.source, limit=1 << 32))
     elif scheme in ("", "file"):
         src = Path(urllib.parse.unquote(urllib.parse.urlsplit(req.source).path) if scheme else req.source)
+        inside = _within(src, alloc_dir)
+        if inside is not None:
+            # A host path into the allocation (say "${NOMAD_TASK_DIR}/conf.json" for raw_exec or exec2): its tasks
+            # write there, so it is read like a relative source, never following a link they planted.
+            staged.write_bytes(read_beneath(alloc_dir, task, posixpath.join("..", *inside), limit=1 << 32))
+            return _verified(req, staged, kind, digest, cached, cache_dir)
         try:
             st = os.stat(src)
         except FileNotFoundError:
@@ -287,6 +293,20 @@ def _obtain(req: Request, work: Path, cache_dir: Path, alloc_dir: Path, task: st
         raise PermanentArtifactError(
             f"artifact {req.source}: unsupported source scheme {scheme!r} (tasksd fetches local paths, file://, "
             f"http:// and https://)")
+    return _verified(req, staged, kind, digest, cached, cache_dir)
+
+
+def _within(path: Path, root: Path) -> list[str] | None:
+    """The components of `path` below `root` (both normalised, no symlink resolved), or None if it is not below."""
+    p, r = posixpath.normpath(str(path)), posixpath.normpath(str(root))
+    if not p.startswith(r + "/"):
+        return None
+    return p[len(r) + 1:].split("/")
+
+
+def _verified(req: Request, staged: Path, kind: str | None, digest: str | None, cached: Path | None,
+              cache_dir: Path) -> Path:
+    """`staged` once its checksum (if any) matched, added to the cache."""
     if kind:
         got = file_digest(staged, kind)
         if got != digest:

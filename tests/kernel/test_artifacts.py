@@ -254,6 +254,22 @@ def test_symlinks_planted_by_the_task_are_never_followed(alloc, tmp):
         artifacts.read_beneath(alloc, "t", "local/tpl")
 
 
+def test_an_absolute_source_inside_the_allocation_does_not_follow_the_tasks_links(alloc, tmp):
+    # "${NOMAD_TASK_DIR}/conf.json" is a host path for raw_exec and exec2, into a directory the task writes.
+    secret = tmp / "secret"
+    secret.write_text("root only")
+    secret.chmod(0o600)
+    local = alloc / "t/local"
+    os.symlink(secret, local / "conf.json")
+    for source in (str(local / "conf.json"), f"file://{local}/conf.json"):
+        with pytest.raises(PermanentArtifactError, match="symlink"):
+            fetch(alloc, tmp, Request(source=source, destination="local/copied/"))
+    assert not (local / "copied").exists()
+    (alloc / "alloc/data/real.json").write_text("{}")  # a plain file there is fetched as before
+    fetch(alloc, tmp, Request(source=str(alloc / "alloc/data/real.json"), destination="local/copied/"))
+    assert (local / "copied/real.json").read_text() == "{}"
+
+
 def test_options_are_interpolated_and_bad_schemes_refused(alloc, tmp):
     art = Artifact(source="git::https://example.com/x.git", options=FrozenDict({"archive": "${A}"}))
     req = artifacts.request_for(art, lambda s: s.replace("${A}", "false"))
