@@ -630,6 +630,10 @@ class Controller:
         for a in actions:
             try:
                 if isinstance(a, Start):
+                    if alloc_of(a.task_id) in self.collecting:
+                        # Its job came back while the old alloc is being removed (cgroups, dirs, netns): start
+                        # once that is done (_collected touches the alloc), not into what is being deleted.
+                        continue
                     self.start(a.task_id, a.reason)
                 elif isinstance(a, Stop):
                     self.stop(a.task_id, a.reason)

@@ -297,3 +297,15 @@ def test_an_exit_seen_before_a_start_that_then_failed_is_acked_not_kept(tmp):
         assert ctl._early_exits == {} and acked[-1] == key
     assert acked == ["k1", "k2"]
     ctl.store.close()
+
+
+def test_a_job_back_while_its_old_alloc_is_collected_starts_only_after_the_collection(tmp):
+    ctl, tasks, clock = controller(tmp)
+    ctl.collecting.add("web/g/0")  # a GC of the job's previous alloc is running on a worker
+    (tasks / "web.hcl").write_text(JOB)
+    ctl.rescan()
+    ctl.reconcile(full=True)
+    assert "web/g/0/t" in ctl.desired and "web/g/0/t" not in ctl.records  # no start into the dying alloc
+    ctl._collected("web/g/0")
+    assert "web/g/0" in ctl._touched  # the next pass plans the start
+    ctl.store.close()
