@@ -39,6 +39,7 @@ from isolation.logs import RotatingLog
 PROTOCOL_VERSION = 1
 MAX_LINE = 4 * 1024 * 1024
 MAX_OPEN_LOG_FILES = 256  # log files kept open; quieter ones are reopened at their next output (see _log_used)
+PUMP_READS_PER_WAKEUP = 16  # x 64 KiB: at most 1 MiB of one task's output per turn of the loop (see _pump)
 
 
 def socket_path(state_dir: str | os.PathLike) -> Path:
@@ -75,6 +76,7 @@ class Conn:
     buf: bytearray = field(default_factory=bytearray)
     fds: list[int] = field(default_factory=list)
     out: bytearray = field(default_factory=bytearray)
+    closed: bool = False
 
 
 def describe_status(status: int) -> dict:
@@ -196,13 +198,20 @@ class Launcher:
         self.sel.register(s, selectors.EVENT_READ, ("conn", conn))
 
     def _close_conn(self, conn: Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
         self.conns.pop(conn.sock.fileno(), None)
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
-        for fd in conn.fds:
+        # Cleared, not only closed: the numbers are reused at once (a spawn's pipes), and a request still queued
+        # in this connection's buffer must not hand them to an exec'd child or close them a second time.
+        fds, conn.fds = conn.fds, []
+        for fd in fds:
             os.close(fd)
+        conn.buf = bytearray()
         conn.sock.close()
 
     def _read_conn(self, conn: Conn) -> None:
@@ -227,7 +236,7 @@ class Launcher:
         if len(conn.buf) > MAX_LINE:
             self._close_conn(conn)
             return
-        while b"\n" in conn.buf:
+        while not conn.closed and b"\n" in conn.buf:
             line, _, rest = bytes(conn.buf).partition(b"\n")
             conn.buf = bytearray(rest)
             self._handle(conn, line)
@@ -324,6 +333,16 @@ class Launcher:
         passed = self._take_fds(conn, int(req.get("nfds", 0)))
         target = int(req["target_pid"])
         try:
+            # The pid alone could by now name another process (the task exited, the pid was reused): joining
+            # its namespaces would run the command in a stranger's. Its start time tells them apart.
+            expected = req.get("target_start_time")
+            if expected is not None:
+                try:
+                    alive = ksys.process_start_time(target) == int(expected)
+                except OSError:
+                    alive = False
+                if not alive:
+                    raise LaunchError(f"the task's process {target} has exited", "exec", errno.ESRCH)
             self._spawn(spec, passed, conn, req.get("id"), enter_pid=target)
         finally:
             for fd in passed:
@@ -416,6 +435,17 @@ class Launcher:
             name = e.filename or (spec.path if step == "execve" else None)
             raise LaunchError(f"spawn failed at step {step}: {e.strerror or e}" + (f": {name}" if name else ""),
                               step, e.errno or errno.EIO) from None
+        except Exception as e:
+            # Popen refuses some input before forking (an env name with "=", a NUL byte): the pipes made for
+            # the task must not leak, once per restart attempt, into the launcher.
+            for fd, _ in parent_ends:
+                os.close(fd)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                if popen is not None:
+                    popen.returncode = status
+            raise LaunchError(f"spawn failed at step {step}: {e}", step, errno.EINVAL) from None
         finally:
             for fd in opened:
                 os.close(fd)
@@ -462,8 +492,10 @@ class Launcher:
                 stderr = self._log_pipe(spec.stderr, opened, parent_ends)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             opened.append(err_w)
-            enter = _open_ns_fds(enter_pid) if enter_pid else None
+            enter = None
             try:
+                # Inside the try: the target may have exited (an exec racing its end), and err_r must not leak.
+                enter = _open_ns_fds(enter_pid) if enter_pid else None
                 pid = self._fork(spec, {"stdin": stdin, "stdout": stdout, "stderr": stderr, "errpipe": err_w},
                                  enter)
             except BaseException:
@@ -610,7 +642,12 @@ class Launcher:
         if entry is None:
             return
         log, key = entry
-        while True:
+        # A bounded amount per wakeup: a task writing as fast as it can (cat /dev/zero) refills the pipe faster
+        # than a read and a file write empty it, and reading until empty would never return to the loop: no
+        # reaping, no requests, no other task's output. The selector is level-triggered, so what is left is read
+        # after everything else had its turn. After the process exited (final) a writer still flooding past the
+        # bound is cut off, as one still holding the pipe is.
+        for _ in range(PUMP_READS_PER_WAKEUP):
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
@@ -624,7 +661,10 @@ class Launcher:
             if log is not None:
                 log.write(data)
                 self._log_used(fd, log)
-        # EOF: every writer (the task and anything it forked) closed the pipe.
+        else:
+            if not final:
+                return
+        # EOF (every writer, the task and anything it forked, closed the pipe), or the final read is done.
         self.sel.unregister(fd)
         os.close(fd)
         if log is not None:
@@ -657,13 +697,18 @@ NS_ORDER = ("ipc", "uts", "net", "mnt", "pid")  # the namespaces `exec into a ta
 
 def _open_ns_fds(pid: int) -> dict[str, int]:
     fds: dict[str, int] = {}
-    own = {n: os.stat(f"/proc/self/ns/{n}").st_ino for n in NS_ORDER}
-    for n in NS_ORDER:
-        st = os.stat(f"/proc/{pid}/ns/{n}")
-        if st.st_ino != own[n]:
-            fds[n] = os.open(f"/proc/{pid}/ns/{n}", os.O_RDONLY | os.O_CLOEXEC)
-    # The root directory matters for chroot'ed tasks: keep a handle to it to chroot after setns(mnt).
-    fds["root"] = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        own = {n: os.stat(f"/proc/self/ns/{n}").st_ino for n in NS_ORDER}
+        for n in NS_ORDER:
+            st = os.stat(f"/proc/{pid}/ns/{n}")
+            if st.st_ino != own[n]:
+                fds[n] = os.open(f"/proc/{pid}/ns/{n}", os.O_RDONLY | os.O_CLOEXEC)
+        # The root directory matters for chroot'ed tasks: keep a handle to it to chroot after setns(mnt).
+        fds["root"] = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except BaseException:
+        for fd in fds.values():  # the target exited midway: what was opened must not leak
+            os.close(fd)
+        raise
     return fds
 
 

@@ -351,7 +351,8 @@ class CommonDriver(Driver):
                        namespaces=replace(base.namespaces, mount=False, pid=False, ipc=False, uts=False,
                                           net="host", mount_proc=False),
                        stdout=None, stderr=None, setsid=True, ctty=tty)
-        self.runtime.client.request("exec", spec=spec.to_dict(), target_pid=handle.pid, fds=fds, nfds=len(fds))
+        self.runtime.client.request("exec", spec=spec.to_dict(), target_pid=handle.pid,
+                                    target_start_time=handle.start_time, fds=fds, nfds=len(fds))
         return key
 
     def exec_path(self, handle: TaskHandle, base: LaunchSpec, command: str) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from isolation.drivers.base import StartError
+from isolation.launchspec import LaunchSpec
 from manifests.model import ExecConfig, Task
 from tests.helpers import wait_for
 from tests.kernel.conftest import make_ctx
@@ -172,3 +174,34 @@ def test_a_device_node_the_task_makes_cannot_be_opened(drivers, agent_config):
     seen, _ = run_probe(drivers["exec"], agent_config, task)
     assert seen == {"/local": "denied", "/tmp": "denied", "/alloc/data": "denied", "/dev": "denied",
                     "null": "ok"}, seen
+
+
+def test_an_exec_into_a_process_that_is_gone_fails_without_leaking_launcher_fds(runtime):
+    # The race `tasksctl exec` can lose: the task's main process exits as the request arrives.
+    gone = subprocess.Popen(["/bin/true"])
+    gone.wait()
+    spec = LaunchSpec(key="j.t.exec.1", path="/bin/true", argv=("true",), env=(), cwd="/")
+    fds_dir = f"/proc/{runtime.client.launcher_pid}/fd"
+    before = len(os.listdir(fds_dir))
+    devnull = os.open("/dev/null", os.O_RDWR)
+    try:
+        for _ in range(5):
+            with pytest.raises(Exception, match="No such file|not found|exited"):
+                runtime.client.request("exec", spec=spec.to_dict(), target_pid=gone.pid, fds=[devnull] * 3,
+                                       nfds=3)
+    finally:
+        os.close(devnull)
+    wait_for(lambda: len(os.listdir(fds_dir)) <= before, timeout=10,
+             what=f"the launcher's fds back to {before} (now {len(os.listdir(fds_dir))})")
+
+
+def test_an_exec_whose_target_pid_now_names_another_process_is_refused(runtime):
+    # A pid that exists, but with another start time than the task's: what a reused pid looks like.
+    spec = LaunchSpec(key="j.t.exec.2", path="/bin/true", argv=("true",), env=(), cwd="/")
+    devnull = os.open("/dev/null", os.O_RDWR)
+    try:
+        with pytest.raises(Exception, match="has exited"):
+            runtime.client.request("exec", spec=spec.to_dict(), target_pid=os.getpid(), target_start_time=1,
+                                   fds=[devnull] * 3, nfds=3)
+    finally:
+        os.close(devnull)

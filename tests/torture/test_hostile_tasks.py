@@ -185,6 +185,19 @@ def test_stdout_flood_rotates_and_memory_stays_flat(daemon, neighbour):
     assert after - before < 32 << 20, (before, after)  # flat: nowhere near the 200 MiB that went through
 
 
+def test_a_task_writing_as_fast_as_it_can_does_not_stall_the_launcher(daemon, neighbour):
+    # cat refills its pipe faster than the launcher empties it into a file: reading until the pipe is empty
+    # never returned to the launcher's loop (no spawns, no other task's output, no reaping).
+    logs = 'logs {\n        max_files = 2\n        max_file_size = 1\n      }'
+    daemon.write("gush.hcl", sh_job("gush", "raw_exec", "exec cat /dev/zero", task_extra=logs))
+    daemon.wait_state("gush/g/0/t", "running")
+    wait_for(lambda: (logs_dir(daemon, "gush") / "t.stdout.1").exists(), timeout=60, what="the flood rotating")
+    daemon.write("after.hcl", sh_job("after", "raw_exec", "echo alive; exec sleep 1000"))
+    wait_for(lambda: "alive" in _read(logs_dir(daemon, "after") / "t.stdout"), timeout=30,
+             what="another task started and its output written during the flood")
+    assert daemon.task("gush/g/0/t")["state"] == "running"
+
+
 def test_task_closing_its_stdout_keeps_running_and_logging(daemon, neighbour):
     script = "exec 1>&-; echo still-here >&2; exec sleep 1000"
     daemon.write("closer.hcl", sh_job("closer", "raw_exec", script))
