@@ -432,12 +432,14 @@ def _task(r: _Reader, job_type: str, group_restart: dict[str, Any] | None, name:
         # Keep decoding the rest so every problem is reported, but there is no task to return.
         r.map("env"), r.map("meta"), r.str("user"), r.bool("leader")
         return None
+    env = r.map("env")
+    r.report(validate.check_env(env))
     return Task(
         name=name,
         driver=driver,
         config=config,
         user=r.str("user"),
-        env=r.map("env"),
+        env=env,
         meta=r.map("meta"),
         resources=resources,
         restart=restart,

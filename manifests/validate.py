@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import Counter
+from collections.abc import Mapping
 
 from manifests.durations import format_duration
 from manifests.model import (
@@ -109,6 +110,17 @@ def check_logs(logs: LogConfig) -> list[Finding]:
         out.append(("max_files", f"max_files must be at least 1, got {logs.max_files}"))
     if logs.max_file_size < 1:
         out.append(("max_file_size", f"max_file_size must be at least 1 MB, got {logs.max_file_size}"))
+    return out
+
+
+def check_env(env: Mapping[str, str]) -> list[Finding]:
+    """Names and values the kernel's environment block can carry (a "=" in a name, or a NUL, cannot be)."""
+    out: list[Finding] = []
+    for k, v in env.items():
+        if not k or "=" in k or "\0" in k:
+            out.append(("env", f"env name {k!r} must be non-empty and contain no '=' or NUL byte"))
+        elif "\0" in v:
+            out.append(("env", f"env {k!r}: the value contains a NUL byte"))
     return out
 
 

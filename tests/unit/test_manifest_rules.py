@@ -106,6 +106,9 @@ RULES = [
      "only one resources block"),
     ("leader", dict(task="leader = true"), dict(task='leader = "maybe"'), "leader must be true or false"),
     ("env-values", dict(task='env { A = 1 }'), dict(task='env = { A = ["x"] }'), "env.A must be a string"),
+    ("env-name", dict(task='env = { "A_B" = "x" }'), dict(task='env = { "A=B" = "x" }'),
+     "must be non-empty and contain no '='"),
+    ("env-nul", dict(task='env = { A = "x" }'), dict(task='env = { A = "x\\u0000y" }'), "contains a NUL byte"),
 ]
 
 
