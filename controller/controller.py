@@ -143,6 +143,7 @@ class Controller:
         self.cores_in_use: dict[str, list[int]] = {}
         self.dir_error: str | None = None
         self.stopping = False
+        self.failure: str | None = None  # why the loop stopped on its own, when tasksd must exit non-zero
         self.draining = False
         self._desired_cache: dict = {}
         # Set whenever the set of manifests or one's content changes; rescans that find nothing new (the burst
@@ -177,6 +178,7 @@ class Controller:
         self.metrics: dict[str, float] = {"watch_events": 0}  # reconcile timing: metrics.instrument
         self._rand = random.Random()
         runtime.on_exit = lambda h, r: self.queue.put(("exit", h, r))
+        runtime.on_launcher_lost = lambda: self.queue.put(("launcher_lost",))
 
     # ---- public, thread-safe -----------------------------------------------------------------------------
     def wake(self, reason: str = "watch") -> None:
@@ -309,6 +311,9 @@ class Controller:
                 self._rescan_at, rescan = None, True
             if rescan or full:
                 self.rescan(reread=full)
+            if full:
+                for key in self.runtime.sweep_unclaimed_exits():
+                    log.info("dropped the exit record of %s: no task claimed it", key)
             self._fire_timers()
             self.reconcile(full=full)
             if self.draining and not self.records and not self.allocs and not self.collecting:
@@ -350,6 +355,15 @@ class Controller:
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 fut.set_exception(e)
         elif kind == "quit":
+            self.stopping = True
+        elif kind == "launcher_lost":
+            # Without it nothing can be spawned or signalled and no exit is heard. Exit non-zero so the service
+            # manager restarts us: the next start runs a new launcher and re-adopts the running tasks (their
+            # exits are then watched through pidfds).
+            log.error("the launcher exited; tasksd exits so that it is restarted with a new one "
+                      "(running tasks are re-adopted)")
+            self.event("launcher_lost", "the launcher exited; tasksd exits to be restarted with a new one")
+            self.failure = "the launcher exited"
             self.stopping = True
         return False
 

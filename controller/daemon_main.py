@@ -162,13 +162,14 @@ class Daemon:
         else:
             runtime.close()
         store.close()
-        return 0
+        return 1 if ctl.failure else 0
 
     def _loop(self, ctl) -> None:
         try:
             ctl.run()
         except Exception:  # noqa: BLE001
             log.exception("reconcile loop crashed; exiting (tasks keep running)")
+            ctl.failure = "the reconcile loop crashed"
 
     def reload(self) -> None:
         from manifests.agent_config_load import ConfigError, load_agent_config

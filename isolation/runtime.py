@@ -24,6 +24,9 @@ from isolation.launcher_client import LauncherClient
 
 log = logging.getLogger("tasksd.runtime")
 
+# Well past the spawn request's timeout: an exit unclaimed for this long has no handle coming (see sweep).
+UNCLAIMED_EXIT_AGE = 600.0
+
 ExitCallback = Callable[[TaskHandle, ExitResult], None]
 
 
@@ -36,6 +39,9 @@ class Runtime:
         self.cgroups = cgroups.CgroupManager(self.layout, cgroup_parent)
         self.client = LauncherClient(self.state_dir, on_event=self._on_event)
         self.on_exit = on_exit
+        # Called (on the client's reader thread) when the launcher's connection ends while we did not close it:
+        # the launcher died, and with it the only way to spawn, signal, and hear of exits.
+        self.on_launcher_lost: Callable[[], None] | None = None
         self.boot_id = ksys.boot_id()
         self._cv = threading.Condition()
         self._handles: dict[str, TaskHandle] = {}
@@ -108,6 +114,10 @@ class Runtime:
         self.warmer.poke()
 
     def _on_event(self, ev: dict) -> None:
+        if ev.get("event") == "disconnected":
+            if not self._closed and self.on_launcher_lost is not None:
+                self.on_launcher_lost()
+            return
         if ev.get("event") != "exit":
             return
         self.warmer.poke()  # a restart usually follows
@@ -160,6 +170,25 @@ class Runtime:
             pass
         return ExitResult(exit_code=raw.get("exit_code"), signal=raw.get("signal"),
                           finished_at=raw.get("finished_at"))
+
+    def sweep_unclaimed_exits(self, max_age: float = UNCLAIMED_EXIT_AGE, now: float | None = None) -> list[str]:
+        """Ack and drop exit records nobody registered a handle for within `max_age` seconds of the exit.
+
+        A record waits here for a start reply still in flight (at most the spawn timeout) or for `wait_exec`
+        (which takes it at once). One older than that belongs to a spawn whose handle was never recorded (the
+        daemon died between the launcher's reply and storing it; the next start killed the process): without
+        this it stayed in memory here and on disk in the launcher forever."""
+        now = time.time() if now is None else now
+        with self._cv:
+            stale = [k for k, ev in self._raw_exits.items() if (ev.get("finished_at") or now) < now - max_age]
+            for k in stale:
+                del self._raw_exits[k]
+        for k in stale:
+            try:
+                self.client.notify("ack", key=k)
+            except Exception as e:  # noqa: BLE001 - the next sweep does not see it, but a restart's list does
+                log.debug("ack %s: %s", k, e)
+        return stale
 
     def ack(self, handle: TaskHandle) -> None:
         """The controller persisted the exit: the launcher may forget it."""

@@ -140,6 +140,28 @@ def test_task_that_dies_while_tasksd_is_down_is_restarted_by_policy(daemon):
     assert any(e["type"] == "exited" and "signal 9" in e["message"] for e in events)
 
 
+def test_a_lost_launcher_makes_tasksd_exit_nonzero_and_the_restart_readopts_its_tasks(daemon):
+    import psutil
+
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web", task_extra='restart {\n attempts = 3\n delay = "1s"\n mode = "fail"\n }'))
+    pid = pid_of(daemon)
+    [launcher] = [p for p in psutil.process_iter(["cmdline"])
+                  if "isolation.launcher" in (p.info["cmdline"] or []) and str(daemon.state_dir) in p.info["cmdline"]]
+    launcher.kill()
+    # Without a launcher nothing could be spawned or heard of: tasksd exits non-zero for systemd to restart it.
+    assert daemon.proc.wait(60) == 1, daemon.log()[-2000:]
+    assert "the launcher exited" in daemon.log()
+    daemon.proc = None
+    assert Path(f"/proc/{pid}").exists()  # the task was not touched
+    daemon.start()
+    t = daemon.task(TID)
+    assert (t["state"], t["pid"], t["restarts"]) == ("running", pid, 0)
+    os.kill(pid, signal.SIGKILL)  # the re-adopted task's exit is still noticed and handled by policy
+    wait_for(lambda: (t := daemon.task(TID)) and t["state"] == "running" and t["pid"] != pid, timeout=30,
+             what="restarted after its exit")
+
+
 def test_removed_job_alloc_dir_is_collected_after_grace(daemon):
     daemon.start()
     daemon.write("web.hcl", raw_job("web"))

@@ -376,3 +376,19 @@ def test_the_launcher_keeps_few_log_files_open_and_quiet_tasks_still_log(drivers
         for h in handles:
             d.stop(h, "SIGKILL", 5)
             d.destroy(h)
+
+
+def test_an_exit_no_handle_claims_is_swept_from_the_launcher(runtime):
+    # What a spawn leaves when the daemon died before storing its handle: an exit nobody will register.
+    import time
+
+    from isolation.launchspec import LaunchSpec
+
+    spec = LaunchSpec(key="orphan.t.1", path="/bin/true", argv=("true",), env=(), cwd="/")
+    runtime.client.request("spawn", spec=spec.to_dict())
+    wait_for(lambda: "orphan.t.1" in runtime._raw_exits, timeout=30, what="the exit event")
+    assert runtime.sweep_unclaimed_exits() == []  # fresh: a start reply may still be on its way
+    assert runtime.sweep_unclaimed_exits(now=time.time() + 3600) == ["orphan.t.1"]
+    assert "orphan.t.1" not in runtime._raw_exits
+    wait_for(lambda: all(e["key"] != "orphan.t.1" for e in runtime.client.request("list")["exits"]), timeout=30,
+             what="the launcher to forget the record")
