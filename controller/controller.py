@@ -1016,6 +1016,16 @@ class Controller:
         finally:
             self.runtime.end_recovery()
 
+    def _kill_unowned(self, rec: TaskRecord) -> None:
+        name = f"{taskdir.alloc_id_for(rec.job, rec.grp, rec.idx)}.{rec.task}"
+        try:
+            cg = self.runtime.cgroups.open(name)
+            if cg is not None and cg.pids():
+                log.warning("%s: killing the processes of a start whose handle was lost in a crash", rec.task_id)
+                cg.kill()
+        except Exception as e:  # noqa: BLE001 - recovery goes on; the next start kills them if it comes
+            log.warning("%s: cannot kill the processes of a lost start: %s", rec.task_id, e)
+
     def _recover_tasks(self) -> None:
         for row in self.store.tasks().values():
             rec = TaskRecord.from_row(row)
@@ -1039,8 +1049,10 @@ class Controller:
                 if rec.state == TaskState.RESTARTING and rec.next_start_at is not None:
                     self._timer(rec.next_start_at, alloc_of(rec.task_id))  # timers live in memory only
                 if rec.state in (TaskState.STARTING, TaskState.RUNNING, TaskState.STOPPING):
-                    # Crashed between writing the key and recording the handle: the next start kills whatever
-                    # is in the task's cgroup first, so this can never become a duplicate.
+                    # Crashed between writing the key and recording the handle: whatever that spawn started has
+                    # no owner. Killed now, not by the next start, which never comes if the task is no longer
+                    # desired; its exit record is swept later (Runtime.sweep_unclaimed_exits).
+                    self._kill_unowned(rec)
                     rec.state, rec.pending_key = TaskState.PENDING, None
                     self.persist(rec)
                 continue

@@ -162,6 +162,40 @@ def test_a_lost_launcher_makes_tasksd_exit_nonzero_and_the_restart_readopts_its_
              what="restarted after its exit")
 
 
+def test_a_process_whose_handle_a_crash_lost_is_killed_at_the_next_start(daemon):
+    import sqlite3
+
+    # A kill -9 after the launcher spawned a task but before its handle was stored leaves a record with a key and
+    # no handle. Made here by editing the store while tasksd is down; the task is also dropped from its group,
+    # so no later start of it would clean up: the next tasksd must not leave that process running unowned.
+    two = ('job "pair" {\n  group "g" {\n' + "".join(
+        f'    task "{t}" {{\n      driver = "raw_exec"\n      kill_timeout = "2s"\n      config {{\n'
+        f'        command = "/bin/sleep"\n        args = ["1000"]\n      }}\n    }}\n' for t in ("a", "b")) + "  }\n}\n")
+    daemon.start()
+    daemon.write("pair.hcl", two)
+    pid_a = pid_of(daemon, "pair/g/0/a")
+    pid_b = pid_of(daemon, "pair/g/0/b")
+    daemon.kill9()
+    db = sqlite3.connect(daemon.state_dir / "db" / "tasksd.db")
+    db.execute("UPDATE tasks SET handle=NULL, state='starting', pending_key='lost-key' WHERE task_id=?",
+               ("pair/g/0/b",))
+    db.commit()
+    db.close()
+    daemon.write("pair.hcl", two.replace('    task "b"', '    task "gone"'))  # b is no longer desired
+    daemon.start()
+    wait_for(lambda: not psutil_alive(pid_b), timeout=30, what=f"the unowned process {pid_b} killed")
+    assert daemon.task("pair/g/0/a")["pid"] == pid_a  # its neighbour in the alloc was re-adopted, untouched
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_removed_job_alloc_dir_is_collected_after_grace(daemon):
     daemon.start()
     daemon.write("web.hcl", raw_job("web"))
