@@ -26,7 +26,7 @@ from controller.store import Store, StoreError
 from isolation import netns as netns_mod
 from isolation import taskdir
 from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, StartError, TaskContext, TaskHandle
-from isolation.drivers.common import new_key
+from isolation.drivers.common import new_key, task_cgroup
 from isolation.runtime import Runtime
 from manifests.agent_config import AgentConfig
 from manifests.model import Job, Task
@@ -1017,7 +1017,7 @@ class Controller:
             self.runtime.end_recovery()
 
     def _kill_unowned(self, rec: TaskRecord) -> None:
-        name = f"{taskdir.alloc_id_for(rec.job, rec.grp, rec.idx)}.{rec.task}"
+        name = task_cgroup(taskdir.alloc_id_for(rec.job, rec.grp, rec.idx), rec.task)
         try:
             cg = self.runtime.cgroups.open(name)
             if cg is not None and cg.pids():

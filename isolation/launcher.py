@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from isolation import cgroups, child
 # Imported here, never lazily in the child: after pivot_root the child can no longer see tasksd's own files.
@@ -35,6 +36,9 @@ from isolation import caps, landlock, mounts  # noqa: F401
 from isolation import sys as ksys
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.logs import RotatingLog
+
+if TYPE_CHECKING:
+    import subprocess  # imported when first spawning (see _spawn_fast)
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 4 * 1024 * 1024
@@ -422,15 +426,9 @@ class Launcher:
             if late:
                 self._join_late(pid, late, early[0])
         except OSError as e:
-            for fd, _ in parent_ends:
-                os.close(fd)
-            if pid is not None:
-                # Started, but its cgroups could not be completed: it must not run outside its limits.
-                os.kill(pid, signal.SIGKILL)
-                _, status = os.waitpid(pid, 0)
-                if popen is not None:
-                    popen.returncode = status
-            elif not moved and e.errno not in (errno.ENOENT, errno.EACCES):
+            # If it started, its cgroups could not be completed: it must not run outside its limits.
+            self._abandon_spawn(parent_ends, pid, popen)
+            if pid is None and not moved and e.errno not in (errno.ENOENT, errno.EACCES):
                 raise
             name = e.filename or (spec.path if step == "execve" else None)
             raise LaunchError(f"spawn failed at step {step}: {e.strerror or e}" + (f": {name}" if name else ""),
@@ -438,13 +436,7 @@ class Launcher:
         except Exception as e:
             # Popen refuses some input before forking (an env name with "=", a NUL byte): the pipes made for
             # the task must not leak, once per restart attempt, into the launcher.
-            for fd, _ in parent_ends:
-                os.close(fd)
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                _, status = os.waitpid(pid, 0)
-                if popen is not None:
-                    popen.returncode = status
+            self._abandon_spawn(parent_ends, pid, popen)
             raise LaunchError(f"spawn failed at step {step}: {e}", step, errno.EINVAL) from None
         finally:
             for fd in opened:
@@ -452,6 +444,17 @@ class Launcher:
         pending = Spawning(spec=spec, pid=pid, start_time=ksys.process_start_time(pid), conn=conn,
                            rid=rid, err_r=-1, log_ends=parent_ends)
         self._spawn_succeeded(pending, popen)
+
+    @staticmethod
+    def _abandon_spawn(parent_ends: list, pid: int | None, popen: subprocess.Popen | None) -> None:
+        """Undo a fast-path spawn that failed: close the task's pipe ends, and kill and reap it if it started."""
+        for fd, _ in parent_ends:
+            os.close(fd)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            if popen is not None:
+                popen.returncode = status
 
     @staticmethod
     def _join_late(pid: int, late: list[str], members_of: str) -> None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # O_RDWR only so a reopened file's last byte can be pread (O_APPEND still puts every write at the end).
@@ -180,19 +182,21 @@ class RotatingLog:
         self.close()
 
     # ---- internals ---------------------------------------------------------------------------------------------
-    def _dir_fd(self) -> int:
+    @contextmanager
+    def _dir_fd(self) -> Iterator[int]:
         """The log directory, never through a symlink: it lies in the task's alloc dir, and a task that may
         rename there (a root task in its chroot) could otherwise point us, as root, at any host directory. Every
         open, rename and unlink below is relative to this descriptor."""
-        return os.open(self.dir, _DIR_FLAGS)
+        fd = os.open(self.dir, _DIR_FLAGS)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def _open(self) -> bool:
         try:
-            dfd = self._dir_fd()
-            try:
+            with self._dir_fd() as dfd:
                 fd = os.open(self.base, _OPEN_FLAGS, _FILE_MODE, dir_fd=dfd)
-            finally:
-                os.close(dfd)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise OSError(errno.EINVAL, "not a regular file", str(self.path))
@@ -254,51 +258,46 @@ class RotatingLog:
         """Shift `.k` to `.k+1`, the active file to `.1`, and open a fresh active file. False if renaming failed."""
         keep = self.max_files - 1
         try:
-            d = self._dir_fd()
+            with self._dir_fd() as d:
+                try:
+                    self._shift(d, keep)
+                except FileNotFoundError:
+                    pass  # the active file was removed meanwhile: a fresh one is what we want anyway
         except OSError as e:
             self.last_errno = e.errno
             return False
-        try:
-            if keep == 0:
-                os.unlink(self.base, dir_fd=d)
-            else:
-                # Renaming onto the oldest kept name replaces it, which is the deletion of the oldest file. Only the
-                # files present are renamed: rotation costs O(files), not O(max_files).
-                for k in reversed(_rotated_indexes(d, self.base)):
-                    if k < keep:
-                        try:
-                            os.rename(rotated_name(self.base, k), rotated_name(self.base, k + 1),
-                                      src_dir_fd=d, dst_dir_fd=d)
-                        except FileNotFoundError:
-                            pass
-                os.rename(self.base, rotated_name(self.base, 1), src_dir_fd=d, dst_dir_fd=d)
-        except FileNotFoundError:
-            pass  # the active file was removed meanwhile: a fresh one is what we want anyway
-        except OSError as e:
-            self.last_errno = e.errno
-            return False
-        finally:
-            os.close(d)
         self._close_fd()
         self.rotations += 1
         self._open()
         return True
 
+    def _shift(self, d: int, keep: int) -> None:
+        """Rotate the files in directory `d`: `.k` to `.k+1`, the active file to `.1` (or away when keep is 0)."""
+        if keep == 0:
+            os.unlink(self.base, dir_fd=d)
+            return
+        # Renaming onto the oldest kept name replaces it, which is the deletion of the oldest file. Only the files
+        # present are renamed: rotation costs O(files), not O(max_files).
+        for k in reversed(_rotated_indexes(d, self.base)):
+            if k < keep:
+                try:
+                    os.rename(rotated_name(self.base, k), rotated_name(self.base, k + 1), src_dir_fd=d, dst_dir_fd=d)
+                except FileNotFoundError:
+                    pass
+        os.rename(self.base, rotated_name(self.base, 1), src_dir_fd=d, dst_dir_fd=d)
+
     def _prune(self, keep: int) -> None:
         """Remove rotated files beyond what max_files allows (max_files may have been lowered since last run)."""
         try:
-            d = self._dir_fd()
+            with self._dir_fd() as d:
+                for k in _rotated_indexes(d, self.base):
+                    if k > keep:
+                        try:
+                            os.unlink(rotated_name(self.base, k), dir_fd=d)
+                        except OSError:
+                            pass
         except OSError:
-            return
-        try:
-            for k in _rotated_indexes(d, self.base):
-                if k > keep:
-                    try:
-                        os.unlink(rotated_name(self.base, k), dir_fd=d)
-                    except OSError:
-                        pass
-        finally:
-            os.close(d)
+            pass  # no directory (yet): nothing to prune
 
 
 def log_files(dir: Path, base: str) -> list[Path]:

@@ -58,7 +58,8 @@ def bind(src: str, target: str, readonly: bool) -> None:
 
 
 def _is_device(path: str) -> bool:
-    return stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISBLK(os.stat(path).st_mode)
+    mode = os.stat(path).st_mode
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 def _no_dev_no_suid(target: str) -> None:

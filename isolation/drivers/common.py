@@ -51,6 +51,11 @@ def in_ranges(value: int, ranges: list[tuple[int, int]]) -> bool:
     return any(a <= value <= b for a, b in ranges)
 
 
+def task_cgroup(alloc_id: str, task: str) -> str:
+    """The name of a task's cgroup below the parent; it outlives single runs (restarts reuse it)."""
+    return f"{alloc_id}.{task}"
+
+
 def new_key(alloc_id: str, task: str) -> str:
     return f"{alloc_id}.{task}.{uuid.uuid4().hex[:8]}"
 
@@ -122,7 +127,7 @@ class CommonDriver(Driver):
 
         pids_limit = cfg.pids_limit if cfg.pids_limit is not None else (self.plugin().pids_limit or None)
         limits = cgroups.limits_for(res.memory, res.memory_max, res.cpu, cpuset, pids_limit)
-        cg_name = f"{ctx.alloc_id}.{task.name}"
+        cg_name = task_cgroup(ctx.alloc_id, task.name)
         cg = self.runtime.cgroups.create(cg_name, limits)
         if cg.existed:
             cg.kill()  # anything left in the cgroup from an earlier life of this task dies before we launch
