@@ -9,6 +9,7 @@ Runs in the launcher's forked child: no threads, errors are OSErrors naming the 
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -57,6 +58,70 @@ def bind(src: str, target: str, readonly: bool) -> None:
         _no_dev_no_suid(target)
 
 
+_BENEATH = ksys.RESOLVE_BENEATH | ksys.RESOLVE_NO_MAGICLINKS
+
+
+def bind_beneath(root_fd: int, src: str, target: str, readonly: bool) -> None:
+    """Bind `src` on `target`, a path inside the directory `root_fd`, in one step that cannot leave it.
+
+    A target can lie in a directory a task writes (/alloc/data, /local: the task's earlier life, or a sibling
+    of its group running now). Checking the path and then mounting on it would let a component swapped for a
+    symlink in between turn the mount, or the creation of its mount point, into one on the host, as root. So the
+    kernel resolves the target beneath the root (openat2 RESOLVE_BENEATH), missing components are created one at
+    a time relative to a directory already resolved that way, and the source, cloned as a detached tree and made
+    read-only (or nodev,nosuid) before anyone can see it, is attached to that file descriptor."""
+    target_fd = _open_target(root_fd, target, os.path.isdir(src))
+    try:
+        tree = ksys.open_tree_clone(src)
+        try:
+            if readonly:
+                attrs = ksys.MOUNT_ATTR_RDONLY | ksys.MOUNT_ATTR_NOSUID | ksys.MOUNT_ATTR_NODEV
+            else:
+                # A writable bind of a device node (a task's own /dev/fuse, say) must stay usable.
+                attrs = 0 if _is_device(src) else ksys.MOUNT_ATTR_NOSUID | ksys.MOUNT_ATTR_NODEV
+            if attrs:
+                ksys.mount_setattr_fd(tree, attrs)
+            ksys.move_mount_fd(tree, target_fd)
+        finally:
+            os.close(tree)
+    except OSError as e:
+        raise OSError(e.errno, f"bind mount {src} on {target}: {os.strerror(e.errno or 0)}") from None
+    finally:
+        os.close(target_fd)
+
+
+def _open_target(root_fd: int, target: str, want_dir: bool) -> int:
+    """An O_PATH descriptor of `target` beneath `root_fd`, creating what is missing (directories 0755, a final
+    empty file 0644 for a file source). A symlink may lead anywhere inside the root, as a chroot would see it;
+    one that leads out of it is an error."""
+    parts = [p for p in target.split("/") if p]
+    fd = os.dup(root_fd)
+    try:
+        for i, name in enumerate(parts):
+            prefix = "/".join(parts[:i + 1])  # from the root each time, not from `fd`: see the docstring
+            try:
+                nfd = ksys.openat2(root_fd, prefix, os.O_PATH | os.O_CLOEXEC, _BENEATH)
+            except FileNotFoundError:
+                # mkdirat and O_CREAT|O_EXCL never follow a symlink in the last component, and whatever is
+                # raced in meanwhile is resolved beneath the root by the openat2 after them.
+                try:
+                    if i == len(parts) - 1 and not want_dir:
+                        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                        os.close(os.open(name, flags, 0o644, dir_fd=fd))
+                    else:
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                nfd = ksys.openat2(root_fd, prefix, os.O_PATH | os.O_CLOEXEC, _BENEATH)
+            os.close(fd)
+            fd = nfd
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EXDEV, errno.ELOOP):
+            raise OSError(errno.EPERM, f"mount target {target} escapes the task root (through a symlink)") from None
+        raise OSError(e.errno, f"mount target {target}: {os.strerror(e.errno or 0)}") from None
+    return fd
+
 def _is_device(path: str) -> bool:
     mode = os.stat(path).st_mode
     return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
@@ -80,10 +145,15 @@ def _build_root(rootfs: RootFS, private_pid: bool) -> None:
     # pivot_root needs the new root to be a mount point.
     ksys.mount(root, root, None, ksys.MS_BIND | ksys.MS_REC, None)
     _no_dev_no_suid(root)  # the task dir: local/ and tmp/ are the task's to write
-    for b in rootfs.binds:
-        if not os.path.exists(b.source):
-            continue  # chroot_env entries that do not exist on this host (lib32...) are skipped, as Nomad does
-        bind(b.source, _inside(root, b.target), b.readonly)
+    # Opened after the bind above, so it names the new mount, where the binds below must land.
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for b in rootfs.binds:
+            if not os.path.exists(b.source):
+                continue  # chroot_env entries that do not exist on this host (lib32...) are skipped, as Nomad does
+            bind_beneath(root_fd, b.source, b.target, b.readonly)
+    finally:
+        os.close(root_fd)
     _resolv_conf(root)
     _dev(root)
     proc = _inside(root, "/proc")

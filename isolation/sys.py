@@ -27,8 +27,8 @@ _SYSCALLS: dict[str, dict[str, int]] = {
 }
 _MACHINE = platform.machine()
 _NR = dict(_SYSCALLS.get(_MACHINE, {}))
-_NR.update(pidfd_open=434, close_range=436, landlock_create_ruleset=444, landlock_add_rule=445,
-           landlock_restrict_self=446)
+_NR.update(open_tree=428, move_mount=429, pidfd_open=434, close_range=436, openat2=437, mount_setattr=442,
+           landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446)
 
 # unshare(2) / setns(2) namespace flags.
 CLONE_NEWTIME = 0x00000080
@@ -278,6 +278,70 @@ def limit_malloc_arenas(n: int) -> bool:
         return False
     M_ARENA_MAX = -8
     return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(n)))
+
+
+# ---- path resolution that cannot leave a directory, and mounts by file descriptor ------------------------------
+# Used where a root process works in a tree that a task can write: a path checked first and used after can have
+# a component swapped for a symlink in between; these resolve and attach in one kernel step.
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_BENEATH = 0x08
+OPEN_TREE_CLONE = 1
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+def _ptr(obj) -> int:
+    return ctypes.cast(obj, ctypes.c_void_p).value or 0
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open `path` relative to `dir_fd` under the RESOLVE_* rules (Linux >= 5.6)."""
+    how = _OpenHow(flags, mode, resolve)
+    b = ctypes.create_string_buffer(os.fsencode(path))
+    rc = _libc.syscall(_c_long(_NR["openat2"]), _c_long(dir_fd), _c_long(_ptr(b)),
+                       _c_long(ctypes.addressof(how)), _c_long(ctypes.sizeof(how)))
+    return _check(rc, f"openat2 {path}")
+
+
+def open_tree_clone(path: str) -> int:
+    """A detached copy of the mount tree at `path` (recursive, close-on-exec), for move_mount (Linux >= 5.2)."""
+    b = ctypes.create_string_buffer(os.fsencode(path))
+    rc = _libc.syscall(_c_long(_NR["open_tree"]), _c_long(-100), _c_long(_ptr(b)),
+                       _c_long(OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE))
+    return _check(rc, f"open_tree {path}")
+
+
+def mount_setattr_fd(fd: int, attr_set: int) -> None:
+    """Set mount attributes on every mount of the tree `fd` names (Linux >= 5.12)."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    empty = ctypes.create_string_buffer(b"")
+    rc = _libc.syscall(_c_long(_NR["mount_setattr"]), _c_long(fd), _c_long(_ptr(empty)),
+                       _c_long(AT_EMPTY_PATH | AT_RECURSIVE), _c_long(ctypes.addressof(attr)),
+                       _c_long(ctypes.sizeof(attr)))
+    _check(rc, "mount_setattr")
+
+
+def move_mount_fd(from_fd: int, to_fd: int) -> None:
+    """Attach the detached tree `from_fd` on the directory or file `to_fd` (Linux >= 5.2)."""
+    empty = ctypes.create_string_buffer(b"")
+    rc = _libc.syscall(_c_long(_NR["move_mount"]), _c_long(from_fd), _c_long(_ptr(empty)), _c_long(to_fd),
+                       _c_long(_ptr(empty)), _c_long(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
+    _check(rc, "move_mount")
 
 
 # ---- file descriptors and pidfds ------------------------------------------------------------------------------

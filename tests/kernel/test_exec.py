@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,119 @@ def test_an_exec_whose_target_pid_now_names_another_process_is_refused(runtime):
                                    fds=[devnull] * 3, nfds=3)
     finally:
         os.close(devnull)
+
+
+def test_exec_mounts_from_the_task_config(drivers, agent_config, tmp):
+    """`mounts`: read-only and writable binds of directories and of a file, with mount points made inside
+    directories the task writes (/alloc/data, /local) and through a symlink that stays inside the task root."""
+    from manifests.model import Mount
+
+    ro, rw = tmp / "ro", tmp / "rw"
+    ro.mkdir()
+    (ro / "hello").write_text("from the host\n")
+    rw.mkdir(mode=0o777)
+    os.chmod(rw, 0o777)  # nobody writes here
+    conf = tmp / "app.conf"
+    conf.write_text("key=value\n")
+    d = drivers["exec"]
+    # The alloc dir exists from a first run, so a symlink can be planted in alloc/data (shared by the group's
+    # tasks): ../../local from alloc/data leads to the task's own /local, inside its root.
+    first = d.start(make_ctx(agent_config, exec_task("/bin/true")))
+    assert d.wait(first, 30).exit_code == 0
+    d.destroy(first)
+    (Path(first.alloc_dir) / "alloc" / "data" / "to-local").symlink_to("../../local")
+    script = ('cat /data/hello; if touch /data/x 2>/dev/null; then echo ro=writable; else echo ro=readonly; fi; '
+              'echo written > /alloc/data/out/w && echo rw=ok; cat /local/conf/app.conf; '
+              'ls /local/via-link >/dev/null && echo via=ok')
+    task = exec_task("/bin/sh", "-c", script, mounts=(
+        Mount(source=str(ro), target="/data", readonly=True),
+        Mount(source=str(rw), target="/alloc/data/out", readonly=False),
+        Mount(source=str(conf), target="/local/conf/app.conf", readonly=True),
+        Mount(source=str(ro), target="/alloc/data/to-local/via-link", readonly=True)))
+    seen, h = run_probe(d, agent_config, task)
+    assert seen == {"ro": "readonly", "rw": "ok", "key": "value", "via": "ok"}, seen
+    assert (rw / "w").read_text() == "written\n"
+    assert (rw / "w").stat().st_uid == 65534
+    assert (Path(h.task_dir) / "local" / "via-link").is_dir()  # the mount point landed inside the task root
+    assert not (ro / "x").exists()
+
+
+def test_exec_mount_targets_through_symlinks_out_of_the_root_are_refused(drivers, agent_config, tmp):
+    """A task (or a sibling in its group) can plant symlinks in /alloc/data. A mount target through one that
+    leads out of the task root must neither mount nor create anything there: root would be doing it on the host.
+    The kernel resolves the target beneath the root in one step (openat2), so there is no check-then-use window
+    for a swap to win either; that race cannot be forced deterministically here, these are its static forms."""
+    from manifests.model import Mount
+
+    src_dir = tmp / "src"
+    src_dir.mkdir()
+    src_file = tmp / "file"
+    src_file.write_text("x\n")
+    outside = tmp / "outside"
+    outside.mkdir()
+    d = drivers["exec"]
+    first = d.start(make_ctx(agent_config, exec_task("/bin/true")))
+    assert d.wait(first, 30).exit_code == 0
+    d.destroy(first)
+    data = Path(first.alloc_dir) / "alloc" / "data"
+    (data / "abs").symlink_to(outside)  # absolute: resolved against the host, it is outside
+    (data / "rel").symlink_to(os.path.relpath(outside, data))  # relative, climbing out of the root
+    (data / "final-file").symlink_to(outside / "created-file")  # the last component itself
+    cases = [("/alloc/data/abs/dir", src_dir), ("/alloc/data/rel/dir", src_dir), ("/alloc/data/rel/f", src_file),
+             ("/alloc/data/final-file", src_file)]
+    for target, source in cases:
+        task = exec_task("/bin/true", mounts=(Mount(source=str(source), target=target, readonly=False),))
+        with pytest.raises(StartError, match="escapes the task root"):
+            d.start(make_ctx(agent_config, task))
+        assert list(outside.iterdir()) == [], f"{target}: created {list(outside.iterdir())} outside the root"
+
+
+_FLIPPER = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = (os.fsencode(p) for p in sys.argv[1:3])
+print("ready", flush=True)
+while True:  # swap the real directory and the symlink out of the root, atomically, as fast as possible
+    libc.renameat2(-100, a, -100, b, 2)  # RENAME_EXCHANGE
+"""
+
+
+def test_exec_mount_target_swapped_for_a_symlink_while_starting_never_lands_outside(drivers, agent_config, tmp):
+    """The race itself: a sibling process swaps a directory on the mount target's path with a symlink out of the
+    root (renameat2 RENAME_EXCHANGE in a tight loop) while tasks with that mount start. Each start either mounts
+    inside the root or fails; nothing may ever be created or mounted outside. Probabilistic by nature: a path
+    checked first and used after (realpath, then mkdir and mount) loses this race now and then."""
+    from manifests.model import Mount
+
+    src = tmp / "src"
+    src.mkdir()
+    outside = tmp / "outside"
+    outside.mkdir()
+    d = drivers["exec"]
+    first = d.start(make_ctx(agent_config, exec_task("/bin/true")))
+    assert d.wait(first, 30).exit_code == 0
+    d.destroy(first)
+    data = Path(first.alloc_dir) / "alloc" / "data"
+    (data / "x").mkdir()
+    (data / "x.alt").symlink_to(outside)
+    flipper = subprocess.Popen([sys.executable, "-c", _FLIPPER, str(data / "x"), str(data / "x.alt")],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert flipper.stdout.readline().strip() == "ready"
+        outcomes = set()
+        for i in range(60):
+            task = exec_task("/bin/true", mounts=(Mount(source=str(src), target=f"/alloc/data/x/m{i}",
+                                                        readonly=True),))
+            try:
+                h = d.start(make_ctx(agent_config, task))
+            except StartError as e:
+                outcomes.add("refused" if "escapes the task root" in str(e) else str(e))
+            else:
+                d.wait(h, 30)
+                d.destroy(h)
+                outcomes.add("started")
+            assert list(outside.iterdir()) == [], f"start {i} created {list(outside.iterdir())} outside the root"
+    finally:
+        flipper.kill()
+        flipper.wait()
+    assert outcomes <= {"started", "refused"}, outcomes
