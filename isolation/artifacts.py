@@ -123,8 +123,10 @@ def open_dir(root: Path, parts: list[str], create: bool = False, uid: int = 0, g
                 if not create:
                     raise
                 os.mkdir(name, 0o755, dir_fd=fd)
-                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
                 nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                # Through the descriptor: the name can be swapped (the task writes this directory) between the
+                # mkdir and a chown by name, which would then give the task whatever was put there instead.
+                os.fchown(nfd, uid, gid)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise PermanentArtifactError(
