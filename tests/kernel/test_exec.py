@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import json
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +324,38 @@ def test_exec_mount_target_swapped_for_a_symlink_while_starting_never_lands_outs
         flipper.kill()
         flipper.wait()
     assert outcomes <= {"started", "refused"}, outcomes
+
+
+def test_requests_queued_behind_a_connection_that_closed_are_dropped(runtime, tmp):
+    """A client sends two requests and six descriptors in one message and hangs up before the launcher reads
+    (it is stopped meanwhile, so the order is certain). The first request fails at once (its target is gone), and
+    its error reply finds the connection closed, which closes the descriptors still queued. The second must be
+    dropped with them: nobody is there to hear its answer, and a request that takes descriptors would get closed
+    numbers, by then reused by the launcher's own pipes."""
+    from isolation.launcher import socket_path
+
+    gone = subprocess.Popen(["/bin/true"])
+    gone.wait()
+    marker = tmp / "spawned"
+    first = LaunchSpec(key="j.t.exec.q1", path="/bin/true", argv=("true",), env=(), cwd="/")
+    second = LaunchSpec(key="j.t.q2", path="/bin/touch", argv=("touch", str(marker)), env=(), cwd="/")
+    lines = [json.dumps({"id": 1, "op": "exec", "spec": first.to_dict(), "target_pid": gone.pid, "nfds": 3}),
+             json.dumps({"id": 2, "op": "spawn", "spec": second.to_dict()})]
+    launcher = runtime.client.launcher_pid
+    fds_dir = f"/proc/{launcher}/fd"
+    before = len(os.listdir(fds_dir))
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.kill(launcher, signal.SIGSTOP)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(socket_path(runtime.state_dir)))
+            socket.send_fds(s, [("\n".join(lines) + "\n").encode()], [devnull] * 6)
+    finally:
+        os.kill(launcher, signal.SIGCONT)
+        os.close(devnull)
+    assert runtime.client.request("ping")["pid"] == launcher  # answered after the dead connection was handled
+    wait_for(lambda: len(os.listdir(fds_dir)) <= before, timeout=10,
+             what=f"the launcher's fds back to {before} (now {len(os.listdir(fds_dir))})")
+    listed = runtime.client.request("list")
+    assert not any(t["key"] == second.key for t in listed["tasks"] + listed["exits"]), listed
+    assert not marker.exists()
