@@ -7,29 +7,37 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 from isolation.logs import read_tail
+from isolation.safefile import open_regular_path
 
 FOLLOW_INTERVAL = 0.1  # only while a client follows: interactive, not part of supervision
+
+
+def _open(path: Path) -> BinaryIO | None:
+    """A log file for reading, or None when missing or not a regular file: logs lie where a task may write, and
+    a symlink, FIFO or device node it left there is never opened (see isolation.safefile)."""
+    try:
+        return os.fdopen(open_regular_path(path), "rb")
+    except OSError:
+        return None
 
 
 def open_active(logdir: Path, base: str) -> BinaryIO | None:
     """The active file opened at its current end: where a follower starts. Taken before the tail is read, and the
     tail is read only up to that offset (its tell()), so a line written in between is sent once, not lost."""
-    try:
-        f = open(logdir / base, "rb")
-    except FileNotFoundError:
-        return None
-    f.seek(0, os.SEEK_END)
+    f = _open(logdir / base)
+    if f is not None:
+        f.seek(0, os.SEEK_END)
     return f
 
 
 def read_log(logdir: Path, base: str, tail: int, active_end: int | None = None) -> bytes:
     if tail is not None and tail >= 0:
         return b"".join(read_tail(logdir, base, tail, active_end=active_end))
-    try:
-        with open(logdir / base, "rb") as f:
-            return f.read() if active_end is None else f.read(active_end)
-    except FileNotFoundError:
+    f = _open(logdir / base)
+    if f is None:
         return b""
+    with f:
+        return f.read() if active_end is None else f.read(active_end)
 
 
 def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryIO | None = None) -> Iterator[bytes]:
@@ -41,26 +49,25 @@ def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryI
     try:
         while not stop():
             if f is None:
-                try:
-                    f = open(path, "rb")
-                    st = os.fstat(f.fileno())
-                    ino = st.st_ino
-                    f.seek(0, os.SEEK_END)
-                except FileNotFoundError:
+                f = _open(path)
+                if f is None:
                     time.sleep(FOLLOW_INTERVAL)
                     continue
+                ino = os.fstat(f.fileno()).st_ino
+                f.seek(0, os.SEEK_END)
             chunk = f.read(65536)
             if chunk:
                 yield chunk
                 continue
             try:
-                if os.stat(path).st_ino != ino:
+                if os.lstat(path).st_ino != ino:
                     rest = f.read()
                     if rest:
                         yield rest
                     f.close()
-                    f = open(path, "rb")
-                    ino = os.fstat(f.fileno()).st_ino
+                    f = _open(path)
+                    if f is not None:
+                        ino = os.fstat(f.fileno()).st_ino
                     continue
             except FileNotFoundError:
                 pass

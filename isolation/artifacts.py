@@ -37,6 +37,7 @@ from typing import Iterator
 
 
 from isolation.drivers.base import StartError
+from isolation.safefile import open_regular
 
 HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
@@ -187,14 +188,15 @@ def read_beneath(alloc_dir: Path, task: str, path: str, limit: int = 16 << 20) -
         raise PermanentArtifactError(f"{path!r} names a directory, not a file")
     with open_dir(alloc_dir, parts[:-1]) as dfd:
         try:
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
+            # Never opens a device node or FIFO the task left there (see isolation.safefile).
+            fd = open_regular(dfd, parts[-1], os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise PermanentArtifactError(f"{path!r} is a symlink; refusing to follow it") from None
+            if e.errno == errno.EINVAL:
+                raise PermanentArtifactError(f"{path!r} is not a regular file") from None
             raise
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise PermanentArtifactError(f"{path!r} is not a regular file")
             data = f.read(limit + 1)
     if len(data) > limit:
         raise PermanentArtifactError(f"{path!r} is larger than {limit} bytes")

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from isolation.safefile import open_regular, open_regular_path
 
 # O_RDWR only so a reopened file's last byte can be pread (O_APPEND still puts every write at the end).
 # O_NONBLOCK: a FIFO planted under the log's name must not hang the writer (regular files ignore the flag; the
@@ -196,10 +197,7 @@ class RotatingLog:
     def _open(self) -> bool:
         try:
             with self._dir_fd() as dfd:
-                fd = os.open(self.base, _OPEN_FLAGS, _FILE_MODE, dir_fd=dfd)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
+                fd = open_regular(dfd, self.base, _OPEN_FLAGS, _FILE_MODE)
         except OSError as e:
             self.last_errno = e.errno
             self._fd = None
@@ -321,9 +319,11 @@ def read_tail(dir: Path, base: str, n_lines: int, block_size: int = 65536, activ
     first = True  # the newest byte of all: a trailing newline there ends the last line, it does not start one
     for path in reversed(log_files(dir, base)):
         try:
-            f = open(path, "rb")
+            f = os.fdopen(open_regular_path(path), "rb")
         except FileNotFoundError:
             continue  # rotated away between listing and opening
+        except OSError:
+            continue  # not a regular file: something a task put there, never opened (see isolation.safefile)
         with f:
             end = f.seek(0, os.SEEK_END)
             if active_end is not None and path == dir / base:

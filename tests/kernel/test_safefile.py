@@ -1,0 +1,133 @@
+"""Files a task can replace are never opened unless they are regular files: not through a symlink, not a FIFO
+(an open or read would block), not a device node (its driver's open() runs for real on the host, where the
+task's nodev mounts do not apply). inotify's IN_OPEN tells whether a node was really opened: an O_PATH open,
+which is how tasksd looks first, does not count."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from controller import logread
+from isolation import artifacts
+from isolation.logs import RotatingLog, read_tail
+from isolation.safefile import open_regular
+
+pytestmark = pytest.mark.root
+
+_IN_OPEN = 0x20
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class OpenWatch:
+    """Counts real opens of one path (IN_OPEN events)."""
+
+    def __init__(self, path: Path):
+        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        assert _libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_OPEN) >= 0, os.strerror(ctypes.get_errno())
+
+    def opened(self) -> bool:
+        try:
+            return len(os.read(self.fd, 4096)) > 0
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def device(path: Path) -> OpenWatch:
+    os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null: harmless if the check were wrong
+    watch = OpenWatch(path)
+    probe = os.open(path, os.O_RDONLY)  # the watch itself works: a real open is seen
+    os.close(probe)
+    assert watch.opened()
+    return watch
+
+
+def test_open_regular_opens_only_regular_files(tmp):
+    d = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    secret = tmp / "secret"
+    secret.write_text("s3cret")
+    (tmp / "link").symlink_to(secret)
+    os.mkfifo(tmp / "fifo")
+    watch = device(tmp / "dev")
+    try:
+        for name, err in (("link", errno.ELOOP), ("fifo", errno.EINVAL), ("dev", errno.EINVAL)):
+            with pytest.raises(OSError) as e:
+                open_regular(d, name, os.O_RDONLY)
+            assert e.value.errno == err, (name, e.value)
+        assert not watch.opened()
+        fd = open_regular(d, "secret", os.O_RDONLY)
+        assert os.read(fd, 100) == b"s3cret"
+        os.close(fd)
+        fd = open_regular(d, "new", os.O_WRONLY | os.O_CREAT, 0o640)
+        os.write(fd, b"x")
+        os.close(fd)
+        assert stat.S_IMODE((tmp / "new").stat().st_mode) == 0o640 & ~_umask()
+        with pytest.raises(FileNotFoundError):
+            open_regular(d, "missing", os.O_RDONLY)
+    finally:
+        watch.close()
+        os.close(d)
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def test_the_launchers_log_writer_never_opens_a_device_node_planted_as_its_file(tmp):
+    # A task granted CAP_MKNOD and DAC_OVERRIDE can write alloc/logs (through /alloc) and leave a node there.
+    watch = device(tmp / "t.stdout")
+    try:
+        log = RotatingLog(tmp, "t.stdout", 2, 1 << 20)
+        log.write(b"output\n")
+        log.close()
+        assert not watch.opened()
+        assert stat.S_ISCHR((tmp / "t.stdout").lstat().st_mode)  # left alone, not written through
+    finally:
+        watch.close()
+
+
+def test_log_readers_skip_fifos_devices_and_symlinks(tmp):
+    (tmp / "t.stdout").write_bytes(b"new line\n")
+    os.mkfifo(tmp / "t.stdout.1")  # a rotated file that is a FIFO: opening it for reading would block forever
+    watch = device(tmp / "t.stdout.2")
+    out: list = []
+    reader = threading.Thread(target=lambda: out.append(b"".join(read_tail(tmp, "t.stdout", 10))), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    try:
+        assert not reader.is_alive(), "read_tail blocked on a FIFO"
+        assert out == [b"new line\n"]
+        assert not watch.opened()
+    finally:
+        watch.close()
+        if reader.is_alive():  # unblock it so the test leaves nothing behind
+            os.close(os.open(tmp / "t.stdout.1", os.O_WRONLY | os.O_NONBLOCK))
+    secret = tmp / "secret"
+    secret.write_text("host secret\n")
+    (tmp / "e.stdout").symlink_to(secret)
+    assert logread.read_log(tmp, "e.stdout", tail=-1) == b""
+    assert logread.open_active(tmp, "e.stdout") is None
+    assert b"host secret" not in b"".join(read_tail(tmp, "e.stdout", 10))
+
+
+def test_a_template_source_that_is_a_device_node_is_refused_unopened(tmp):
+    alloc = tmp / "alloc"
+    (alloc / "t" / "local").mkdir(parents=True)
+    watch = device(alloc / "t" / "local" / "app.conf")
+    try:
+        with pytest.raises(artifacts.PermanentArtifactError, match="not a regular file"):
+            artifacts.read_beneath(alloc, "t", "local/app.conf")
+        assert not watch.opened()
+    finally:
+        watch.close()
