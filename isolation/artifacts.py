@@ -33,7 +33,7 @@ import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 
 from isolation.drivers.base import StartError
@@ -181,14 +181,14 @@ def write_beneath(alloc_dir: Path, task: str, dest: str, data: bytes, perms: int
         write_file_at(dfd, parts[-1], data, perms, uid, gid)
 
 
-def read_beneath(alloc_dir: Path, task: str, path: str, limit: int = 16 << 20) -> bytes:
-    """Read a file below the alloc dir without following symlinks (template `source`)."""
+def open_beneath(alloc_dir: Path, task: str, path: str) -> BinaryIO:
+    """A file below the alloc dir opened for reading without following symlinks, and only if it is a regular
+    file: never a device node or FIFO the task left there (see isolation.safefile)."""
     parts = relative_to_task(task, path)
     if not parts:
         raise PermanentArtifactError(f"{path!r} names a directory, not a file")
     with open_dir(alloc_dir, parts[:-1]) as dfd:
         try:
-            # Never opens a device node or FIFO the task left there (see isolation.safefile).
             fd = open_regular(dfd, parts[-1], os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             if e.errno == errno.ELOOP:
@@ -196,11 +196,23 @@ def read_beneath(alloc_dir: Path, task: str, path: str, limit: int = 16 << 20) -
             if e.errno == errno.EINVAL:
                 raise PermanentArtifactError(f"{path!r} is not a regular file") from None
             raise
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(limit + 1)
+    return os.fdopen(fd, "rb")
+
+
+def read_beneath(alloc_dir: Path, task: str, path: str, limit: int = 16 << 20) -> bytes:
+    """Read a file below the alloc dir without following symlinks (template `source`)."""
+    with open_beneath(alloc_dir, task, path) as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
         raise PermanentArtifactError(f"{path!r} is larger than {limit} bytes")
     return data
+
+
+def _copy_beneath(alloc_dir: Path, task: str, path: str, staged: Path, what: str) -> None:
+    """Copy a file the task's allocation holds into the staging area: streamed and capped like a download (a
+    task can leave a sparse file of any size there)."""
+    with open_beneath(alloc_dir, task, path) as src, open(staged, "wb") as dst:
+        _copy_limited(src, dst, MAX_DOWNLOAD_BYTES, what)
 
 
 # ---- fetching ----------------------------------------------------------------------------------------------
@@ -272,14 +284,14 @@ def _obtain(req: Request, work: Path, cache_dir: Path, alloc_dir: Path, task: st
     elif scheme in ("", "file") and not req.source.startswith(("/", "file://")):
         # A relative source is a file in the task dir (say, fetched by an earlier artifact): read it without
         # following whatever the task may have put there.
-        staged.write_bytes(read_beneath(alloc_dir, task, req.source, limit=1 << 32))
+        _copy_beneath(alloc_dir, task, req.source, staged, f"artifact {req.source}")
     elif scheme in ("", "file"):
         src = Path(urllib.parse.unquote(urllib.parse.urlsplit(req.source).path) if scheme else req.source)
         inside = _within(src, alloc_dir)
         if inside is not None:
             # A host path into the allocation (say "${NOMAD_TASK_DIR}/conf.json" for raw_exec or exec2): its tasks
             # write there, so it is read like a relative source, never following a link they planted.
-            staged.write_bytes(read_beneath(alloc_dir, task, posixpath.join("..", *inside), limit=1 << 32))
+            _copy_beneath(alloc_dir, task, posixpath.join("..", *inside), staged, f"artifact {req.source}")
             return _verified(req, staged, kind, digest, cached, cache_dir)
         try:
             st = os.stat(src)

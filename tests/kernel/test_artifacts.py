@@ -299,3 +299,21 @@ def test_archive_bombs_and_oversized_downloads_are_refused(alloc, tmp, server, m
     with pytest.raises(PermanentArtifactError, match="larger than"):
         fetch(alloc, tmp, Request(source=server.url("/huge.bin"), destination="local/"))
     assert server.hits("/huge.bin") == 1  # refused, not retried
+
+
+def test_a_source_inside_the_allocation_is_streamed_and_capped_like_a_download(alloc, tmp, monkeypatch):
+    # A sibling task can leave a sparse file of any size in alloc/data. It was read whole into the daemon's
+    # memory (up to 4 GiB); now it is copied in chunks and refused past the download cap (lowered here).
+    from isolation import artifacts
+
+    monkeypatch.setattr(artifacts, "MAX_DOWNLOAD_BYTES", 1 << 20)
+    big = alloc / "alloc/data/bundle.bin"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)  # sparse: no disk used
+    for source in ("../alloc/data/bundle.bin", str(big)):
+        with pytest.raises(PermanentArtifactError, match="larger than 1048576 bytes"):
+            fetch(alloc, tmp, Request(source=source, destination="local/copied/"))
+    assert not (alloc / "t/local/copied").exists()
+    (alloc / "alloc/data/small.bin").write_bytes(b"x" * 1000)
+    fetch(alloc, tmp, Request(source="../alloc/data/small.bin", destination="local/copied/"))
+    assert (alloc / "t/local/copied/small.bin").read_bytes() == b"x" * 1000
