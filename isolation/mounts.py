@@ -159,6 +159,14 @@ def _build_root(rootfs: RootFS, private_pid: bool) -> None:
     proc = _inside(root, "/proc")
     os.makedirs(proc, mode=0o555, exist_ok=True)
     ksys.mount("proc", proc, "proc", ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, None)
+    # Before the read-only and masked paths: they lie in /proc and /sys (a mask on /sys/firmware put there
+    # before sysfs was mounted was hidden under it, i.e. did nothing).
+    sys_dir = _inside(root, "/sys")
+    os.makedirs(sys_dir, mode=0o555, exist_ok=True)
+    try:
+        ksys.mount("sysfs", sys_dir, "sysfs", ksys.MS_RDONLY | ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, None)
+    except OSError:
+        bind("/sys", sys_dir, readonly=True)
     for p in rootfs.readonly_paths:
         t = _inside(root, p)
         if os.path.exists(t):
@@ -170,12 +178,6 @@ def _build_root(rootfs: RootFS, private_pid: bool) -> None:
             ksys.mount("tmpfs", t, "tmpfs", ksys.MS_RDONLY | ksys.MS_NOSUID | ksys.MS_NODEV, "size=0")
         elif os.path.exists(t):
             ksys.mount("/dev/null", t, None, ksys.MS_BIND, None)
-    sys_dir = _inside(root, "/sys")
-    os.makedirs(sys_dir, mode=0o555, exist_ok=True)
-    try:
-        ksys.mount("sysfs", sys_dir, "sysfs", ksys.MS_RDONLY | ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, None)
-    except OSError:
-        bind("/sys", sys_dir, readonly=True)
 
 
 def _resolv_conf(root: str) -> None:

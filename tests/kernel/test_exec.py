@@ -28,6 +28,8 @@ echo "procs=$(ls /proc | grep -c '^[0-9]')"
 if touch /usr/tasksd-probe 2>/dev/null; then echo usr=rw; else echo usr=ro; fi
 if echo hi > /alloc/data/probe; then echo alloc=rw; fi
 if [ -s /proc/kcore ]; then echo kcore=visible; else echo kcore=masked; fi
+echo "firmware=$(ls /sys/firmware | wc -l)"
+echo "sysclass=$(ls /sys/class | wc -l)"
 if echo 1 > /proc/sys/kernel/sysrq 2>/dev/null; then echo procsys=rw; else echo procsys=ro; fi
 echo "dev=$(ls /dev | tr '\n' ' ')"
 echo "host=$NOMAD_TASK_DIR:$NOMAD_ALLOC_DIR:$NOMAD_SECRETS_DIR"
@@ -57,6 +59,7 @@ def test_exec_probe_private_pid_mode(drivers, agent_config):
     assert seen["alloc"] == "rw"
     assert (Path(h.alloc_dir) / "alloc" / "data" / "probe").read_text() == "hi\n"  # visible on the host
     assert seen["kcore"] == "masked"
+    assert seen["firmware"] == "0" and int(seen["sysclass"]) > 0  # /sys is there, /sys/firmware masked
     assert seen["procsys"] == "ro"
     for dev in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue"):
         assert dev in seen["dev"].split()
