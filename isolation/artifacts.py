@@ -125,8 +125,11 @@ def open_dir(root: Path, parts: list[str], create: bool = False, uid: int = 0, g
                     raise
                 os.mkdir(name, 0o755, dir_fd=fd)
                 nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                # Through the descriptor: the name can be swapped (the task writes this directory) between the
-                # mkdir and a chown by name, which would then give the task whatever was put there instead.
+                # The task writes this directory: between the mkdir and the open it can put a directory of its own
+                # (set-gid, say) in ours' place. Ours is owned by us; anything else is not chowned, but refused.
+                if os.fstat(nfd).st_uid != os.geteuid():
+                    os.close(nfd)
+                    raise PermanentArtifactError(f"{'/'.join(parts)}: {name!r} was replaced while being created")
                 os.fchown(nfd, uid, gid)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
