@@ -56,3 +56,76 @@ def open_regular_path(path: str | os.PathLike, flags: int = os.O_RDONLY) -> int:
         return open_regular(dfd, name, flags)
     finally:
         os.close(dfd)
+
+
+_SUBDIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete `path` and everything below it, in a tree that others may be changing while we do (an alloc dir:
+    its tmp and data directories are world-writable). Never follows a symlink; never opens anything but a
+    directory, and that with O_DIRECTORY|O_NONBLOCK, so a directory swapped for a FIFO at the right moment cannot
+    block us (shutil.rmtree opens what it saw as a directory with a plain O_RDONLY, which waits forever for a
+    FIFO's writer, and a hung GC holds one of the controller's workers); never recurses in Python (a task can nest
+    directories deeper than the interpreter's limit). What cannot be removed is left, as rmtree(ignore_errors)
+    would: the caller decides whether leftovers matter."""
+    head, name = os.path.split(os.path.normpath(os.fspath(path)))
+    try:
+        top = open_dir(head or ".")
+    except OSError:
+        return
+    try:
+        _remove_below(top, name)
+    finally:
+        os.close(top)
+
+
+def _remove_below(parent: int, name: str) -> None:
+    if _unlink_nondir(parent, name):
+        return
+    try:
+        fd = os.open(name, _SUBDIR_FLAGS, dir_fd=parent)
+    except OSError:
+        _unlink_nondir(parent, name)  # swapped for a non-directory meanwhile, or gone
+        return
+    # Frames of (directory fd, names left in it, its parent's fd, its name): one fd per level, no recursion.
+    stack = [(fd, _names(fd), parent, name)]
+    while stack:
+        fd, names, up, here = stack[-1]
+        if not names:
+            stack.pop()
+            os.close(fd)
+            try:
+                os.rmdir(here, dir_fd=up)
+            except OSError:
+                pass
+            continue
+        entry = names.pop()
+        if _unlink_nondir(fd, entry):
+            continue
+        try:
+            sub = os.open(entry, _SUBDIR_FLAGS, dir_fd=fd)
+        except OSError:
+            _unlink_nondir(fd, entry)
+            continue
+        stack.append((sub, _names(sub), fd, entry))
+
+
+def _names(fd: int) -> list[str]:
+    try:
+        return os.listdir(fd)
+    except OSError:
+        return []
+
+
+def _unlink_nondir(dir_fd: int, name: str) -> bool:
+    """Unlink `name` unless it is a directory (Linux's unlink says EISDIR then). True when it is gone."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    except FileNotFoundError:
+        return True
+    except IsADirectoryError:
+        return False
+    except OSError:
+        return True  # cannot be removed (EPERM on an immutable file...): leave it, as rmtree(ignore_errors) does

@@ -14,13 +14,13 @@ different users cannot read each other's secrets.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from isolation import sys as ksys
+from isolation.safefile import remove_tree
 
 ALLOC_NAMESPACE = uuid.UUID("6f1d2a4e-4a7c-4c55-9d47-7a8f4f5c2b10")
 
@@ -159,4 +159,4 @@ def remove_alloc(alloc_dir: Path) -> None:
             ksys.umount2(p, ksys.MNT_DETACH)
         except OSError:
             pass
-    shutil.rmtree(alloc_dir, ignore_errors=True)
+    remove_tree(alloc_dir)  # not shutil.rmtree: see isolation.safefile

@@ -8,6 +8,9 @@ import ctypes
 import errno
 import os
 import stat
+import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 from controller import logread
 from isolation import artifacts
 from isolation.logs import RotatingLog, read_tail
-from isolation.safefile import open_regular
+from isolation.safefile import open_regular, remove_tree
 
 pytestmark = pytest.mark.root
 
@@ -33,10 +36,18 @@ class OpenWatch:
         assert _libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_OPEN) >= 0, os.strerror(ctypes.get_errno())
 
     def opened(self) -> bool:
-        try:
-            return len(os.read(self.fd, 4096)) > 0
-        except BlockingIOError:
-            return False
+        """Whether an IN_OPEN arrived since the last call (IN_IGNORED also arrives once the node is deleted)."""
+        seen = False
+        while True:
+            try:
+                buf = os.read(self.fd, 4096)
+            except BlockingIOError:
+                return seen
+            off = 0
+            while off < len(buf):
+                _, mask, _, length = struct.unpack_from("iIII", buf, off)
+                seen |= bool(mask & _IN_OPEN)
+                off += 16 + length
 
     def close(self) -> None:
         os.close(self.fd)
@@ -131,3 +142,84 @@ def test_a_template_source_that_is_a_device_node_is_refused_unopened(tmp):
         assert not watch.opened()
     finally:
         watch.close()
+
+
+def test_remove_tree_removes_everything_without_following_or_opening_it(tmp):
+    outside = tmp / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("host file")
+    top = tmp / "alloc"
+    (top / "a/b/c").mkdir(parents=True)
+    (top / "a/b/c/file").write_text("x")
+    (top / "a/link-to-outside").symlink_to(outside)
+    (top / "a/b/file-link").symlink_to(outside / "keep")
+    os.mkfifo(top / "a/fifo")
+    watch = device(top / "a/b/dev")
+    deep = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):  # deeper than Python's recursion limit: a task can build this in its tmp
+        os.mkdir("d", dir_fd=deep)
+        nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=deep)
+        os.close(deep)
+        deep = nxt
+    os.close(deep)
+    try:
+        remove_tree(top)
+        assert not top.exists()
+        assert not watch.opened()
+        assert (outside / "keep").read_text() == "host file"
+    finally:
+        watch.close()
+
+
+_FIFO_FLIPPER = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+top = sys.argv[1]
+d, f = os.path.join(top, "d"), os.path.join(top, "f")
+print("ready", flush=True)
+while True:  # keep a directory and a FIFO side by side and swap them, as fast as possible
+    try:
+        os.mkdir(d)
+    except OSError:
+        pass
+    try:
+        os.mkfifo(f)
+    except OSError:
+        pass
+    libc.renameat2(-100, d.encode(), -100, f.encode(), 2)  # RENAME_EXCHANGE
+"""
+
+
+def test_remove_tree_is_not_blocked_by_a_directory_swapped_for_a_fifo(tmp):
+    """GC removes alloc dirs whose tmp and data directories anyone may write. Something that swaps a directory for
+    a FIFO between the walk's look and its open made shutil.rmtree open the FIFO and wait for a writer forever (a
+    controller worker lost for good). Probabilistic by nature: many removals while the swap runs."""
+    top = tmp / "shared"
+    top.mkdir()
+    flipper = subprocess.Popen([sys.executable, "-c", _FIFO_FLIPPER, str(top)], stdout=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def remove_many():
+        for _ in range(300):
+            remove_tree(top)
+            top.mkdir(exist_ok=True)
+        done.set()
+
+    worker = threading.Thread(target=remove_many, daemon=True)
+    try:
+        assert flipper.stdout.readline().strip() == "ready"
+        worker.start()
+        finished = done.wait(timeout=120)
+    finally:
+        flipper.kill()
+        flipper.wait()
+        if not done.is_set():  # unblock a reader stuck in a FIFO's open, so the test leaves nothing behind
+            for name in ("d", "f"):
+                try:
+                    os.close(os.open(top / name, os.O_WRONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass
+            worker.join(timeout=30)
+    assert finished, "a removal blocked on a FIFO"
+    remove_tree(top)
+    assert not top.exists()
