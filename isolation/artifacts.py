@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 
+from isolation import sys as ksys
 from isolation.drivers.base import StartError
 from isolation.safefile import open_regular
 
@@ -466,7 +467,16 @@ def _copy_into(src: Path, dfd: int, name: str, uid: int, gid: int) -> None:
     elif stat.S_ISLNK(st.st_mode):
         tmp = f".{name}.tasksd-{os.urandom(4).hex()}"
         os.symlink(os.readlink(src), tmp, dir_fd=dfd)
-        os.chown(tmp, uid, gid, dir_fd=dfd, follow_symlinks=False)
+        # Chowned through a descriptor of the link we made, not by name: the task writes this directory and can
+        # learn the temp name (inotify), and a hard link it swapped in would be chowned in the link's place.
+        pfd = os.open(tmp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            st = os.fstat(pfd)
+            if not stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+                raise PermanentArtifactError(f"{name!r}: the link being placed was replaced; refused")
+            ksys.chown_path_fd(pfd, uid, gid)
+        finally:
+            os.close(pfd)
         _replace_at(dfd, tmp, name)
     elif stat.S_ISREG(st.st_mode):
         with open(src, "rb") as f:

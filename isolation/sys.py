@@ -318,6 +318,15 @@ def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> 
     return _check(rc, f"openat2 {path}")
 
 
+def chown_path_fd(fd: int, uid: int, gid: int) -> None:
+    """fchownat(fd, "", AT_EMPTY_PATH): chown what an O_PATH descriptor names, a symlink included."""
+    rc = _libc.fchownat(ctypes.c_int(fd), b"", ctypes.c_uint(uid), ctypes.c_uint(gid),
+                        ctypes.c_int(AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW))
+    _check(rc, "fchownat")
+
+
+_AT_SYMLINK_NOFOLLOW = 0x100
+
 def open_tree_clone(path: str) -> int:
     """A detached copy of the mount tree at `path` (recursive, close-on-exec), for move_mount (Linux >= 5.2)."""
     b = ctypes.create_string_buffer(os.fsencode(path))

@@ -226,9 +226,12 @@ def test_chown_gives_the_files_to_the_task_user(alloc, tmp):
     d = tmp / "tree"
     (d / "sub").mkdir(parents=True)
     (d / "sub/f").write_text("f")
+    (d / "link").symlink_to("sub/f")
     fetch(alloc, tmp, Request(source=str(d), destination="local/tree", chown=True))
-    for p in (alloc / "t/local/tree", alloc / "t/local/tree/sub", alloc / "t/local/tree/sub/f"):
-        assert p.stat().st_uid == TASK_UID, p
+    for p in (alloc / "t/local/tree", alloc / "t/local/tree/sub", alloc / "t/local/tree/sub/f",
+              alloc / "t/local/tree/link"):
+        assert p.lstat().st_uid == TASK_UID, p
+    assert os.readlink(alloc / "t/local/tree/link") == "sub/f"
 
 
 def test_symlinks_planted_by_the_task_are_never_followed(alloc, tmp):
