@@ -650,7 +650,7 @@ class Controller:
                         continue
                     self.start(a.task_id, a.reason)
                 elif isinstance(a, Stop):
-                    self.stop(a.task_id, a.reason)
+                    self.stop(a.task_id, a.reason, then_start=a.then_start)
                 elif isinstance(a, Rerender):
                     self.rerender(a.task_id)
                 elif isinstance(a, Forget):
@@ -864,7 +864,10 @@ class Controller:
             self.specs.pop(rec.task_id, None)
             self.touch(rec.task_id)
 
-    def stop(self, tid: str, reason: str) -> None:
+    def stop(self, tid: str, reason: str, then_start: bool = False) -> None:
+        """then_start: the task instance runs again once stopped (its spec changed, or a restart was asked for),
+        so its identity stays, as across a restart by policy: the cgroup, tmpfs mounts and, above all, exec2's
+        dynamic uid, which owns the files the last run left in local/ and alloc/data. Given back by forget."""
         rec = self.records[tid]
         if rec.handle is None:
             rec.state, rec.next_start_at = TaskState.STOPPED, None
@@ -877,6 +880,10 @@ class Controller:
         self.persist(rec)
         self.event("killing", f"stopping ({reason}): {sig}, kill_timeout {timeout:g}s", tid)
         driver, handle = self.drivers[rec.driver], rec.handle
+        new = self.specs.get(tid)
+        # A new user or driver is a new identity: the old one goes.
+        keep = then_start and new is not None and task is not None and (new[2].driver, new[2].user) == (
+            task.driver, task.user)
 
         def work():
             try:
@@ -884,7 +891,7 @@ class Controller:
             except Exception as e:  # noqa: BLE001
                 result = ExitResult(exit_code=None, error=f"stop failed: {e}")
             try:
-                driver.destroy(handle)
+                driver.destroy(handle, keep_identity=keep)
             except Exception as e:  # noqa: BLE001
                 log.warning("cleanup of %s: %s", tid, e)
             self.queue.put(("done", lambda: self._stopped(tid, handle, result)))
@@ -1133,7 +1140,7 @@ class Controller:
         rec = self.records[tid]
         old_pid = rec.handle.pid if rec.handle else None
         if rec.handle is not None and not rec.busy:
-            self.stop(tid, "restart requested")
+            self.stop(tid, "restart requested", then_start=True)
         rec.spec_hash = None  # makes the plan start it again once stopped, with a fresh restart budget
         rec.next_start_at = None
         self.touch(tid)

@@ -147,6 +147,12 @@ class CommonDriver(Driver):
             spec_dict = spec.to_dict()
             reply = self.runtime.client.request("spawn", spec=spec_dict)
         except Exception as e:
+            # The request may have failed after the launcher forked (a reply that timed out): whatever runs in
+            # the task's cgroup now has no handle, and the identity it runs as may be given back by the caller.
+            try:
+                cg.kill()
+            except OSError:
+                pass
             raise StartError(str(e)) from e
         handle = TaskHandle(
             key=key, task_id=ctx.task_id, driver=self.name, pid=reply["pid"], start_time=reply["start_time"],

@@ -369,3 +369,34 @@ def test_exec_t_through_a_pty(daemon, driver):
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         os.close(master)
+
+
+def exec2_writer_job(marker: str) -> str:
+    # Writes a file in local/ on its first run; every run appends, which needs the file to still be its own.
+    script = 'echo "$MARK" >> "$NOMAD_TASK_DIR/runs" && exec sleep 1000'
+    return (f'job "w" {{\n  group "g" {{\n    task "t" {{\n      driver = "exec2"\n      kill_timeout = "2s"\n'
+            f'      env {{\n        MARK = "{marker}"\n      }}\n'
+            f'      config {{\n        command = "/bin/sh"\n        args = ["-c", {json.dumps(script)}]\n      }}\n'
+            f'    }}\n  }}\n}}\n')
+
+
+def test_an_exec2_task_keeps_its_dynamic_uid_across_an_edit_and_a_restart(daemon):
+    """The dynamic uid owns what the task wrote (local/, alloc/data): a new version of the spec, or tasksctl
+    restart, is the same task instance and must run as the same uid, or it could no longer touch its own files."""
+    daemon.start()
+    daemon.write("w.hcl", exec2_writer_job("one"))
+    tid = "w/g/0/t"
+    first = running_pid(daemon, tid)
+    runs = Path(daemon.task(tid)["alloc_dir"]) / "t" / "local" / "runs"
+    wait_for(lambda: runs.exists() and runs.read_text() == "one\n", timeout=30, what="the first run's file")
+    uid = runs.stat().st_uid
+    assert 80000 <= uid <= 89999
+    daemon.write("w.hcl", exec2_writer_job("two"))  # the spec changed: stopped, then started again
+    wait_for(lambda: runs.read_text() == "one\ntwo\n", timeout=30, what="the edited version appending")
+    assert daemon.task(tid)["pid"] != first
+    r = tasksctl(daemon, "restart", tid)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: runs.read_text() == "one\ntwo\ntwo\n", timeout=30, what="the restarted run appending")
+    assert runs.stat().st_uid == uid
+    r = tasksctl(daemon, "exec", tid, "--", "id", "-u")
+    assert r.returncode == 0 and int(r.stdout) == uid, (r.stdout, r.stderr)
