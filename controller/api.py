@@ -15,7 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from controller import exec_proto
 from controller.controller import Controller
@@ -129,7 +129,8 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        parts = [p for p in url.path.split("/") if p]
+        # Task ids may hold spaces and other characters the CLI percent-encodes.
+        parts = [unquote(p) for p in url.path.split("/") if p]
         try:
             routes = self.server.api.routes
             if parts == ["metrics"]:

@@ -400,3 +400,21 @@ def test_an_exec2_task_keeps_its_dynamic_uid_across_an_edit_and_a_restart(daemon
     assert runs.stat().st_uid == uid
     r = tasksctl(daemon, "exec", tid, "--", "id", "-u")
     assert r.returncode == 0 and int(r.stdout) == uid, (r.stdout, r.stderr)
+
+
+def test_ids_with_spaces_work_in_every_command(daemon):
+    # The CLI percent-encodes ids in URLs; the API must decode them (it answered 404 for such tasks).
+    daemon.start()
+    daemon.write("sp.hcl", 'job "sp" {\n  group "g" {\n    task "my task" {\n      driver = "raw_exec"\n'
+                 '      config {\n        command = "/bin/sh"\n        args = ["-c", "echo hello; exec sleep 1000"]\n'
+                 '      }\n    }\n  }\n}\n')
+    tid = "sp/g/0/my task"
+    pid = running_pid(daemon, tid)
+    r = tasksctl(daemon, "status", tid)
+    assert r.returncode == 0 and "my task" in r.stdout, r.stderr
+    wait_for(lambda: tasksctl(daemon, "logs", tid).stdout == "hello\n", timeout=30, what="the task's log")
+    r = tasksctl(daemon, "events", "--task", tid)
+    assert r.returncode == 0 and "started" in r.stdout, r.stderr
+    r = tasksctl(daemon, "restart", tid)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: (daemon.task(tid) or {}).get("pid") not in (None, pid), timeout=30, what="a new process")
