@@ -155,7 +155,12 @@ def build_env(*, builtins: Mapping[str, str], meta: Mapping[str, str], task_env:
     variables = {**node_attrs, **env}
     for k, v in task_env.items():
         env[k] = interpolate(str(v), variables, host)
+    drop_denied(env, denied_envvars, drop)
+    return env
+
+
+def drop_denied(env: dict[str, str], denied_envvars: tuple[str, ...] | list[str], drop: tuple[str, ...]) -> None:
+    """Remove what `denied_envvars` and the driver's own drop list (exec2's LD_*) name, whatever set it."""
     for k in list(env):
         if denied(k, denied_envvars) or denied(k, drop):
             del env[k]
-    return env

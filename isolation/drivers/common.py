@@ -119,6 +119,8 @@ class CommonDriver(Driver):
         variables = {**node_attrs, **env}
         if task.artifacts or task.templates:
             env.update(self.prestart_files(ctx, td, ident, variables, env))
+            # An env template's output may come from a file the task writes (local/): it gets the same filter.
+            taskenv.drop_denied(env, denied, self.dropped_env())
             variables = {**node_attrs, **env}
         command = taskenv.interpolate(cfg.command, variables, os.environ)
         args = [taskenv.interpolate(a, variables, os.environ) for a in cfg.args]

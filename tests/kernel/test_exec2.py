@@ -301,3 +301,20 @@ def test_a_restart_that_fails_keeps_the_instance_uid(exec2, runtime):
     finally:
         d.destroy(h)
     assert pool_owners(runtime) == {}
+
+
+def test_env_templates_cannot_set_dropped_or_denied_variables(exec2):
+    # An env template's source can be a file the task itself writes (local/): what it sets goes through the
+    # same filter as the task's env, so LD_PRELOAD (dropped by exec2) and denied_envvars never reach it.
+    cfg = config(denied_envvars=("SECRET_*",))
+    d = exec2(cfg)
+    tpl = Template(destination="local/env.txt", data="LD_PRELOAD=/tmp/x.so\nSECRET_TOKEN=t\nOK=yes\n", env=True)
+    task = replace(exec2_task("/bin/sh", "-c", 'echo "ld=${LD_PRELOAD-unset} secret=${SECRET_TOKEN-unset} ok=$OK"'),
+                   templates=(tpl,))
+    h = d.start(make_ctx(cfg, task))
+    try:
+        res = d.wait(h, 30)
+        assert res is not None and res.exit_code == 0, (res, logs(h))
+        assert logs(h)[0].strip() == "ld=unset secret=unset ok=yes", logs(h)
+    finally:
+        d.destroy(h)
