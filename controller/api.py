@@ -45,10 +45,32 @@ def resolve_task_id(ctl: Controller, ident: str) -> str:
 class _ServerBase:
     daemon_threads = True
     allow_reuse_address = True
+    # A thread per connection: without a cap, idle connections (anyone's, on the TCP metrics port) would use up
+    # the daemon's threads and file descriptors, and with them its ability to start tasks. Past the cap a new
+    # connection is closed at once.
+    max_connections = 128
+    request_queue_size = 64  # listen backlog: connections past the cap are accepted (and closed) promptly
 
     def __init__(self, address, handler, ctl: Controller, api: "Api"):
         self.ctl, self.api = ctl, api
+        self._slots = threading.BoundedSemaphore(self.max_connections)
         super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request, client_address) -> None:
         """A client that hangs up mid-request is routine: one debug line, not socketserver's traceback on stderr."""
@@ -66,12 +88,15 @@ class _Server(_ServerBase, socketserver.ThreadingMixIn, socketserver.UnixStreamS
 
 
 class _TCPServer(_ServerBase, socketserver.ThreadingMixIn, socketserver.TCPServer):
-    pass
+    max_connections = 16  # scrapers: a handful at most
 
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "tasksd"
     protocol_version = "HTTP/1.1"
+    # Per socket operation: an idle keep-alive connection is closed after this, and so is a stream whose client
+    # stopped reading (a follower that waits for events writes nothing, so it is not cut off while idle).
+    timeout = 60
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the API logs through tasksd's logger
         pass
@@ -427,6 +452,8 @@ class Api:
 
 class MetricsOnlyHandler(Handler):
     """On TCP only /metrics answers: task control stays on the root-only unix socket."""
+
+    timeout = 10
 
     def _route(self, method: str) -> None:
         if urlparse(self.path).path == "/metrics" and method == "GET":

@@ -256,3 +256,52 @@ def test_a_follower_connecting_mid_burst_misses_no_event(daemon):
             if ev["type"] == "started":
                 started.append(ev["task_id"])
     assert len(started) == n  # each once
+
+
+def test_idle_connections_to_the_metrics_port_cannot_use_up_the_daemon(daemon_with):
+    # Any local user can connect to the TCP metrics port. Each connection is a thread in the daemon: past a small
+    # cap new ones are closed at once, so idle connections cannot exhaust its threads and descriptors.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = daemon_with(f'metrics_address = "127.0.0.1:{port}"\n')
+    d.start()
+    threads_before = len(os.listdir(f"/proc/{d.proc.pid}/task"))
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(40)]
+    for c in idle:
+        c.setblocking(True)  # no timeout: Python would wait out a timeout before even a MSG_DONTWAIT recv
+    closed: set[int] = set()
+
+    def count_closed() -> int:
+        for i, c in enumerate(idle):  # the ones past the cap are closed by the daemon: a read sees EOF at once
+            if i in closed:
+                continue
+            try:
+                if c.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed.add(i)
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                closed.add(i)
+        return len(closed)
+
+    try:
+        wait_for(lambda: count_closed() >= 40 - 16, timeout=30, what="connections past the cap closed")
+        assert len(os.listdir(f"/proc/{d.proc.pid}/task")) <= threads_before + 16
+    finally:
+        for c in idle:
+            c.close()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    wait_for(lambda: _metrics_ok(conn), timeout=30, what="/metrics answering once the idle connections are gone")
+    conn.close()
+
+
+def _metrics_ok(conn) -> bool:
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status == 200
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        return False
