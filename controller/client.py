@@ -5,6 +5,7 @@ import http.client
 import json
 import os
 import socket
+import stat
 from typing import Any, Iterator
 
 DEFAULT_SOCKET = "/run/tasksd/tasksd.sock"
@@ -118,21 +119,14 @@ def _started(reader) -> None:
 def run_exec(api_socket: str, task: str, argv: list[str], interactive: bool = False, tty: bool = False,
              stdin: int = 0, stdout: int = 1) -> int:
     """Run argv in the task with our stdio (or a pty we relay) and return its exit status (128+N for signal N)."""
-    from controller.exec_proto import VERSION, LineReader, exit_status, send_msg
+    from controller.exec_proto import VERSION, LineReader, exit_status
 
     sock = _connect_exec(api_socket)
     reader = LineReader(sock)
     req = {"v": VERSION, "task": task, "argv": list(argv), "tty": tty}
     try:
         if not tty:
-            fin = stdin if interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                send_msg(sock, req, [fin, stdout, 2])
-            finally:
-                if fin != stdin:
-                    os.close(fin)
-            _started(reader)
-            done = reader.next()
+            done = _exec_with_our_stdio(sock, reader, req, interactive, stdin, stdout)
         else:
             done = _relay_pty(sock, reader, req, interactive, stdin, stdout)
         if done is None:
@@ -140,6 +134,88 @@ def run_exec(api_socket: str, task: str, argv: list[str], interactive: bool = Fa
         return exit_status(done)
     finally:
         sock.close()
+
+
+def _passable(fd: int) -> bool:
+    """Whether our descriptor can go to the task as it is. A file, a pipe and /dev/null can. A terminal or a
+    socket cannot: the task (or anything it leaves running) could read the operator's later keystrokes from a
+    terminal (not its controlling one, so nothing stops it) or the other direction of a socket, and change the
+    terminal's settings. Those are relayed through pipes instead."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return True
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.stat(os.devnull).st_rdev
+
+
+def _exec_with_our_stdio(sock: socket.socket, reader, req: dict, interactive: bool, stdin: int, stdout: int):
+    """Without -t: our stdio go to the command, through pipes we relay where passing them would not be safe."""
+    import select
+
+    from controller.exec_proto import send_msg
+
+    fin = stdin if interactive else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    ours = [fin, stdout, 2]
+    passed = list(ours)
+    give_away: list[int] = [] if fin == stdin else [fin]  # closed once sent
+    feed: tuple[int, int] | None = None  # (our stdin, the pipe we write it into)
+    drains: dict[int, int] = {}  # pipe we read -> our descriptor it goes to
+    for i, fd in enumerate(ours):
+        if _passable(fd):
+            continue
+        r, w = os.pipe2(os.O_CLOEXEC)
+        if i == 0:
+            passed[0], feed = r, (fd, w)
+            give_away.append(r)
+        else:
+            passed[i] = w
+            drains[r] = fd
+            give_away.append(w)
+    try:
+        send_msg(sock, req, passed)
+    finally:
+        for fd in give_away:
+            os.close(fd)
+    try:
+        _started(reader)
+        if feed is None and not drains:
+            return reader.next()
+        done = None
+        while True:
+            if done is None:
+                done = reader.pop()  # the exit may have come in one read with the start
+            rlist = list(drains) + ([sock] if done is None else []) + ([feed[0]] if feed and done is None else [])
+            # After the exit message only buffered output remains: do not wait for more.
+            ready = select.select(rlist, [], [], 0 if done is not None else None)[0] if rlist else []
+            if done is not None and not ready:
+                return done
+            for fd in ready:
+                if fd is sock:
+                    more = reader.feed()
+                    done = reader.pop()
+                    if done is None and not more:
+                        return None
+                elif feed and fd == feed[0]:
+                    data = os.read(fd, 65536)
+                    try:
+                        if data:
+                            _write_all(feed[1], data)
+                    except BrokenPipeError:
+                        data = b""  # the command stopped reading
+                    if not data:
+                        os.close(feed[1])
+                        feed = None
+                else:
+                    data = os.read(fd, 65536)
+                    if data:
+                        _write_all(drains[fd], data)
+                    else:
+                        os.close(fd)
+                        del drains[fd]
+    finally:
+        for fd in drains:
+            os.close(fd)
+        if feed:
+            os.close(feed[1])
 
 
 def _relay_pty(sock: socket.socket, reader, req: dict, interactive: bool, stdin: int, stdout: int):

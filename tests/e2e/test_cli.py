@@ -418,3 +418,56 @@ def test_ids_with_spaces_work_in_every_command(daemon):
     r = tasksctl(daemon, "restart", tid)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: (daemon.task(tid) or {}).get("pid") not in (None, pid), timeout=30, what="a new process")
+
+
+@pytest.mark.parametrize("driver", ["raw_exec", "exec2"])
+def test_exec_without_t_never_hands_the_operators_terminal_to_the_task(daemon, driver):
+    """Without -t, our stdio went to the command as they were. A terminal among them let the command (or a
+    process it leaves behind) read the operator's later keystrokes (a sudo password) and change its settings.
+    Terminals and sockets are now relayed through pipes; the command still gets our input and output."""
+    daemon.start()
+    daemon.write("sh.hcl", driver_job(driver))
+    running_pid(daemon, "sh/g/0/t")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TASKSD_SOCKET": daemon.socket}
+    script = ("for n in 0 1 2; do if [ -t $n ]; then echo fd$n=tty; else echo fd$n=pipe; fi; done; "
+              "read line; echo got=$line; echo to-err >&2; exit 3")
+    pid, master = pty.fork()
+    if pid == 0:  # tasksctl with a terminal on stdin, stdout and stderr, as an operator runs it
+        os.chdir(str(REPO))
+        os.execve(sys.executable, [sys.executable, "-m", "controller.cli", "exec", "-i", "sh", "--", "/bin/sh",
+                                   "-c", script], env)
+    out = b""
+    try:
+        def saw(needle: bytes) -> bool:
+            nonlocal out
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    return True
+            return needle in out
+
+        wait_for(lambda: saw(b"fd2="), timeout=30, what="the command's first lines")
+        os.write(master, b"hello\n")
+        done: list = []
+
+        def exited() -> bool:
+            saw(b"\0")
+            r = os.waitpid(pid, os.WNOHANG)
+            if r[0]:
+                done.append(r[1])
+            return bool(done)
+
+        wait_for(exited, timeout=30, what=f"tasksctl exec to exit (output {out!r})")
+        status, pid = done[0], 0
+        while saw(b"\0") is False and select.select([master], [], [], 0)[0]:
+            pass
+        text = out.decode().replace("\r\n", "\n")
+        assert os.waitstatus_to_exitcode(status) == 3, text
+        assert "fd0=pipe\nfd1=pipe\nfd2=pipe\n" in text, text
+        assert "got=hello\n" in text and "to-err\n" in text, text
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
