@@ -87,6 +87,19 @@ class _RulesetAttr(ctypes.Structure):
     _fields_ = [("handled_access_fs", ctypes.c_uint64)]
 
 
+class _RulesetAttrScoped(ctypes.Structure):
+    # ABI 6 and later: the struct grew handled_access_net (ABI 4, left 0: TCP stays unrestricted) and scoped.
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+# Abstract unix sockets have no file permissions, so neither DAC nor filesystem rules keep a task on the host
+# network from connecting to the host's (a display server's, a container shim's). Signals are not scoped: the
+# task's dynamic uid already keeps it from signalling anyone else, and a scope would also stop `tasksctl exec`
+# sessions (a Landlock domain of their own) from signalling the task.
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET = 1
+
+
 class _PathBeneathAttr(ctypes.Structure):
     _pack_ = 1  # the uapi struct is __attribute__((packed)): 12 bytes
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
@@ -163,7 +176,10 @@ def build_ruleset(unveils: Sequence[tuple[str, str]], skip_missing: bool = False
     version = abi_version() if abi is None else abi
     if version <= 0:
         raise OSError(errno.EOPNOTSUPP, f"landlock: {probe()[1] or 'unavailable'}")
-    attr = _RulesetAttr(handled_access_fs(version))
+    if version >= 6:
+        attr = _RulesetAttrScoped(handled_access_fs(version), 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET)
+    else:
+        attr = _RulesetAttr(handled_access_fs(version))
     try:
         fd = ksys.syscall("landlock_create_ruleset", ctypes.addressof(attr), ctypes.sizeof(attr), 0)
     except OSError as e:

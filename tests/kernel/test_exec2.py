@@ -2,8 +2,11 @@
 namespaces let it see and do."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -318,3 +321,30 @@ def test_env_templates_cannot_set_dropped_or_denied_variables(exec2):
         assert logs(h)[0].strip() == "ld=unset secret=unset ok=yes", logs(h)
     finally:
         d.destroy(h)
+
+
+def test_abstract_unix_sockets_of_the_host_are_out_of_reach(exec2):
+    # On the host network an exec2 task shares the host's abstract unix socket namespace, and those sockets have
+    # no file permissions. With Landlock ABI 6 and later the ruleset scopes them to the task's own domain.
+    if landlock.abi_version() < 6:
+        pytest.skip("Landlock ABI < 6 cannot scope abstract unix sockets")
+    name = f"\0tasksd-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(name)
+        srv.listen(1)
+        probe = ("import socket, sys\n"
+                 "s = socket.socket(socket.AF_UNIX)\n"
+                 "try:\n    s.connect(sys.argv[1].replace('@', '\\0', 1)); print('connected')\n"
+                 "except OSError as e:\n    print('refused', e.errno)\n"
+                 "t = socket.socket(socket.AF_UNIX); t.bind('\\0own-' + sys.argv[1][1:]); t.listen(1)\n"
+                 "u = socket.socket(socket.AF_UNIX); u.connect('\\0own-' + sys.argv[1][1:]); print('own ok')\n")
+        cfg = config()
+        d = exec2(cfg)
+        h = d.start(make_ctx(cfg, exec2_task("/usr/bin/python3", "-c", probe, "@" + name[1:])))
+        try:
+            res = d.wait(h, 30)
+            out, err = logs(h)
+            assert res is not None and res.exit_code == 0, (res, out, err)
+            assert out.splitlines() == [f"refused {errno.EPERM}", "own ok"], (out, err)
+        finally:
+            d.destroy(h)
