@@ -347,13 +347,20 @@ class Api:
         # Listen before reading the backlog so nothing falls between the two; ids drop the overlap. On the loop
         # thread, with a commit: an event emitted earlier in the current pass is not in the database yet (the pass
         # commits at its end) and would reach neither the backlog nor the listener.
+        # A call that times out (a slow loop) still runs later: it must not then add a listener nobody removes.
+        gate = threading.Lock()
+        ended = False
+
         def listen() -> None:
-            self.ctl.listeners.append(listener)
+            with gate:
+                if ended:
+                    return
+                self.ctl.listeners.append(listener)
             self.ctl.flush_store()
 
-        self.ctl.call(listen)
         last = after
         try:
+            self.ctl.call(listen)
             # Resuming: the whole backlog after the cursor, however many pages (a start with 1000 manifests writes
             # thousands of events before a follower connects). Otherwise the newest `limit`.
             backlog = self._read_events(after, limit, task, oldest_first=resume, all_pages=resume)
@@ -370,7 +377,10 @@ class Api:
                     h.wfile.write((json.dumps(ev, default=str) + "\n").encode())
                 h.wfile.flush()
         finally:
-            self.ctl.listeners.remove(listener)
+            with gate:
+                ended = True
+                if listener in self.ctl.listeners:
+                    self.ctl.listeners.remove(listener)
             h.close_connection = True
 
     def _read_events(self, after: int, limit: int, task: str | None, oldest_first: bool = False,
