@@ -214,7 +214,9 @@ class Handler(BaseHTTPRequestHandler):
             ready = select.select([self.connection], [], [], 0)[0]
             if not ready:
                 return False
-            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            # A follower sends nothing after its request: bytes here are discarded, else a client that sent some
+            # and hung up would look alive (a peek sees its bytes, never the EOF behind them) forever.
+            return self.connection.recv(4096, socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
         except OSError:

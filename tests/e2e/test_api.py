@@ -305,3 +305,29 @@ def _metrics_ok(conn) -> bool:
     except (OSError, http.client.HTTPException):
         conn.close()
         return False
+
+
+def test_a_follower_that_sent_extra_bytes_and_hung_up_is_noticed(daemon):
+    # A follower's thread notices a gone client by peeking at its socket. Bytes the client sent after its request
+    # hid the EOF behind them, so on a quiet stream (no event to write, so no write error) the thread lived on.
+    daemon.start()
+    threads = f"/proc/{daemon.proc.pid}/task"
+    before = len(os.listdir(threads))
+    socks = []
+    for _ in range(5):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(daemon.socket)
+        s.sendall(b"GET /v1/events?follow=1&limit=1 HTTP/1.1\r\nHost: tasksd\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:  # the response's headers: the server has read the request
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        s.sendall(b"unexpected bytes")
+        socks.append(s)
+    # (>= 4: one of the threads counted before may be a short-lived one of the start-up)
+    wait_for(lambda: len(os.listdir(threads)) >= before + 4, timeout=30, what="the five followers")
+    for s in socks:
+        s.close()
+    wait_for(lambda: len(os.listdir(threads)) <= before, timeout=30,
+             what=f"the followers' threads gone (now {len(os.listdir(threads))}, before {before})")
