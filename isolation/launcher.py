@@ -317,14 +317,16 @@ class Launcher:
         return {}
 
     def op_spawn(self, req, conn) -> dict | None:
-        spec = LaunchSpec.from_dict(req["spec"])
-        if spec.key in self.tasks:
-            t = self.tasks[spec.key]
-            return {"pid": t.pid, "start_time": t.start_time, "existing": True}
-        if any(p.spec.key == spec.key for p in self.spawning.values()):
-            raise LaunchError(f"task {spec.key} is already being spawned", "spawn", errno.EALREADY)
+        # The request's descriptors are taken first, whatever happens next: left queued on the connection, they
+        # would become the next request's.
         passed = self._take_fds(conn, int(req.get("nfds", 0)))
         try:
+            spec = LaunchSpec.from_dict(req["spec"])
+            if spec.key in self.tasks:
+                t = self.tasks[spec.key]
+                return {"pid": t.pid, "start_time": t.start_time, "existing": True}
+            if any(p.spec.key == spec.key for p in self.spawning.values()):
+                raise LaunchError(f"task {spec.key} is already being spawned", "spawn", errno.EALREADY)
             self._spawn(spec, passed, conn, req.get("id"))
         finally:
             for fd in passed:
@@ -333,10 +335,10 @@ class Launcher:
 
     def op_exec(self, req, conn) -> dict | None:
         """Start a process inside a running task's namespaces (tasksctl exec); its stdio are the passed fds."""
-        spec = LaunchSpec.from_dict(req["spec"])
-        passed = self._take_fds(conn, int(req.get("nfds", 0)))
-        target = int(req["target_pid"])
+        passed = self._take_fds(conn, int(req.get("nfds", 0)))  # first: see op_spawn
         try:
+            spec = LaunchSpec.from_dict(req["spec"])
+            target = int(req["target_pid"])
             # The pid alone could by now name another process (the task exited, the pid was reused): joining
             # its namespaces would run the command in a stranger's. Its start time tells them apart.
             expected = req.get("target_start_time")

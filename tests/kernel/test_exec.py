@@ -362,3 +362,19 @@ def test_requests_queued_behind_a_connection_that_closed_are_dropped(runtime, tm
     listed = runtime.client.request("list")
     assert not any(t["key"] == second.key for t in listed["tasks"] + listed["exits"]), listed
     assert not marker.exists()
+
+
+def test_descriptors_of_a_malformed_request_are_not_left_for_the_next_one(runtime):
+    # The spec is parsed after the request's descriptors are taken: a request that fails to parse must not leave
+    # them queued on the connection, where the next request (the next exec's stdio) would pick them up.
+    fds_dir = f"/proc/{runtime.client.launcher_pid}/fd"
+    before = len(os.listdir(fds_dir))
+    devnull = os.open("/dev/null", os.O_RDWR)
+    try:
+        for op in ("exec", "spawn"):
+            with pytest.raises(Exception, match="KeyError|TypeError|malformed"):
+                runtime.client.request(op, spec={"no": "such"}, target_pid=1, fds=[devnull] * 3, nfds=3)
+    finally:
+        os.close(devnull)
+    wait_for(lambda: len(os.listdir(fds_dir)) <= before, timeout=10,
+             what=f"the launcher's fds back to {before} (now {len(os.listdir(fds_dir))})")
