@@ -30,13 +30,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from isolation.safefile import open_regular, open_regular_path
+from isolation.safefile import open_dir, open_regular, open_regular_path
 
 # O_RDWR only so a reopened file's last byte can be pread (O_APPEND still puts every write at the end).
-# O_NONBLOCK: a FIFO planted under the log's name must not hang the writer (regular files ignore the flag; the
-# opened file is then refused unless it is a regular file).
-_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# open_regular adds O_NOFOLLOW and O_CLOEXEC, and opens nothing that is not a regular file (a FIFO, a device).
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT
 # Task output can hold secrets; the alloc/logs directory decides who may enter, this keeps others out of the file.
 _FILE_MODE = 0o640
 _NL = 0x0A
@@ -188,7 +186,7 @@ class RotatingLog:
         """The log directory, never through a symlink: it lies in the task's alloc dir, and a task that may
         rename there (a root task in its chroot) could otherwise point us, as root, at any host directory. Every
         open, rename and unlink below is relative to this descriptor."""
-        fd = os.open(self.dir, _DIR_FLAGS)
+        fd = open_dir(self.dir)
         try:
             yield fd
         finally:
@@ -320,10 +318,8 @@ def read_tail(dir: Path, base: str, n_lines: int, block_size: int = 65536, activ
     for path in reversed(log_files(dir, base)):
         try:
             f = os.fdopen(open_regular_path(path), "rb")
-        except FileNotFoundError:
-            continue  # rotated away between listing and opening
         except OSError:
-            continue  # not a regular file: something a task put there, never opened (see isolation.safefile)
+            continue  # rotated away meanwhile, or not a regular file (never opened: see isolation.safefile)
         with f:
             end = f.seek(0, os.SEEK_END)
             if active_end is not None and path == dir / base:

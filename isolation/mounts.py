@@ -122,6 +122,7 @@ def _open_target(root_fd: int, target: str, want_dir: bool) -> int:
         raise OSError(e.errno, f"mount target {target}: {os.strerror(e.errno or 0)}") from None
     return fd
 
+
 def _is_device(path: str) -> bool:
     mode = os.stat(path).st_mode
     return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)

@@ -287,6 +287,8 @@ def limit_malloc_arenas(n: int) -> bool:
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
 OPEN_TREE_CLONE = 1
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x04
@@ -309,49 +311,40 @@ def _ptr(obj) -> int:
     return ctypes.cast(obj, ctypes.c_void_p).value or 0
 
 
+_EMPTY = ctypes.create_string_buffer(b"")  # the "" path of the *_EMPTY_PATH calls
+
+
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): open `path` relative to `dir_fd` under the RESOLVE_* rules (Linux >= 5.6)."""
     how = _OpenHow(flags, mode, resolve)
     b = ctypes.create_string_buffer(os.fsencode(path))
-    rc = _libc.syscall(_c_long(_NR["openat2"]), _c_long(dir_fd), _c_long(_ptr(b)),
-                       _c_long(ctypes.addressof(how)), _c_long(ctypes.sizeof(how)))
-    return _check(rc, f"openat2 {path}")
+    return syscall("openat2", dir_fd, _ptr(b), ctypes.addressof(how), ctypes.sizeof(how))
 
 
 def chown_path_fd(fd: int, uid: int, gid: int) -> None:
     """fchownat(fd, "", AT_EMPTY_PATH): chown what an O_PATH descriptor names, a symlink included."""
     rc = _libc.fchownat(ctypes.c_int(fd), b"", ctypes.c_uint(uid), ctypes.c_uint(gid),
-                        ctypes.c_int(AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW))
+                        ctypes.c_int(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
     _check(rc, "fchownat")
 
-
-_AT_SYMLINK_NOFOLLOW = 0x100
 
 def open_tree_clone(path: str) -> int:
     """A detached copy of the mount tree at `path` (recursive, close-on-exec), for move_mount (Linux >= 5.2)."""
     b = ctypes.create_string_buffer(os.fsencode(path))
-    rc = _libc.syscall(_c_long(_NR["open_tree"]), _c_long(-100), _c_long(_ptr(b)),
-                       _c_long(OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE))
-    return _check(rc, f"open_tree {path}")
+    return syscall("open_tree", AT_FDCWD, _ptr(b), OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE)
 
 
 def mount_setattr_fd(fd: int, attr_set: int) -> None:
     """Set mount attributes on every mount of the tree `fd` names (Linux >= 5.12)."""
     attr = _MountAttr(attr_set, 0, 0, 0)
-    empty = ctypes.create_string_buffer(b"")
-    rc = _libc.syscall(_c_long(_NR["mount_setattr"]), _c_long(fd), _c_long(_ptr(empty)),
-                       _c_long(AT_EMPTY_PATH | AT_RECURSIVE), _c_long(ctypes.addressof(attr)),
-                       _c_long(ctypes.sizeof(attr)))
-    _check(rc, "mount_setattr")
+    syscall("mount_setattr", fd, _ptr(_EMPTY), AT_EMPTY_PATH | AT_RECURSIVE, ctypes.addressof(attr),
+            ctypes.sizeof(attr))
 
 
 def move_mount_fd(from_fd: int, to_fd: int) -> None:
     """Attach the detached tree `from_fd` on the directory or file `to_fd` (Linux >= 5.2)."""
-    empty = ctypes.create_string_buffer(b"")
-    rc = _libc.syscall(_c_long(_NR["move_mount"]), _c_long(from_fd), _c_long(_ptr(empty)), _c_long(to_fd),
-                       _c_long(_ptr(empty)), _c_long(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
-    _check(rc, "move_mount")
-
+    syscall("move_mount", from_fd, _ptr(_EMPTY), to_fd, _ptr(_EMPTY),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)
 
 # ---- file descriptors and pidfds ------------------------------------------------------------------------------
 

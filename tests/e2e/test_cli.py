@@ -318,57 +318,79 @@ def test_handles_written_by_an_older_tasksd_move_their_exec_environment_to_the_s
     db.close()
 
 
+class TerminalCli:
+    """tasksctl with a terminal (a pty) on stdin, stdout and stderr, as an operator runs it."""
+
+    def __init__(self, daemon, *args: str):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TASKSD_SOCKET": daemon.socket}
+        self.out = b""
+        self.pid, self.master = pty.fork()
+        if self.pid == 0:
+            os.chdir(str(REPO))
+            os.execve(sys.executable, [sys.executable, "-m", "controller.cli", *args], env)
+
+    def saw(self, needle: bytes) -> bool:
+        """Read what the terminal shows (briefly waiting); whether `needle` is in it, or the terminal closed."""
+        if select.select([self.master], [], [], 0.1)[0]:
+            try:
+                self.out += os.read(self.master, 65536)
+            except OSError:
+                return True
+        return needle in self.out
+
+    def wait_exit(self, what: str) -> int:
+        """tasksctl's exit code, once it exited; the terminal is drained meanwhile (so it never blocks writing)
+        and after."""
+        done: list = []
+
+        def exited() -> bool:
+            self.saw(b"\0")
+            r = os.waitpid(self.pid, os.WNOHANG)
+            if r[0]:
+                done.append(r[1])
+            return bool(done)
+
+        wait_for(exited, timeout=30, what=f"{what} (output {self.out!r})")
+        self.pid = 0
+        while select.select([self.master], [], [], 0)[0]:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            self.out += data
+        return os.waitstatus_to_exitcode(done[0])
+
+    def close(self) -> None:
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        os.close(self.master)
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_exec_t_through_a_pty(daemon, driver):
     daemon.start()
     daemon.write("sh.hcl", driver_job(driver))
     running_pid(daemon, "sh/g/0/t")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TASKSD_SOCKET": daemon.socket}
-    pid, master = pty.fork()
-    if pid == 0:  # the child: tasksctl on a terminal, as an operator would run it
-        os.chdir(str(REPO))
-        os.execve(sys.executable, [sys.executable, "-m", "controller.cli", "exec", "-it", "sh", "--", "/bin/sh"],
-                  env)
+    term = TerminalCli(daemon, "exec", "-it", "sh", "--", "/bin/sh")
     try:
-        out = b""
-
-        def saw(needle: bytes) -> bool:
-            nonlocal out
-            if select.select([master], [], [], 0.1)[0]:
-                try:
-                    out += os.read(master, 65536)
-                except OSError:
-                    return True
-            return needle in out
-
         # Typed ahead, before tasksctl switched the terminal to raw mode: it must still reach the remote shell.
         # Arithmetic in the commands makes the needles differ from the local echo of what we typed.
-        os.write(master, b"tty; echo answer=$((6*7)); test -t 0 && echo tty-$((1+1))\n")
-        wait_for(lambda: saw(b"tty-2\r\n"), timeout=30, what="remote shell output")
-        assert b"answer=42\r\n" in out  # \r\n: the remote pty's own output processing, so a real terminal
-        os.write(master, b"exit 5\n")
-        done: list = []
-
-        def exited() -> bool:
-            saw(b"\0")  # keep draining the terminal so tasksctl never blocks writing to it
-            r = os.waitpid(pid, os.WNOHANG)
-            if r[0]:
-                done.append(r[1])
-            return bool(done)
-
-        wait_for(exited, timeout=30, what=f"tasksctl exec -t to exit (output {out!r})")
-        status, pid = done[0], 0
-        assert os.waitstatus_to_exitcode(status) == 5, out
+        os.write(term.master, b"tty; echo answer=$((6*7)); test -t 0 && echo tty-$((1+1))\n")
+        wait_for(lambda: term.saw(b"tty-2\r\n"), timeout=30, what="remote shell output")
+        assert b"answer=42\r\n" in term.out  # \r\n: the remote pty's own output processing, so a real terminal
+        os.write(term.master, b"exit 5\n")
+        assert term.wait_exit("tasksctl exec -t to exit") == 5, term.out
+        out = term.out
         assert b"answer=42" in out and b"tty-2" in out  # a real terminal on stdin
         if driver != "exec":
             # exec's chroot has its own devpts instance, so the host pty tasksctl passed in has no name there
             # (`tty` says "not a tty" although isatty is true); elsewhere it shows as /dev/pts/N.
             assert b"/dev/pts/" in out
     finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(master)
+        term.close()
 
 
 def exec2_writer_job(marker: str) -> str:
@@ -428,46 +450,16 @@ def test_exec_without_t_never_hands_the_operators_terminal_to_the_task(daemon, d
     daemon.start()
     daemon.write("sh.hcl", driver_job(driver))
     running_pid(daemon, "sh/g/0/t")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TASKSD_SOCKET": daemon.socket}
     script = ("for n in 0 1 2; do if [ -t $n ]; then echo fd$n=tty; else echo fd$n=pipe; fi; done; "
               "read line; echo got=$line; echo to-err >&2; exit 3")
-    pid, master = pty.fork()
-    if pid == 0:  # tasksctl with a terminal on stdin, stdout and stderr, as an operator runs it
-        os.chdir(str(REPO))
-        os.execve(sys.executable, [sys.executable, "-m", "controller.cli", "exec", "-i", "sh", "--", "/bin/sh",
-                                   "-c", script], env)
-    out = b""
+    term = TerminalCli(daemon, "exec", "-i", "sh", "--", "/bin/sh", "-c", script)
     try:
-        def saw(needle: bytes) -> bool:
-            nonlocal out
-            if select.select([master], [], [], 0.1)[0]:
-                try:
-                    out += os.read(master, 65536)
-                except OSError:
-                    return True
-            return needle in out
-
-        wait_for(lambda: saw(b"fd2="), timeout=30, what="the command's first lines")
-        os.write(master, b"hello\n")
-        done: list = []
-
-        def exited() -> bool:
-            saw(b"\0")
-            r = os.waitpid(pid, os.WNOHANG)
-            if r[0]:
-                done.append(r[1])
-            return bool(done)
-
-        wait_for(exited, timeout=30, what=f"tasksctl exec to exit (output {out!r})")
-        status, pid = done[0], 0
-        while saw(b"\0") is False and select.select([master], [], [], 0)[0]:
-            pass
-        text = out.decode().replace("\r\n", "\n")
-        assert os.waitstatus_to_exitcode(status) == 3, text
+        wait_for(lambda: term.saw(b"fd2="), timeout=30, what="the command's first lines")
+        os.write(term.master, b"hello\n")
+        code = term.wait_exit("tasksctl exec to exit")
+        text = term.out.decode().replace("\r\n", "\n")
+        assert code == 3, text
         assert "fd0=pipe\nfd1=pipe\nfd2=pipe\n" in text, text
         assert "got=hello\n" in text and "to-err\n" in text, text
     finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(master)
+        term.close()

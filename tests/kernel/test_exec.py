@@ -213,6 +213,14 @@ def test_an_exec_whose_target_pid_now_names_another_process_is_refused(runtime):
         os.close(devnull)
 
 
+def alloc_data_after_a_first_run(d, agent_config) -> Path:
+    """alloc/data of the tests' alloc dir, made by a first run of a task there, so that links can be planted."""
+    first = d.start(make_ctx(agent_config, exec_task("/bin/true")))
+    assert d.wait(first, 30).exit_code == 0
+    d.destroy(first)
+    return Path(first.alloc_dir) / "alloc" / "data"
+
+
 def test_exec_mounts_from_the_task_config(drivers, agent_config, tmp):
     """`mounts`: read-only and writable binds of directories and of a file, with mount points made inside
     directories the task writes (/alloc/data, /local) and through a symlink that stays inside the task root."""
@@ -226,12 +234,9 @@ def test_exec_mounts_from_the_task_config(drivers, agent_config, tmp):
     conf = tmp / "app.conf"
     conf.write_text("key=value\n")
     d = drivers["exec"]
-    # The alloc dir exists from a first run, so a symlink can be planted in alloc/data (shared by the group's
-    # tasks): ../../local from alloc/data leads to the task's own /local, inside its root.
-    first = d.start(make_ctx(agent_config, exec_task("/bin/true")))
-    assert d.wait(first, 30).exit_code == 0
-    d.destroy(first)
-    (Path(first.alloc_dir) / "alloc" / "data" / "to-local").symlink_to("../../local")
+    # A symlink planted in alloc/data (shared by the group's tasks): ../../local from there leads to the task's
+    # own /local, inside its root.
+    (alloc_data_after_a_first_run(d, agent_config) / "to-local").symlink_to("../../local")
     script = ('cat /data/hello; if touch /data/x 2>/dev/null; then echo ro=writable; else echo ro=readonly; fi; '
               'echo written > /alloc/data/out/w && echo rw=ok; cat /local/conf/app.conf; '
               'ls /local/via-link >/dev/null && echo via=ok')
@@ -262,10 +267,7 @@ def test_exec_mount_targets_through_symlinks_out_of_the_root_are_refused(drivers
     outside = tmp / "outside"
     outside.mkdir()
     d = drivers["exec"]
-    first = d.start(make_ctx(agent_config, exec_task("/bin/true")))
-    assert d.wait(first, 30).exit_code == 0
-    d.destroy(first)
-    data = Path(first.alloc_dir) / "alloc" / "data"
+    data = alloc_data_after_a_first_run(d, agent_config)
     (data / "abs").symlink_to(outside)  # absolute: resolved against the host, it is outside
     (data / "rel").symlink_to(os.path.relpath(outside, data))  # relative, climbing out of the root
     (data / "final-file").symlink_to(outside / "created-file")  # the last component itself
@@ -300,10 +302,7 @@ def test_exec_mount_target_swapped_for_a_symlink_while_starting_never_lands_outs
     outside = tmp / "outside"
     outside.mkdir()
     d = drivers["exec"]
-    first = d.start(make_ctx(agent_config, exec_task("/bin/true")))
-    assert d.wait(first, 30).exit_code == 0
-    d.destroy(first)
-    data = Path(first.alloc_dir) / "alloc" / "data"
+    data = alloc_data_after_a_first_run(d, agent_config)
     (data / "x").mkdir()
     (data / "x.alt").symlink_to(outside)
     flipper = subprocess.Popen([sys.executable, "-c", _FLIPPER, str(data / "x"), str(data / "x.alt")],
