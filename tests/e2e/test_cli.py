@@ -296,9 +296,12 @@ def test_handles_written_by_an_older_tasksd_move_their_exec_environment_to_the_s
     daemon.start()
     daemon.write("sh.hcl", driver_job("exec"))
     pid = running_pid(daemon, "sh/g/0/t")
+    db = sqlite3.connect(daemon.state_dir / "db" / "tasksd.db")
+    # "running" is the daemon's memory; the pass commits the handle and its environment at its end.
+    wait_for(lambda: db.execute("SELECT count(*) FROM exec_envs WHERE task_id='sh/g/0/t'").fetchone()[0] == 1,
+             timeout=30, what="the start committed")
     daemon.kill9()
     # What versions before the exec_envs table wrote: the environment inside the handle's JSON.
-    db = sqlite3.connect(daemon.state_dir / "db" / "tasksd.db")
     (env,) = db.execute("SELECT env FROM exec_envs WHERE task_id='sh/g/0/t'").fetchone()
     (handle,) = db.execute("SELECT handle FROM tasks WHERE task_id='sh/g/0/t'").fetchone()
     old = json.loads(handle)
