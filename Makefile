@@ -12,8 +12,10 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install -q .
 
+# The tests import tasksd from this tree, so the launcher's C child (isolation/_spawn.c) is built here too.
 install-test: $(BIN)/python
 	$(BIN)/pip install -q '.[test]'
+	$(BIN)/python setup.py -q build_ext --inplace
 
 # The main job: tasksd in the foreground on the bundled examples (raw_exec enabled by contrib/examples.hcl).
 run: install
@@ -42,4 +44,4 @@ bench-peers: install
 	$(BIN)/python bench/peers.py --n 100,1000 --idle 10
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info isolation/*.so

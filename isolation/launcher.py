@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from isolation import cgroups, child
+from isolation import cgroups, child, childplan
 # Imported here, never lazily in the child: after pivot_root the child can no longer see tasksd's own files.
 from isolation import caps, landlock, mounts  # noqa: F401
 from isolation import sys as ksys
@@ -290,7 +290,8 @@ class Launcher:
         self._send(conn, reply)
 
     def op_ping(self, req, conn) -> dict:
-        return {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "boot_id": self.boot_id}
+        return {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "boot_id": self.boot_id,
+                "child": "c" if childplan.available() else "python"}
 
     def op_list(self, req, conn) -> dict:
         return {
@@ -541,7 +542,10 @@ class Launcher:
                 os.close(fd)
             try:
                 info = json.loads(pending.report)
-                msg, step, err = f"spawn failed at step {info['step']}: {info['message']}", info["step"], info["errno"]
+                step, err = info["step"], info["errno"]
+                # The C child reports errno and path only (strerror is not safe there); the Python child a message.
+                message = info.get("message") or _c_child_message(step, err, info.get("path"))
+                msg = f"spawn failed at step {step}: {message}"
             except (ValueError, KeyError):
                 msg, step, err = "spawn failed", "unknown", errno.EIO
             self._reply(pending.conn, {"id": pending.rid, "ok": False, "error": msg, "step": step, "errno": err})
@@ -587,14 +591,17 @@ class Launcher:
     def _fork(self, spec: LaunchSpec, fds: dict, enter: dict | None) -> int:
         """Fork the child. A new (or entered) pid namespace applies to children only, so switch before the fork and
         switch back right after: the task is our direct child (we keep its exit status) and PID 1 of its namespace."""
+        use_c = childplan.available()
         switched = False
         if enter and "pid" in enter:
             ksys.setns(enter["pid"], ksys.CLONE_NEWPID)
             switched = True
-        elif spec.namespaces.pid:
+        elif spec.namespaces.pid and not use_c:  # the C child gets CLONE_NEWPID from clone() itself
             ksys.unshare(ksys.CLONE_NEWPID)
             switched = True
         try:
+            if use_c:
+                return childplan.spawn(spec, fds, enter)
             pid = os.fork()
         finally:
             if switched and os.getpid() == _launcher_pid:
@@ -715,6 +722,13 @@ def _open_ns_fds(pid: int) -> dict[str, int]:
             os.close(fd)
         raise
     return fds
+
+
+def _c_child_message(step: str, err: int, path: str | None) -> str:
+    if step.startswith("mounts") and err in (errno.EXDEV, errno.ELOOP):
+        # openat2 RESOLVE_BENEATH refused a path component: a symlink leading out of the task root.
+        return f"mount target {path} escapes the task root (through a symlink)"
+    return os.strerror(err) + (f": {path}" if path else "")
 
 
 def _log(message: str) -> None:

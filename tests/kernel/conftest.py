@@ -16,6 +16,15 @@ def agent_config() -> AgentConfig:
     return AgentConfig(raw_exec=RawExecPlugin(enabled=True), max_kill_timeout=30.0)
 
 
+@pytest.fixture(params=["c", "python"])
+def child_impl(request, monkeypatch) -> str:
+    """Which launcher child sets tasks up: the C one (isolation/_spawn.c, the default) or the Python fallback
+    (isolation/child.py, used where the extension is not built). Modules that test the child's work ask for
+    both by an autouse fixture that takes this one, so the launcher starts with the choice in its environment."""
+    monkeypatch.setenv("TASKSD_CHILD", request.param)
+    return request.param
+
+
 @pytest.fixture
 def runtime(tmp, cgroup_parent):
     rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)

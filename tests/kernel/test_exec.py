@@ -20,6 +20,11 @@ from tests.kernel.conftest import make_ctx
 
 pytestmark = pytest.mark.root
 
+
+@pytest.fixture(autouse=True)
+def _both_children(child_impl):
+    """Every test here runs with the C child and with the Python fallback (see conftest.child_impl)."""
+
 PROBE = r"""
 echo "pid=$$"
 echo "uid=$(id -u)"
@@ -377,3 +382,9 @@ def test_descriptors_of_a_malformed_request_are_not_left_for_the_next_one(runtim
         os.close(devnull)
     wait_for(lambda: len(os.listdir(fds_dir)) <= before, timeout=10,
              what=f"the launcher's fds back to {before} (now {len(os.listdir(fds_dir))})")
+
+
+def test_the_launcher_uses_the_child_it_was_asked_for(runtime, child_impl):
+    """`make test` builds the C child in place; a launcher that silently fell back to Python would leave the C
+    one untested by everything in this module."""
+    assert runtime.client.request("ping")["child"] == child_impl

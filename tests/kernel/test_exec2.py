@@ -22,6 +22,11 @@ from tests.kernel.conftest import make_ctx
 
 pytestmark = pytest.mark.root
 
+
+@pytest.fixture(autouse=True)
+def _both_children(child_impl):
+    """Every test here runs with the C child and with the Python fallback (see conftest.child_impl)."""
+
 DYNAMIC_MIN, DYNAMIC_MAX = 80000, 89999
 
 # Each line is "key=value"; a failing command reports its own error text (cat's strerror) so the test can tell

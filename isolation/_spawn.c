@@ -1,0 +1,605 @@
+/* isolation._spawn: run a task's child setup plan in C, in a vfork-style child, then execve.
+ *
+ * Why C: the launcher's forked Python child spent ~4 ms (exec) and ~2 ms (exec2) on its setup, most of it
+ * interpreter work and copy-on-write faults on the launcher's heap; bubblewrap does the same kernel work in ~2 ms
+ * including its exec. Here the child shares the launcher's memory (CLONE_VM | CLONE_VFORK, as posix_spawn does),
+ * so nothing is copied, and it runs only system calls.
+ *
+ * What to do is decided in Python (isolation/childplan.py compiles a LaunchSpec into a list of ops); this file
+ * only executes the ops in order. Rules for the child, because it runs on the launcher's memory while the
+ * launcher is suspended: no malloc, no stdio, no glibc wrappers that touch shared state (the set*id family
+ * signals "all threads" through the parent's thread list: raw syscalls instead), every signal blocked until the
+ * dispositions are back to their defaults. A failure writes {"step", "errno", "path"} as JSON to the error pipe
+ * and exits 127; a successful execve closes the pipe (close-on-exec), which is how the launcher tells them apart.
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/landlock.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <termios.h>
+#include <unistd.h>
+
+/* The newer syscalls have one number on every architecture. */
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef SYS_landlock_create_ruleset
+#define SYS_landlock_create_ruleset 444
+#define SYS_landlock_add_rule 445
+#define SYS_landlock_restrict_self 446
+#endif
+
+/* <linux/mount.h> clashes with glibc's <sys/mount.h>: the few definitions needed, from the uapi. */
+#define T_OPEN_TREE_CLONE 1
+#define T_AT_RECURSIVE 0x8000
+#define T_MOVE_MOUNT_F_EMPTY_PATH 0x04
+#define T_MOVE_MOUNT_T_EMPTY_PATH 0x40
+struct t_mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; };
+struct t_open_how { uint64_t flags, mode, resolve; };
+#define T_RESOLVE_NO_MAGICLINKS 0x02
+#define T_RESOLVE_BENEATH 0x08
+struct t_cap_header { uint32_t version; int pid; };
+struct t_cap_data { uint32_t effective, permitted, inheritable; };
+#define T_CAP_V3 0x20080522
+struct t_ruleset_attr { uint64_t handled_access_fs, handled_access_net, scoped; };
+struct t_path_beneath { uint64_t allowed_access; int32_t parent_fd; } __attribute__((packed));
+
+/* Op codes: keep in step with isolation/childplan.py. */
+enum {
+    OP_SETSID = 1, OP_WRITE, OP_SETNS_FD, OP_SETNS_PATH, OP_ENTER_ROOT, OP_LOOPBACK_UP, OP_SETHOSTNAME,
+    OP_MOUNT, OP_OPEN_ROOT, OP_REMOUNT_ROOT_KEEP, OP_BIND_BENEATH, OP_MOUNT_BENEATH, OP_SYMLINK_BENEATH,
+    OP_PIVOT_ROOT, OP_MOVE_ROOT, OP_UMASK, OP_STDIO, OP_NO_NEW_PRIVS, OP_LL_CREATE, OP_LL_RULE, OP_LL_RESTRICT,
+    OP_CAPBSET, OP_KEEPCAPS, OP_SETGROUPS, OP_SETRESGID, OP_SETRESUID, OP_CAPSET, OP_AMBIENT, OP_CHDIR,
+    OP_CLOSE_FDS,
+};
+/* Op flags. */
+#define F_OPTIONAL 1             /* a failure is ignored */
+#define F_ENOENT_OK 2            /* a missing path (or target) skips the op */
+#define F_SKIP_NEXT_ON_SUCCESS 4 /* the next op is this one's fallback */
+#define F_NO_CREATE 8            /* a missing target is not created */
+#define F_WANT_DIR 16            /* a missing target is made a directory (else an empty file) */
+#define F_CTTY 32                /* OP_STDIO: make fd 0 the controlling terminal */
+
+typedef struct {
+    int code, flags;
+    long long i[3];
+    const char *s[4];
+    const char *step;
+} op_t;
+
+typedef struct {
+    op_t *ops;
+    Py_ssize_t nops;
+    int errpipe;
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    gid_t *groups;
+    Py_ssize_t ngroups;
+    int root_fd, ll_fd;
+    /* the failure being reported */
+    const char *fail_step, *fail_path;
+    int fail_errno;
+} plan_t;
+
+/* ---- the child: nothing below may allocate or touch shared state --------------------------------------- */
+
+static long sc(long nr, long a, long b, long c, long d, long e) {
+    long r = syscall(nr, a, b, c, d, e);
+    return r < 0 ? -errno : r;
+}
+
+static size_t c_strlen(const char *s) { size_t n = 0; while (s[n]) n++; return n; }
+
+static char *put_str(char *p, char *end, const char *s) {
+    while (*s && p < end) *p++ = *s++;
+    return p;
+}
+
+static char *put_json_str(char *p, char *end, const char *s) {
+    static const char hex[] = "0123456789abcdef";
+    if (p < end) *p++ = '"';
+    for (; s && *s && p + 6 < end; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') { *p++ = '\\'; *p++ = (char)ch; }
+        else if (ch < 0x20 || ch >= 0x7f) {
+            /* \u00XX for control and non-ASCII bytes: the launcher decodes the path as it would os.fsdecode */
+            *p++ = '\\'; *p++ = 'u'; *p++ = '0'; *p++ = '0'; *p++ = hex[ch >> 4]; *p++ = hex[ch & 15];
+        } else *p++ = (char)ch;
+    }
+    if (p < end) *p++ = '"';
+    return p;
+}
+
+static char *put_int(char *p, char *end, long v) {
+    char tmp[24];
+    int n = 0;
+    unsigned long u = v < 0 ? (unsigned long)(-v) : (unsigned long)v;
+    do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u && n < 23);
+    if (v < 0 && p < end) *p++ = '-';
+    while (n && p < end) *p++ = tmp[--n];
+    return p;
+}
+
+static void fd_path(char *buf, int fd) {
+    char *p = put_str(buf, buf + 32, "/proc/self/fd/");
+    p = put_int(p, buf + 40, fd);
+    *p = 0;
+}
+
+__attribute__((noreturn)) static void fail(plan_t *pl, const char *step, int err, const char *path) {
+    char buf[4096];
+    char *p = buf, *end = buf + sizeof(buf) - 2;
+    p = put_str(p, end, "{\"step\": ");
+    p = put_json_str(p, end, step);
+    p = put_str(p, end, ", \"errno\": ");
+    p = put_int(p, end, err);
+    if (path) {
+        p = put_str(p, end, ", \"path\": ");
+        p = put_json_str(p, end, path);
+    }
+    p = put_str(p, end, "}");
+    ssize_t off = 0;
+    while (off < p - buf) {
+        ssize_t w = write(pl->errpipe, buf + off, (size_t)(p - buf - off));
+        if (w <= 0) break;
+        off += w;
+    }
+    _exit(127);
+}
+
+/* An O_PATH descriptor of `rel` beneath `base`, each component resolved by the kernel so that nothing (a
+ * symlink a task swapped in) leads out of it; missing components are made one at a time relative to a directory
+ * already resolved that way (see mounts.bind_beneath for the reasoning). Returns -errno. */
+static int open_beneath(int base, const char *rel, int create, int want_dir, mode_t mode) {
+    char prefix[4096];
+    size_t len = 0;
+    const char *p = rel;
+    int fd = (int)sc(SYS_fcntl, base, F_DUPFD_CLOEXEC, 0, 0, 0);
+    if (fd < 0) return fd;
+    struct t_open_how how = { O_PATH | O_CLOEXEC, 0, T_RESOLVE_BENEATH | T_RESOLVE_NO_MAGICLINKS };
+    while (*p) {
+        while (*p == '/') p++;
+        if (!*p) break;
+        const char *name = p;
+        while (*p && *p != '/') p++;
+        size_t nlen = (size_t)(p - name);
+        if (len + nlen + 2 >= sizeof(prefix)) { close(fd); return -ENAMETOOLONG; }
+        if (len) prefix[len++] = '/';
+        memcpy(prefix + len, name, nlen);
+        len += nlen;
+        prefix[len] = 0;
+        const char *rest = p;
+        while (*rest == '/') rest++;
+        int last = *rest == 0;
+        int nfd = (int)sc(SYS_openat2, base, (long)prefix, (long)&how, sizeof(how), 0);
+        if (nfd == -ENOENT && create) {
+            char nm[256];
+            if (nlen >= sizeof(nm)) { close(fd); return -ENAMETOOLONG; }
+            memcpy(nm, name, nlen);
+            nm[nlen] = 0;
+            long r;
+            if (last && !want_dir) {
+                r = sc(SYS_openat, fd, (long)nm, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644, 0);
+                if (r >= 0) close((int)r);
+            } else {
+                r = sc(SYS_mkdirat, fd, (long)nm, last ? mode : 0755, 0, 0);
+            }
+            if (r < 0 && r != -EEXIST) { close(fd); return (int)r; }
+            nfd = (int)sc(SYS_openat2, base, (long)prefix, (long)&how, sizeof(how), 0);
+        }
+        close(fd);
+        if (nfd < 0) return nfd; /* EXDEV or ELOOP: it leads out of the root (the launcher words it) */
+        fd = nfd;
+    }
+    return fd;
+}
+
+/* Attach a detached copy of `src` (a host path; NULL: the target itself) on `tfd`, with `attrs` set on every
+ * mount of the copy before anyone can see it. */
+static int bind_on(const char *src, int tfd, uint64_t attrs) {
+    int tree;
+    if (src)
+        tree = (int)sc(SYS_open_tree, AT_FDCWD, (long)src, T_OPEN_TREE_CLONE | O_CLOEXEC | T_AT_RECURSIVE, 0, 0);
+    else
+        tree = (int)sc(SYS_open_tree, tfd, (long)"", T_OPEN_TREE_CLONE | O_CLOEXEC | T_AT_RECURSIVE | AT_EMPTY_PATH,
+                       0, 0);
+    if (tree < 0) return tree;
+    long r = 0;
+    if (attrs) {
+        struct t_mount_attr a = { attrs, 0, 0, 0 };
+        r = sc(SYS_mount_setattr, tree, (long)"", AT_EMPTY_PATH | T_AT_RECURSIVE, (long)&a, sizeof(a));
+    }
+    if (r == 0)
+        r = sc(SYS_move_mount, tree, (long)"", tfd, (long)"", T_MOVE_MOUNT_F_EMPTY_PATH | T_MOVE_MOUNT_T_EMPTY_PATH);
+    close(tree);
+    return (int)r;
+}
+
+/* Remount the bind mount under `fd` nosuid,nodev (plus `extra`), keeping its other flags. */
+static int remount_keep(int fd, unsigned long extra) {
+    struct statfs st;
+    char path[48];
+    if (fstatfs(fd, &st) < 0) return -errno;
+    unsigned long flags = MS_BIND | MS_REMOUNT | extra;
+    if (st.f_flags & ST_NOEXEC) flags |= MS_NOEXEC;
+    if (st.f_flags & ST_RDONLY) flags |= MS_RDONLY;
+    if (st.f_flags & ST_NOATIME) flags |= MS_NOATIME;
+    if (st.f_flags & ST_NODIRATIME) flags |= MS_NODIRATIME;
+    if (st.f_flags & ST_RELATIME) flags |= MS_RELATIME;
+    fd_path(path, fd);
+    return mount(NULL, path, NULL, flags, NULL) < 0 ? -errno : 0;
+}
+
+static int loopback_up(void) {
+    int s = (int)sc(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0, 0, 0);
+    if (s < 0) return s;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    memcpy(ifr.ifr_name, "lo", 3);
+    long r = sc(SYS_ioctl, s, SIOCGIFFLAGS, (long)&ifr, 0, 0);
+    if (r == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        r = sc(SYS_ioctl, s, SIOCSIFFLAGS, (long)&ifr, 0, 0);
+    }
+    close(s);
+    return (int)r;
+}
+
+static int do_op(plan_t *pl, op_t *op, const char **where) {
+    char path[48];
+    long r = 0;
+    int fd;
+    *where = NULL;
+    switch (op->code) {
+    case OP_SETSID:
+        r = sc(SYS_setsid, 0, 0, 0, 0, 0);
+        return r < 0 ? (int)r : 0;
+    case OP_WRITE: {
+        *where = op->s[0];
+        fd = (int)sc(SYS_openat, AT_FDCWD, (long)op->s[0], O_WRONLY | O_CLOEXEC, 0, 0);
+        if (fd < 0) return fd;
+        size_t n = c_strlen(op->s[1]);
+        r = sc(SYS_write, fd, (long)op->s[1], (long)n, 0, 0);
+        close(fd);
+        return r < 0 ? (int)r : 0;
+    }
+    case OP_SETNS_FD:
+        return (int)sc(SYS_setns, op->i[0], op->i[1], 0, 0, 0);
+    case OP_SETNS_PATH:
+        *where = op->s[0];
+        fd = (int)sc(SYS_openat, AT_FDCWD, (long)op->s[0], O_RDONLY | O_CLOEXEC, 0, 0);
+        if (fd < 0) return fd;
+        r = sc(SYS_setns, fd, op->i[0], 0, 0, 0);
+        close(fd);
+        return (int)r;
+    case OP_ENTER_ROOT:
+        r = sc(SYS_fchdir, op->i[0], 0, 0, 0, 0);
+        return r < 0 ? (int)r : (int)sc(SYS_chroot, (long)".", 0, 0, 0, 0);
+    case OP_LOOPBACK_UP:
+        return loopback_up();
+    case OP_SETHOSTNAME:
+        return (int)sc(SYS_sethostname, (long)op->s[0], (long)c_strlen(op->s[0]), 0, 0, 0);
+    case OP_MOUNT:
+        *where = op->s[1];
+        return mount(op->s[0], op->s[1], op->s[2], (unsigned long)op->i[0], op->s[3]) < 0 ? -errno : 0;
+    case OP_OPEN_ROOT:
+        *where = op->s[0];
+        fd = (int)sc(SYS_openat, AT_FDCWD, (long)op->s[0], O_PATH | O_DIRECTORY | O_CLOEXEC, 0, 0);
+        if (fd < 0) return fd;
+        pl->root_fd = fd;
+        return 0;
+    case OP_REMOUNT_ROOT_KEEP:
+        return remount_keep(pl->root_fd, (unsigned long)op->i[0]);
+    case OP_BIND_BENEATH:  /* s0 source (NULL: the target), s1 target beneath the root, i0 mount attrs */
+    case OP_MOUNT_BENEATH: /* s0 source, s1 target, s2 fstype, s3 data, i0 MS_ flags, i1 mkdir mode */
+        *where = op->s[1];
+        fd = open_beneath(pl->root_fd, op->s[1], !(op->flags & F_NO_CREATE),
+                          op->code == OP_MOUNT_BENEATH || (op->flags & F_WANT_DIR),
+                          op->code == OP_MOUNT_BENEATH ? (mode_t)op->i[1] : 0755);
+        if (fd < 0) return fd;
+        if (op->code == OP_BIND_BENEATH) {
+            r = bind_on(op->s[0], fd, (uint64_t)op->i[0]);
+        } else {
+            fd_path(path, fd);
+            r = mount(op->s[0], path, op->s[2], (unsigned long)op->i[0], op->s[3]) < 0 ? -errno : 0;
+        }
+        close(fd);
+        return (int)r;
+    case OP_SYMLINK_BENEATH: { /* s0 link text, s1 dir beneath the root, s2 name */
+        *where = op->s[1];
+        fd = open_beneath(pl->root_fd, op->s[1], 0, 1, 0);
+        if (fd < 0) return fd;
+        r = sc(SYS_symlinkat, (long)op->s[0], fd, (long)op->s[2], 0, 0);
+        close(fd);
+        return (int)r;
+    }
+    case OP_PIVOT_ROOT:
+        /* pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the new root. */
+        if ((r = sc(SYS_fchdir, pl->root_fd, 0, 0, 0, 0)) < 0) return (int)r;
+        close(pl->root_fd);
+        pl->root_fd = -1;
+        if ((r = sc(SYS_pivot_root, (long)".", (long)".", 0, 0, 0)) < 0) return (int)r;
+        if (umount2(".", MNT_DETACH) < 0) return -errno;
+        return (int)sc(SYS_chdir, (long)"/", 0, 0, 0, 0);
+    case OP_MOVE_ROOT: /* no_pivot_root: move the root mount onto / and chroot into it */
+        if ((r = sc(SYS_fchdir, pl->root_fd, 0, 0, 0, 0)) < 0) return (int)r;
+        close(pl->root_fd);
+        pl->root_fd = -1;
+        *where = op->s[0];
+        if (mount(op->s[0], "/", NULL, MS_MOVE, NULL) < 0) return -errno;
+        if ((r = sc(SYS_chroot, (long)".", 0, 0, 0, 0)) < 0) return (int)r;
+        return (int)sc(SYS_chdir, (long)"/", 0, 0, 0, 0);
+    case OP_UMASK:
+        umask((mode_t)op->i[0]);
+        return 0;
+    case OP_STDIO:
+        for (int target = 0; target < 3; target++) {
+            int src = (int)op->i[target];
+            if (src != target) r = sc(SYS_dup3, src, target, 0, 0, 0);
+            else r = sc(SYS_fcntl, src, F_SETFD, 0, 0, 0);
+            if (r < 0) return (int)r;
+        }
+        if (op->flags & F_CTTY) return (int)sc(SYS_ioctl, 0, TIOCSCTTY, 0, 0, 0);
+        return 0;
+    case OP_NO_NEW_PRIVS:
+        return (int)sc(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    case OP_LL_CREATE: { /* i0 handled fs rights, i1 scoped, i2 attr size */
+        struct t_ruleset_attr a = { (uint64_t)op->i[0], 0, (uint64_t)op->i[1] };
+        fd = (int)sc(SYS_landlock_create_ruleset, (long)&a, op->i[2], 0, 0, 0);
+        if (fd < 0) return fd;
+        sc(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC, 0, 0);
+        pl->ll_fd = fd;
+        return 0;
+    }
+    case OP_LL_RULE: { /* s0 path, i0 rights on a directory, i1 rights on anything else */
+        struct stat st;
+        *where = op->s[0];
+        fd = (int)sc(SYS_openat, AT_FDCWD, (long)op->s[0], O_PATH | O_CLOEXEC, 0, 0);
+        if (fd < 0) return (op->flags & F_ENOENT_OK) && (fd == -ENOENT || fd == -ENOTDIR) ? 0 : fd;
+        if (fstat(fd, &st) < 0) { r = -errno; close(fd); return (int)r; }
+        struct t_path_beneath pb = { (uint64_t)(S_ISDIR(st.st_mode) ? op->i[0] : op->i[1]), fd };
+        if (pb.allowed_access)
+            r = sc(SYS_landlock_add_rule, pl->ll_fd, LANDLOCK_RULE_PATH_BENEATH, (long)&pb, 0, 0);
+        close(fd);
+        /* lenient rules skip what the kernel refuses to name (EBADFD: /dev/stdout of a task writing to a pipe) */
+        if (r == -EBADFD && (op->flags & F_ENOENT_OK)) return 0;
+        return (int)r;
+    }
+    case OP_LL_RESTRICT:
+        r = sc(SYS_landlock_restrict_self, pl->ll_fd, 0, 0, 0, 0);
+        close(pl->ll_fd);
+        pl->ll_fd = -1;
+        return (int)r;
+    case OP_CAPBSET: /* i0 capabilities to keep, i1 last capability of this kernel */
+        for (int cap = 0; cap <= op->i[1]; cap++) {
+            if ((op->i[0] >> cap) & 1) continue;
+            if (sc(SYS_prctl, PR_CAPBSET_READ, cap, 0, 0, 0) == 1 &&
+                (r = sc(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0)) < 0)
+                return (int)r;
+        }
+        return 0;
+    case OP_KEEPCAPS:
+        return (int)sc(SYS_prctl, PR_SET_KEEPCAPS, op->i[0], 0, 0, 0);
+    case OP_SETGROUPS:
+        return (int)sc(SYS_setgroups, pl->ngroups, (long)pl->groups, 0, 0, 0);
+    case OP_SETRESGID:
+        return (int)sc(SYS_setresgid, op->i[0], op->i[0], op->i[0], 0, 0);
+    case OP_SETRESUID:
+        return (int)sc(SYS_setresuid, op->i[0], op->i[0], op->i[0], 0, 0);
+    case OP_CAPSET: { /* i0 effective = permitted, i1 inheritable */
+        struct t_cap_header h = { T_CAP_V3, 0 };
+        struct t_cap_data d[2];
+        for (int k = 0; k < 2; k++) {
+            d[k].effective = d[k].permitted = (uint32_t)((unsigned long long)op->i[0] >> (32 * k));
+            d[k].inheritable = (uint32_t)((unsigned long long)op->i[1] >> (32 * k));
+        }
+        return (int)sc(SYS_capset, (long)&h, (long)d, 0, 0, 0);
+    }
+    case OP_AMBIENT: /* i0 capabilities to raise, i1 last capability */
+        if ((r = sc(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)) < 0) return (int)r;
+        for (int cap = 0; cap <= op->i[1]; cap++)
+            if (((op->i[0] >> cap) & 1) && (r = sc(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)) < 0)
+                return (int)r;
+        return 0;
+    case OP_CHDIR:
+        *where = op->s[0];
+        return (int)sc(SYS_chdir, (long)op->s[0], 0, 0, 0, 0);
+    case OP_CLOSE_FDS: /* everything from 3 up but the error pipe */
+        if (pl->errpipe > 3 && (r = sc(SYS_close_range, 3, pl->errpipe - 1, 0, 0, 0)) < 0) return (int)r;
+        return (int)sc(SYS_close_range, pl->errpipe + 1, ~0U, 0, 0, 0);
+    }
+    return -EINVAL;
+}
+
+static int child_main(void *arg) {
+    plan_t *pl = arg;
+    /* Every signal arrived blocked (see spawn). Back to defaults before anything can run a handler: the
+     * launcher's handlers are Python's, which would write to the memory this child shares with it. Ignored
+     * signals too: a task starts with every disposition at its default. */
+    static const char zero[64];
+    for (int sig = 1; sig < 65; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, zero, NULL, 8);
+    for (Py_ssize_t k = 0; k < pl->nops; k++) {
+        op_t *op = &pl->ops[k];
+        const char *where;
+        int r = do_op(pl, op, &where);
+        if (r == 0) {
+            if (op->flags & F_SKIP_NEXT_ON_SUCCESS) k++;
+            continue;
+        }
+        if ((op->flags & F_OPTIONAL) || (op->flags & F_SKIP_NEXT_ON_SUCCESS)) continue;
+        if ((op->flags & F_ENOENT_OK) && r == -ENOENT) continue;
+        fail(pl, op->step, -r, where);
+    }
+    uint64_t empty = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, 8);
+    execve(pl->path, pl->argv, pl->envp);
+    fail(pl, "execve", errno, pl->path);
+}
+
+/* ---- the parent: convert the plan, then clone ---------------------------------------------------------- */
+
+static char child_stack[256 * 1024] __attribute__((aligned(64)));
+
+static int as_cstr(PyObject *o, const char **out, const char *what) {
+    if (o == Py_None) { *out = NULL; return 0; }
+    char *s;
+    Py_ssize_t n;
+    if (!PyBytes_Check(o)) { PyErr_Format(PyExc_TypeError, "%s: bytes or None expected", what); return -1; }
+    if (PyBytes_AsStringAndSize(o, &s, &n) < 0) return -1;
+    if ((Py_ssize_t)c_strlen(s) != n) { PyErr_Format(PyExc_ValueError, "%s: embedded NUL byte", what); return -1; }
+    *out = s;
+    return 0;
+}
+
+static char **as_argv(PyObject *seq, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    char **v = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (!v) { Py_DECREF(fast); PyErr_NoMemory(); return NULL; }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const char *s;
+        if (as_cstr(PySequence_Fast_GET_ITEM(fast, k), &s, what) < 0 || !s) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_TypeError, "%s: None", what);
+            PyMem_Free(v);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        v[k] = (char *)s;
+    }
+    Py_DECREF(fast);  /* the items stay alive: the caller holds the list */
+    return v;
+}
+
+PyDoc_STRVAR(spawn_doc,
+"spawn(clone_flags, errpipe, ops, path, argv, envp, groups) -> pid\n\n"
+"Clone a child sharing this process's memory (CLONE_VM | CLONE_VFORK plus clone_flags' namespaces), run ops in\n"
+"it, then execve(path, argv, envp). Returns once the child has exec'd or failed; a failure is reported on\n"
+"errpipe as JSON. ops are tuples (code, flags, step, i0, i1, i2, s0, s1, s2, s3) of ints and bytes/None;\n"
+"argv and envp lists of bytes; groups a list of gids for OP_SETGROUPS. The caller must be single-threaded.");
+
+static PyObject *spawn(PyObject *self, PyObject *args) {
+    unsigned long clone_flags;
+    int errpipe;
+    PyObject *ops, *path_o, *argv_o, *envp_o, *groups_o;
+    if (!PyArg_ParseTuple(args, "kiO!OOOO", &clone_flags, &errpipe, &PyList_Type, &ops, &path_o, &argv_o,
+                          &envp_o, &groups_o))
+        return NULL;
+    if (clone_flags & ~(unsigned long)(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)) {
+        PyErr_SetString(PyExc_ValueError, "clone_flags: only namespace flags");
+        return NULL;
+    }
+    plan_t pl;
+    memset(&pl, 0, sizeof(pl));
+    pl.errpipe = errpipe;
+    pl.root_fd = pl.ll_fd = -1;
+    PyObject *result = NULL;
+    char **argv = NULL, **envp = NULL;
+    pl.nops = PyList_GET_SIZE(ops);
+    pl.ops = PyMem_Calloc((size_t)pl.nops + 1, sizeof(op_t));
+    if (!pl.ops) return PyErr_NoMemory();
+    for (Py_ssize_t k = 0; k < pl.nops; k++) {
+        PyObject *t = PyList_GET_ITEM(ops, k), *step, *s[4];
+        op_t *op = &pl.ops[k];
+        if (!PyArg_ParseTuple(t, "iiOLLLOOOO", &op->code, &op->flags, &step, &op->i[0], &op->i[1], &op->i[2],
+                              &s[0], &s[1], &s[2], &s[3]))
+            goto out;
+        if (as_cstr(step, &op->step, "step") < 0 || !op->step) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "step: None");
+            goto out;
+        }
+        for (int j = 0; j < 4; j++)
+            if (as_cstr(s[j], &op->s[j], op->step) < 0) goto out;
+    }
+    if (as_cstr(path_o, &pl.path, "path") < 0 || !pl.path) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "path: None");
+        goto out;
+    }
+    if (!(argv = as_argv(argv_o, "argv")) || !(envp = as_argv(envp_o, "envp"))) goto out;
+    pl.argv = argv;
+    pl.envp = envp;
+    if (groups_o != Py_None) {
+        PyObject *fast = PySequence_Fast(groups_o, "groups");
+        if (!fast) goto out;
+        pl.ngroups = PySequence_Fast_GET_SIZE(fast);
+        pl.groups = PyMem_Calloc((size_t)pl.ngroups + 1, sizeof(gid_t));
+        if (!pl.groups) { Py_DECREF(fast); PyErr_NoMemory(); goto out; }
+        for (Py_ssize_t k = 0; k < pl.ngroups; k++) {
+            unsigned long g = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, k));
+            if (PyErr_Occurred()) { Py_DECREF(fast); goto out; }
+            pl.groups[k] = (gid_t)g;
+        }
+        Py_DECREF(fast);
+    }
+
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t pid = clone(child_main, child_stack + sizeof(child_stack),
+                      (int)(CLONE_VM | CLONE_VFORK | SIGCHLD | clone_flags), &pl);
+    int saved = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        errno = saved;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto out;
+    }
+    result = PyLong_FromLong(pid);
+out:
+    PyMem_Free(pl.ops);
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    PyMem_Free(pl.groups);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"spawn", spawn, METH_VARARGS, spawn_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "isolation._spawn", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__spawn(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+#define C(name) if (PyModule_AddIntConstant(m, #name, name) < 0) { Py_DECREF(m); return NULL; }
+    C(OP_SETSID) C(OP_WRITE) C(OP_SETNS_FD) C(OP_SETNS_PATH) C(OP_ENTER_ROOT) C(OP_LOOPBACK_UP)
+    C(OP_SETHOSTNAME) C(OP_MOUNT) C(OP_OPEN_ROOT) C(OP_REMOUNT_ROOT_KEEP) C(OP_BIND_BENEATH)
+    C(OP_MOUNT_BENEATH) C(OP_SYMLINK_BENEATH) C(OP_PIVOT_ROOT) C(OP_MOVE_ROOT) C(OP_UMASK) C(OP_STDIO)
+    C(OP_NO_NEW_PRIVS) C(OP_LL_CREATE) C(OP_LL_RULE) C(OP_LL_RESTRICT) C(OP_CAPBSET) C(OP_KEEPCAPS)
+    C(OP_SETGROUPS) C(OP_SETRESGID) C(OP_SETRESUID) C(OP_CAPSET) C(OP_AMBIENT) C(OP_CHDIR) C(OP_CLOSE_FDS)
+    C(F_OPTIONAL) C(F_ENOENT_OK) C(F_SKIP_NEXT_ON_SUCCESS) C(F_NO_CREATE) C(F_WANT_DIR) C(F_CTTY)
+#undef C
+    return m;
+}
