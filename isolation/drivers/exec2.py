@@ -6,9 +6,11 @@ When Landlock is unavailable the driver is unhealthy and refuses tasks: an exec2
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +36,7 @@ class Exec2Driver(CommonDriver):
     def __init__(self, runtime, config):
         super().__init__(runtime, config)
         self._pool_file = Path(runtime.state_dir) / POOL_FILE
+        self._stash = threading.local()
 
     # ---- dynamic users -----------------------------------------------------------------------------------
     def _with_pool(self, fn: Callable[[DynamicUserPool], T]) -> T:
@@ -44,25 +47,29 @@ class Exec2Driver(CommonDriver):
         self._pool_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self._pool_file.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            pool = self._load_pool()
+            pool, clean = self._load_pool()
+            before = pool.to_dict()
             result = fn(pool)
+            if clean and pool.to_dict() == before:
+                return result  # nothing changed (an instance asking for the uid it holds): no rewrite
             tmp = self._pool_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(pool.to_dict()))
             os.replace(tmp, self._pool_file)
             return result
 
-    def _load_pool(self) -> DynamicUserPool:
+    def _load_pool(self) -> tuple[DynamicUserPool, bool]:
+        """The pool, and whether the file held it as is (a missing or damaged file must be (re)written)."""
         lo, hi = self.config.dynamic_user_min, self.config.dynamic_user_max
         try:
             data = json.loads(self._pool_file.read_text())
         except FileNotFoundError:
-            return DynamicUserPool(lo, hi)
+            return DynamicUserPool(lo, hi), False
         except (OSError, ValueError):
-            return self._rebuilt_pool(lo, hi)
+            return self._rebuilt_pool(lo, hi), False
         try:
-            return DynamicUserPool.from_dict(data, lo, hi)
+            return DynamicUserPool.from_dict(data, lo, hi), True
         except (ValueError, KeyError, TypeError):
-            return self._rebuilt_pool(lo, hi)
+            return self._rebuilt_pool(lo, hi), False
 
     def _rebuilt_pool(self, lo: int, hi: int) -> DynamicUserPool:
         """The pool file is damaged: reserve the uids of every process still in one of our task cgroups, so
@@ -108,13 +115,26 @@ class Exec2Driver(CommonDriver):
             raise StartError(health.reason)
         self.requested_unveils(ctx)
         network_for(ctx)
-        held = bool(ctx.task.user) or self._with_pool(lambda pool: ctx.task_id in pool.allocations())
+        held = True
+        if not ctx.task.user:
+            # One trip to the pool file takes the uid and says whether this instance held it already; identity()
+            # picks it up from this thread's stash (the controller's workers share this driver).
+            def take(pool: DynamicUserPool) -> tuple[bool, int]:
+                had = ctx.task_id in pool.allocations()
+                return had, pool.allocate(ctx.task_id)
+            try:
+                held, uid = self._with_pool(take)
+            except PoolExhausted as e:
+                raise StartError(str(e)) from None
+            self._stash.taken = (ctx.task_id, uid)
         try:
             return super().start(ctx)
         except BaseException:
-            if not ctx.task.user and not held:
+            if not held:
                 self._with_pool(lambda pool: pool.release_owner(ctx.task_id))
             raise
+        finally:
+            self._stash.taken = None
 
     def identity(self, ctx: TaskContext) -> Identity:
         if ctx.task.user:
@@ -122,10 +142,14 @@ class Exec2Driver(CommonDriver):
         # The owner is the task instance: a start retried before the last run was destroyed keeps its uid (and
         # so its files in local/ and alloc/data). One instance never runs twice at once (its cgroup is emptied
         # before every launch), so no two live processes share an owner.
-        try:
-            uid = self._with_pool(lambda pool: pool.allocate(ctx.task_id))
-        except PoolExhausted as e:
-            raise StartError(str(e)) from None
+        taken = getattr(self._stash, "taken", None)
+        if taken is not None and taken[0] == ctx.task_id:
+            uid = taken[1]
+        else:
+            try:
+                uid = self._with_pool(lambda pool: pool.allocate(ctx.task_id))
+            except PoolExhausted as e:
+                raise StartError(str(e)) from None
         info = dynamic_user(uid)
         return Identity(info.uid, info.gid, info.groups, info.name, DYNAMIC_USER_HOME, dynamic=True)
 
@@ -170,7 +194,8 @@ class Exec2Driver(CommonDriver):
             ("rx", str(td.logs)),
         ]
         if self.config.exec2.unveil_defaults:
-            rules += [(m, p) for m, p in landlock.EXEC2_DEFAULT_UNVEILS if os.path.exists(p)]
+            # Missing ones included: the launcher's child skips what does not exist (skip_missing below).
+            rules += landlock.EXEC2_DEFAULT_UNVEILS
         rules += self.requested_unveils(ctx)
         return tuple(rules)
 
@@ -185,14 +210,25 @@ class Exec2Driver(CommonDriver):
                        caps=(), cwd=ctx.task.config.work_dir or str(td.dir))
 
 
+@functools.lru_cache(maxsize=None)
+def _default_real(path: str) -> str:
+    # The defaults are a fixed list of system paths (/bin -> /usr/bin...): resolved once per process. A stale
+    # answer could only misword or skip this early check; the kernel's Landlock decides at execve either way.
+    return os.path.realpath(path)
+
+
+_DEFAULT_PATHS = frozenset(p for _, p in landlock.EXEC2_DEFAULT_UNVEILS)
+
+
 def executable_under(path: str, rules: tuple[tuple[str, str], ...]) -> bool:
     """Whether Landlock will let the task execute `path`: rules apply to what paths resolve to, so compare the
     resolved command with the resolved rule paths."""
     real = os.path.realpath(path)
-    for modes, rule in rules:
+    # The defaults first: their resolution is cached, and most commands live under them.
+    for modes, rule in sorted(rules, key=lambda r: r[1] not in _DEFAULT_PATHS):
         if "x" not in modes:
             continue
-        base = os.path.realpath(rule)
+        base = _default_real(rule) if rule in _DEFAULT_PATHS else os.path.realpath(rule)
         if real == base or real.startswith(base.rstrip("/") + "/"):
             return True
     return False
