@@ -364,8 +364,9 @@ class Launcher:
 
     # ---- spawning ----------------------------------------------------------------------------------------
     def _fast_path_ok(self, spec: LaunchSpec, passed: list[int], enter_pid: int | None) -> bool:
-        """raw_exec-style tasks need nothing Python must do between fork and exec except joining the cgroup,
-        which the launcher can do for them (see _spawn_fast). Anything else goes through isolation.child."""
+        """Without the C child: raw_exec-style tasks need nothing Python must do between fork and exec except
+        joining the cgroup, which the launcher can do for them (see _spawn_fast). Anything else goes through
+        isolation.child."""
         ns = spec.namespaces
         return (enter_pid is None and not passed and spec.rootfs is None
                 and spec.landlock is None and spec.caps is None and not spec.no_new_privs and not spec.ctty
@@ -480,10 +481,13 @@ class Launcher:
                 return
 
     def _spawn(self, spec: LaunchSpec, passed: list[int], conn: Conn, rid, enter_pid: int | None = None) -> None:
-        """Fork the child and return at once. The reply waits for the error pipe: EOF without a report means the
-        child exec'd. Meanwhile the launcher can fork the next task, so the slow part of one child's setup (mounts,
-        execve) overlaps with the next spawn instead of queueing behind it."""
-        if self._fast_path_ok(spec, passed, enter_pid):
+        """Start the child. The C child (isolation/_spawn.c, every kind of task when built) shares our memory
+        until its execve, so we are suspended until then and answer at once. The Python fallback forks and
+        returns at once; the reply waits for the error pipe (EOF without a report means the child exec'd), so
+        the slow part of one child's setup overlaps with the next spawn. Either way the reply comes only after
+        the task's execve."""
+        vfork = childplan.available()
+        if not vfork and self._fast_path_ok(spec, passed, enter_pid):
             self._spawn_fast(spec, conn, rid)
             return
         opened: list[int] = []
@@ -519,6 +523,13 @@ class Launcher:
                 os.close(fd)
         pending = Spawning(spec=spec, pid=pid, start_time=ksys.process_start_time(pid), conn=conn, rid=rid,
                            err_r=err_r, log_ends=parent_ends)
+        if vfork:
+            # clone(CLONE_VFORK) returned: the child has exec'd or written its report and exited, and every
+            # write end of the pipe is closed, so these reads cannot block.
+            while chunk := os.read(err_r, 4096):
+                pending.report += chunk
+            self._spawn_done(pending)
+            return
         self.spawning[pid] = pending
         os.set_blocking(err_r, False)
         self.sel.register(err_r, selectors.EVENT_READ, ("spawn", pending))
@@ -533,8 +544,11 @@ class Launcher:
             return
         # EOF: the child either exec'd (close-on-exec) or wrote its report and exited.
         self.sel.unregister(pending.err_r)
-        os.close(pending.err_r)
         self.spawning.pop(pending.pid, None)
+        self._spawn_done(pending)
+
+    def _spawn_done(self, pending: "Spawning") -> None:
+        os.close(pending.err_r)
         if pending.report:
             if pending.status is None:
                 os.waitpid(pending.pid, 0)  # it exits right after writing the report

@@ -18,6 +18,11 @@ from tests.kernel.conftest import make_ctx, raw_task
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture(autouse=True)
+def _both_children(child_impl):
+    """Every test here runs with the C child and with the Python fallback (see conftest.child_impl)."""
+
+
 def _log(handle, stream="stdout") -> str:
     name = handle.task_id.rsplit("/", 1)[1]
     return (Path(handle.alloc_dir) / "alloc" / "logs" / f"{name}.{stream}").read_text()
@@ -233,11 +238,15 @@ def _ids(handle) -> dict[str, list[int]]:
     return {k: sorted({int(x) for x in status[k].split()}) for k in ("Uid", "Gid", "Groups")}
 
 
-def test_credentials_default_to_tasksds_and_user_sets_uid_gid_and_groups(drivers, agent_config, runtime):
-    """Without `user` the task has exactly the launcher's ids and groups (spawned without a credential change, so
-    with vfork); with `user` it has that account's uid, gid and supplementary groups, nothing of root's."""
+def test_credentials_default_to_tasksds_and_user_sets_uid_gid_and_groups(drivers, agent_config, runtime, tmp):
+    """Without `user` the task has exactly the launcher's ids and groups; with `user` it has that account's uid,
+    gid and supplementary groups, nothing of root's."""
     import grp
     import pwd
+
+    # The task enters its working directory (the task dir) with its own credentials, as Nomad's executor does:
+    # the test's private temp dir (0700 root) must be traversable, as tasksd's state dir (0711) is.
+    os.chmod(tmp, 0o711)
 
     d = drivers["raw_exec"]
     h = d.start(make_ctx(agent_config, raw_task("/bin/grep", "-E", "^(Uid|Gid|Groups):", "/proc/self/status")))
@@ -318,7 +327,9 @@ def test_children_forked_at_once_end_up_in_every_task_cgroup(drivers, agent_conf
     _finish(d, h)
 
 
-@pytest.mark.parametrize("adj", [None, 100])  # None: the vfork fast path; 100: the Python child (oom_score_adj)
+# With the Python fallback (child_impl), None takes its subprocess fast path and 100 its Python child (an
+# oom_score_adj of its own takes a task off the fast path); the C child takes every task.
+@pytest.mark.parametrize("adj", [None, 100])
 def test_signals_ignored_or_blocked_by_tasksds_parent_are_default_in_the_task(tmp, cgroup_parent, agent_config, adj):
     """Ignored dispositions and the blocked mask survive fork and execve: a launcher started by a parent that
     ignores SIGUSR1 and glibc's internal signal 32, and blocks SIGTERM and SIGUSR2 (CI runners here did both),
