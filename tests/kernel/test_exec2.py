@@ -353,3 +353,18 @@ def test_abstract_unix_sockets_of_the_host_are_out_of_reach(exec2):
             assert out.splitlines() == [f"refused {errno.EPERM}", "own ok"], (out, err)
         finally:
             d.destroy(h)
+
+
+def test_a_failed_setup_step_is_reported_with_its_step_errno_and_path(exec2, runtime):
+    """The child's report reaches the caller: the step, the error and the path it concerns. Nothing is left
+    running, and the dynamic uid the start took is given back."""
+    cfg = config()
+    d = exec2(cfg)
+    with pytest.raises(StartError, match=r"step execve: No such file or directory: /nonexistent/tasksd-cmd"):
+        d.start(make_ctx(cfg, exec2_task("/nonexistent/tasksd-cmd")))
+    with pytest.raises(StartError, match=r"step chdir: No such file or directory: /nonexistent-dir"):
+        d.start(make_ctx(cfg, exec2_task("/bin/true", work_dir="/nonexistent-dir"), index=1))
+    assert pool_owners(runtime) == {}
+    for name in runtime.cgroups.names():
+        cg = runtime.cgroups.open(name)
+        assert cg is None or not cg.pids()

@@ -1,0 +1,70 @@
+"""The C child's plan (isolation/childplan.py) against the Python child's order of steps (isolation/child.py).
+
+Pure: compiles plans, runs nothing. Needs the extension built (`make install-test` does it in place)."""
+from __future__ import annotations
+
+from isolation import child, childplan
+from isolation import sys as ksys
+from isolation.launchspec import BindMount, LaunchSpec, Namespaces, RootFS
+
+FDS = {"stdin": 10, "stdout": 11, "stderr": 12, "errpipe": 13}
+
+
+def _spec(**kw) -> LaunchSpec:
+    base = dict(key="k", path="/bin/true", argv=("/bin/true",), env=(("A", "1"),), cwd="/",
+                cgroup_procs=("/sys/fs/cgroup/x/cgroup.procs",), uid=65534, gid=65534, groups=(65534,))
+    base.update(kw)
+    return LaunchSpec(**base)
+
+
+def _steps(plan) -> list[str]:
+    """The plan's steps, each named once, in order (an op's step may carry a detail after ': ')."""
+    out: list[str] = []
+    for op in plan.ops:
+        name = op[2].decode().split(":")[0]
+        if not out or out[-1] != name:
+            out.append(name)
+    return out
+
+
+def _in_reference_order(steps: list[str]) -> bool:
+    order = [name for name, _ in child.STEPS]
+    positions = [order.index(s) for s in steps]
+    return positions == sorted(positions)
+
+
+def test_the_extension_is_built():
+    assert childplan._spawn is not None, "isolation._spawn is not built: run `make install-test`"
+
+
+def test_exec_plan_follows_the_python_childs_order_and_makes_namespaces_in_clone():
+    spec = _spec(rootfs=RootFS(root="/srv/t", binds=(BindMount("/usr", "/usr"),), readonly_paths=("/proc/sys",),
+                               masked_paths=("/proc/kcore",)),
+                 namespaces=Namespaces(mount=True, pid=True, ipc=True, uts=True, net="new"),
+                 no_new_privs=True, caps=(10,))
+    plan = childplan.compile_plan(spec, FDS, None)
+    steps = _steps(plan)
+    assert steps[0] == "new session" and steps[-1] == "close fds"
+    assert {"join cgroup", "mounts", "credentials", "no_new_privs", "chdir", "stdio"} <= set(steps)
+    assert _in_reference_order(steps)
+    assert plan.clone_flags == (ksys.CLONE_NEWNS | ksys.CLONE_NEWPID | ksys.CLONE_NEWIPC | ksys.CLONE_NEWUTS
+                                | ksys.CLONE_NEWNET)
+    assert plan.groups == [65534]
+
+
+def test_exec2_plan_unveils_after_stdio_and_before_credentials():
+    # Landlock rules for /dev/stdout and /proc/self/... name what the child sees once its stdio and /proc are in
+    # place, and the paths must still be openable, i.e. before the uid changes.
+    spec = _spec(namespaces=Namespaces(mount=True, pid=True, ipc=True, mount_proc=True),
+                 landlock=(("rx", "/usr"), ("rw", "/dev/stdout")), caps=())
+    steps = _steps(childplan.compile_plan(spec, FDS, None))
+    assert _in_reference_order(steps)
+    assert steps.index("stdio") < steps.index("landlock") < steps.index("credentials")
+
+
+def test_exec_into_a_task_enters_instead_of_creating_namespaces():
+    spec = _spec(namespaces=Namespaces(mount=True, pid=True))
+    plan = childplan.compile_plan(spec, FDS, {"mnt": 20, "root": 21})
+    assert plan.clone_flags == 0
+    assert "enter task" in _steps(plan) and "mounts" not in _steps(plan)
+    assert _in_reference_order(_steps(plan))
