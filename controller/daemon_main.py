@@ -91,7 +91,7 @@ class Daemon:
         try:
             runtime = Runtime(self.state_dir, cgroup_parent=self.config.cgroup_parent)
             for problem in runtime.open():
-                log.warning("cgroups: %s", problem)
+                log.warning("runtime: %s", problem)
         except Exception as e:  # noqa: BLE001 - the message is what the operator needs
             log.error("cannot start the task runtime: %s", e)
             return 1

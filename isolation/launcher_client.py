@@ -33,6 +33,7 @@ class LauncherClient:
         self._cv = threading.Condition()
         self._reader: threading.Thread | None = None
         self.launcher_pid: int | None = None
+        self.child: str | None = None  # "c" or "python": how the launcher sets tasks up (its ping says)
 
     # ---- connection --------------------------------------------------------------------------------------
     def connect(self, start: bool = True, timeout: float = 10.0) -> None:
@@ -44,7 +45,9 @@ class LauncherClient:
                 raise
             self._start_launcher(timeout)
             self._open()
-        self.launcher_pid = self.request("ping")["pid"]
+        pong = self.request("ping")
+        self.launcher_pid = pong["pid"]
+        self.child = pong.get("child", "python")  # a launcher from before the C child answers without it
 
     def _open(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

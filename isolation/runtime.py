@@ -75,7 +75,11 @@ class Runtime:
                 self._raw_exits[rec["key"]] = rec
         self._watcher = threading.Thread(target=self._watch_pidfds, name="pidfd-watch", daemon=True)
         self._watcher.start()
-        return [p.message for p in problems]
+        notes = [p.message for p in problems]
+        if self.client.child != "c":
+            notes.append("the launcher sets tasks up with its Python child (the C extension isolation._spawn is "
+                         "not built, or TASKSD_CHILD=python): every start costs a few ms more")
+        return notes
 
     def close(self) -> None:
         """Disconnect; tasks and the launcher keep running (a daemon restart must not touch workloads)."""

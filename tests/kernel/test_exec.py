@@ -388,3 +388,18 @@ def test_the_launcher_uses_the_child_it_was_asked_for(runtime, child_impl):
     """`make test` builds the C child in place; a launcher that silently fell back to Python would leave the C
     one untested by everything in this module."""
     assert runtime.client.request("ping")["child"] == child_impl
+
+
+
+def test_the_runtime_says_when_tasks_start_through_the_python_child(tmp, cgroup_parent, child_impl):
+    """The daemon logs what Runtime.open returns: an operator whose install lacks the C extension hears why
+    starts are slower."""
+    from isolation.runtime import Runtime
+    from tests.kernel.conftest import teardown_runtime
+
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    try:
+        notes = rt.open()
+    finally:
+        teardown_runtime(rt)
+    assert any("Python child" in n for n in notes) == (child_impl == "python")
