@@ -33,6 +33,7 @@
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The newer syscalls have one number on every architecture. */
@@ -56,6 +57,18 @@
 #define SYS_landlock_add_rule 445
 #define SYS_landlock_restrict_self 446
 #endif
+
+/* 32-bit x86 and arm have 16-bit legacy set*id calls under the plain names. */
+#ifdef SYS_setresuid32
+#define NR_setresuid SYS_setresuid32
+#define NR_setresgid SYS_setresgid32
+#define NR_setgroups SYS_setgroups32
+#else
+#define NR_setresuid SYS_setresuid
+#define NR_setresgid SYS_setresgid
+#define NR_setgroups SYS_setgroups
+#endif
+#define ID_MAX 0xFFFFFFFEULL /* (uid_t)-1 means "unchanged" to the kernel: never a valid id here */
 
 /* <linux/mount.h> clashes with glibc's <sys/mount.h>: the few definitions needed, from the uapi. */
 #define T_OPEN_TREE_CLONE 1
@@ -104,11 +117,14 @@ typedef struct {
     char *const *envp;
     gid_t *groups;
     Py_ssize_t ngroups;
-    int root_fd, ll_fd;
-    /* the failure being reported */
-    const char *fail_step, *fail_path;
-    int fail_errno;
+    long deadline_s;
 } plan_t;
+
+/* What the child itself keeps between ops: on its own stack, never in the plan (the launcher's memory). */
+typedef struct {
+    const plan_t *pl;
+    int root_fd, ll_fd;
+} child_t;
 
 /* ---- the child: nothing below may allocate or touch shared state --------------------------------------- */
 
@@ -131,7 +147,8 @@ static char *put_json_str(char *p, char *end, const char *s) {
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\') { *p++ = '\\'; *p++ = (char)ch; }
         else if (ch < 0x20 || ch >= 0x7f) {
-            /* \u00XX for control and non-ASCII bytes: the launcher decodes the path as it would os.fsdecode */
+            /* \u00XX for control and non-ASCII bytes: the launcher maps them back to bytes (latin-1) and decodes
+             * those as os.fsdecode does */
             *p++ = '\\'; *p++ = 'u'; *p++ = '0'; *p++ = '0'; *p++ = hex[ch >> 4]; *p++ = hex[ch & 15];
         } else *p++ = (char)ch;
     }
@@ -155,7 +172,7 @@ static void fd_path(char *buf, int fd) {
     *p = 0;
 }
 
-__attribute__((noreturn)) static void fail(plan_t *pl, const char *step, int err, const char *path) {
+__attribute__((noreturn)) static void fail(const plan_t *pl, const char *step, int err, const char *path) {
     char buf[4096];
     char *p = buf, *end = buf + sizeof(buf) - 2;
     p = put_str(p, end, "{\"step\": ");
@@ -163,8 +180,14 @@ __attribute__((noreturn)) static void fail(plan_t *pl, const char *step, int err
     p = put_str(p, end, ", \"errno\": ");
     p = put_int(p, end, err);
     if (path) {
+        /* at most 6 bytes per input byte: a path is cut at 512 bytes so that the object always closes */
+        char cut[513];
+        size_t n = c_strlen(path);
+        if (n > 512) n = 512;
+        memcpy(cut, path, n);
+        cut[n] = 0;
         p = put_str(p, end, ", \"path\": ");
-        p = put_json_str(p, end, path);
+        p = put_json_str(p, end, cut);
     }
     p = put_str(p, end, "}");
     ssize_t off = 0;
@@ -274,7 +297,8 @@ static int loopback_up(void) {
     return (int)r;
 }
 
-static int do_op(plan_t *pl, op_t *op, const char **where) {
+static int do_op(child_t *c, const op_t *op, const char **where) {
+    const plan_t *pl = c->pl;
     char path[48];
     long r = 0;
     int fd;
@@ -315,14 +339,14 @@ static int do_op(plan_t *pl, op_t *op, const char **where) {
         *where = op->s[0];
         fd = (int)sc(SYS_openat, AT_FDCWD, (long)op->s[0], O_PATH | O_DIRECTORY | O_CLOEXEC, 0, 0);
         if (fd < 0) return fd;
-        pl->root_fd = fd;
+        c->root_fd = fd;
         return 0;
     case OP_REMOUNT_ROOT_KEEP:
-        return remount_keep(pl->root_fd, (unsigned long)op->i[0]);
+        return remount_keep(c->root_fd, (unsigned long)op->i[0]);
     case OP_BIND_BENEATH:  /* s0 source (NULL: the target), s1 target beneath the root, i0 mount attrs */
     case OP_MOUNT_BENEATH: /* s0 source, s1 target, s2 fstype, s3 data, i0 MS_ flags, i1 mkdir mode */
         *where = op->s[1];
-        fd = open_beneath(pl->root_fd, op->s[1], !(op->flags & F_NO_CREATE),
+        fd = open_beneath(c->root_fd, op->s[1], !(op->flags & F_NO_CREATE),
                           op->code == OP_MOUNT_BENEATH || (op->flags & F_WANT_DIR),
                           op->code == OP_MOUNT_BENEATH ? (mode_t)op->i[1] : 0755);
         if (fd < 0) return fd;
@@ -336,7 +360,7 @@ static int do_op(plan_t *pl, op_t *op, const char **where) {
         return (int)r;
     case OP_SYMLINK_BENEATH: { /* s0 link text, s1 dir beneath the root, s2 name */
         *where = op->s[1];
-        fd = open_beneath(pl->root_fd, op->s[1], 0, 1, 0);
+        fd = open_beneath(c->root_fd, op->s[1], 0, 1, 0);
         if (fd < 0) return fd;
         r = sc(SYS_symlinkat, (long)op->s[0], fd, (long)op->s[2], 0, 0);
         close(fd);
@@ -344,16 +368,16 @@ static int do_op(plan_t *pl, op_t *op, const char **where) {
     }
     case OP_PIVOT_ROOT:
         /* pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only the new root. */
-        if ((r = sc(SYS_fchdir, pl->root_fd, 0, 0, 0, 0)) < 0) return (int)r;
-        close(pl->root_fd);
-        pl->root_fd = -1;
+        if ((r = sc(SYS_fchdir, c->root_fd, 0, 0, 0, 0)) < 0) return (int)r;
+        close(c->root_fd);
+        c->root_fd = -1;
         if ((r = sc(SYS_pivot_root, (long)".", (long)".", 0, 0, 0)) < 0) return (int)r;
         if (umount2(".", MNT_DETACH) < 0) return -errno;
         return (int)sc(SYS_chdir, (long)"/", 0, 0, 0, 0);
     case OP_MOVE_ROOT: /* no_pivot_root: move the root mount onto / and chroot into it */
-        if ((r = sc(SYS_fchdir, pl->root_fd, 0, 0, 0, 0)) < 0) return (int)r;
-        close(pl->root_fd);
-        pl->root_fd = -1;
+        if ((r = sc(SYS_fchdir, c->root_fd, 0, 0, 0, 0)) < 0) return (int)r;
+        close(c->root_fd);
+        c->root_fd = -1;
         *where = op->s[0];
         if (mount(op->s[0], "/", NULL, MS_MOVE, NULL) < 0) return -errno;
         if ((r = sc(SYS_chroot, (long)".", 0, 0, 0, 0)) < 0) return (int)r;
@@ -377,7 +401,7 @@ static int do_op(plan_t *pl, op_t *op, const char **where) {
         fd = (int)sc(SYS_landlock_create_ruleset, (long)&a, op->i[2], 0, 0, 0);
         if (fd < 0) return fd;
         sc(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC, 0, 0);
-        pl->ll_fd = fd;
+        c->ll_fd = fd;
         return 0;
     }
     case OP_LL_RULE: { /* s0 path, i0 rights on a directory, i1 rights on anything else */
@@ -388,16 +412,16 @@ static int do_op(plan_t *pl, op_t *op, const char **where) {
         if (fstat(fd, &st) < 0) { r = -errno; close(fd); return (int)r; }
         struct t_path_beneath pb = { (uint64_t)(S_ISDIR(st.st_mode) ? op->i[0] : op->i[1]), fd };
         if (pb.allowed_access)
-            r = sc(SYS_landlock_add_rule, pl->ll_fd, LANDLOCK_RULE_PATH_BENEATH, (long)&pb, 0, 0);
+            r = sc(SYS_landlock_add_rule, c->ll_fd, LANDLOCK_RULE_PATH_BENEATH, (long)&pb, 0, 0);
         close(fd);
         /* lenient rules skip what the kernel refuses to name (EBADFD: /dev/stdout of a task writing to a pipe) */
         if (r == -EBADFD && (op->flags & F_ENOENT_OK)) return 0;
         return (int)r;
     }
     case OP_LL_RESTRICT:
-        r = sc(SYS_landlock_restrict_self, pl->ll_fd, 0, 0, 0, 0);
-        close(pl->ll_fd);
-        pl->ll_fd = -1;
+        r = sc(SYS_landlock_restrict_self, c->ll_fd, 0, 0, 0, 0);
+        close(c->ll_fd);
+        c->ll_fd = -1;
         return (int)r;
     case OP_CAPBSET: /* i0 capabilities to keep, i1 last capability of this kernel */
         for (int cap = 0; cap <= op->i[1]; cap++) {
@@ -410,11 +434,11 @@ static int do_op(plan_t *pl, op_t *op, const char **where) {
     case OP_KEEPCAPS:
         return (int)sc(SYS_prctl, PR_SET_KEEPCAPS, op->i[0], 0, 0, 0);
     case OP_SETGROUPS:
-        return (int)sc(SYS_setgroups, pl->ngroups, (long)pl->groups, 0, 0, 0);
+        return (int)sc(NR_setgroups, pl->ngroups, (long)pl->groups, 0, 0, 0);
     case OP_SETRESGID:
-        return (int)sc(SYS_setresgid, op->i[0], op->i[0], op->i[0], 0, 0);
+        return (int)sc(NR_setresgid, op->i[0], op->i[0], op->i[0], 0, 0);
     case OP_SETRESUID:
-        return (int)sc(SYS_setresuid, op->i[0], op->i[0], op->i[0], 0, 0);
+        return (int)sc(NR_setresuid, op->i[0], op->i[0], op->i[0], 0, 0);
     case OP_CAPSET: { /* i0 effective = permitted, i1 inheritable */
         struct t_cap_header h = { T_CAP_V3, 0 };
         struct t_cap_data d[2];
@@ -441,7 +465,20 @@ static int do_op(plan_t *pl, op_t *op, const char **where) {
 }
 
 static int child_main(void *arg) {
-    plan_t *pl = arg;
+    const plan_t *pl = arg;
+    child_t c = { pl, -1, -1 };
+    /* The launcher is suspended until this child execs or exits, and anyone allowed to signal it (the task it is
+     * joining, once the uid changed) could SIGSTOP it there: a timer SIGKILLs it after the deadline whatever its
+     * state, and execve deletes the timer. It also bounds a setup stuck on a hung mount source. */
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_SIGNAL;
+    sev.sigev_signo = SIGKILL;
+    int timer;
+    struct itimerspec deadline = { {0, 0}, {pl->deadline_s, 0} };
+    if (syscall(SYS_timer_create, CLOCK_MONOTONIC, &sev, &timer) < 0 ||
+        syscall(SYS_timer_settime, timer, 0, &deadline, NULL) < 0)
+        fail(pl, "setup deadline", errno, NULL);
     /* Every signal arrived blocked (see spawn). Back to defaults before anything can run a handler: the
      * launcher's handlers are Python's, which would write to the memory this child shares with it. Ignored
      * signals too: a task starts with every disposition at its default. */
@@ -449,9 +486,9 @@ static int child_main(void *arg) {
     for (int sig = 1; sig < 65; sig++)
         if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, zero, NULL, 8);
     for (Py_ssize_t k = 0; k < pl->nops; k++) {
-        op_t *op = &pl->ops[k];
+        const op_t *op = &pl->ops[k];
         const char *where;
-        int r = do_op(pl, op, &where);
+        int r = do_op(&c, op, &where);
         if (r == 0) {
             if (op->flags & F_SKIP_NEXT_ON_SUCCESS) k++;
             continue;
@@ -497,12 +534,12 @@ static char **as_argv(PyObject *seq, const char *what) {
         }
         v[k] = (char *)s;
     }
-    Py_DECREF(fast);  /* the items stay alive: the caller holds the list */
+    Py_DECREF(fast);  /* a list (checked by the caller) is its own fast sequence: its items stay alive with it */
     return v;
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(clone_flags, errpipe, ops, path, argv, envp, groups) -> pid\n\n"
+"spawn(clone_flags, errpipe, deadline_s, ops, path, argv, envp, groups) -> pid\n\n"
 "Clone a child sharing this process's memory (CLONE_VM | CLONE_VFORK plus clone_flags' namespaces), run ops in\n"
 "it, then execve(path, argv, envp). Returns once the child has exec'd or failed; a failure is reported on\n"
 "errpipe as JSON. ops are tuples (code, flags, step, i0, i1, i2, s0, s1, s2, s3) of ints and bytes/None;\n"
@@ -511,10 +548,15 @@ PyDoc_STRVAR(spawn_doc,
 static PyObject *spawn(PyObject *self, PyObject *args) {
     unsigned long clone_flags;
     int errpipe;
+    long deadline_s;
     PyObject *ops, *path_o, *argv_o, *envp_o, *groups_o;
-    if (!PyArg_ParseTuple(args, "kiO!OOOO", &clone_flags, &errpipe, &PyList_Type, &ops, &path_o, &argv_o,
-                          &envp_o, &groups_o))
+    if (!PyArg_ParseTuple(args, "kilO!OO!O!O", &clone_flags, &errpipe, &deadline_s, &PyList_Type, &ops, &path_o,
+                          &PyList_Type, &argv_o, &PyList_Type, &envp_o, &groups_o))
         return NULL;
+    if (errpipe < 3 || deadline_s < 1) {
+        PyErr_SetString(PyExc_ValueError, "errpipe must be >= 3 and the deadline at least 1 s");
+        return NULL;
+    }
     if (clone_flags & ~(unsigned long)(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)) {
         PyErr_SetString(PyExc_ValueError, "clone_flags: only namespace flags");
         return NULL;
@@ -522,7 +564,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     plan_t pl;
     memset(&pl, 0, sizeof(pl));
     pl.errpipe = errpipe;
-    pl.root_fd = pl.ll_fd = -1;
+    pl.deadline_s = deadline_s;
     PyObject *result = NULL;
     char **argv = NULL, **envp = NULL;
     pl.nops = PyList_GET_SIZE(ops);
@@ -540,6 +582,12 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         }
         for (int j = 0; j < 4; j++)
             if (as_cstr(s[j], &op->s[j], op->step) < 0) goto out;
+        if ((op->code == OP_SETRESUID || op->code == OP_SETRESGID) &&
+            (op->i[0] < 0 || (unsigned long long)op->i[0] > ID_MAX)) {
+            /* the kernel would truncate it, or read -1 as "unchanged": either way the task could stay root */
+            PyErr_Format(PyExc_ValueError, "%s: id %lld out of range", op->step, op->i[0]);
+            goto out;
+        }
     }
     if (as_cstr(path_o, &pl.path, "path") < 0 || !pl.path) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "path: None");
@@ -557,18 +605,24 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         for (Py_ssize_t k = 0; k < pl.ngroups; k++) {
             unsigned long g = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, k));
             if (PyErr_Occurred()) { Py_DECREF(fast); goto out; }
+            if (g > ID_MAX) {
+                Py_DECREF(fast);
+                PyErr_Format(PyExc_ValueError, "groups: id %lu out of range", g);
+                goto out;
+            }
             pl.groups[k] = (gid_t)g;
         }
         Py_DECREF(fast);
     }
 
-    sigset_t all, old;
-    sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, &old);
+    /* Raw, so that glibc's own signals 32 and 33 are blocked too: nothing may run a handler on the memory the
+     * child shares until it has reset the dispositions. */
+    uint64_t all = ~0ULL, old = 0;
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
     pid_t pid = clone(child_main, child_stack + sizeof(child_stack),
                       (int)(CLONE_VM | CLONE_VFORK | SIGCHLD | clone_flags), &pl);
     int saved = errno;
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
     if (pid < 0) {
         errno = saved;
         PyErr_SetFromErrno(PyExc_OSError);

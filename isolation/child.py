@@ -176,9 +176,13 @@ def _signals(spec: LaunchSpec, fds: dict) -> None:
 
 
 def _close_fds(spec: LaunchSpec, fds: dict) -> None:
+    from isolation import sys as ksys
+
     keep = fds["errpipe"]
-    os.closerange(3, keep)
-    os.closerange(keep + 1, 65536)  # also the namespace fds of "enter task"
+    # close_range to the top: a descriptor above 65535 (RLIMIT_NOFILE allows more) would reach the task otherwise.
+    if keep > 3:
+        ksys.close_range(3, keep - 1)
+    ksys.close_range(keep + 1)  # also the namespace fds of "enter task"
 
 
 STEPS = (

@@ -29,6 +29,10 @@ except ImportError:  # not built (a source tree without `make`): the launcher fa
 MOUNT_RO = ksys.MOUNT_ATTR_RDONLY | ksys.MOUNT_ATTR_NOSUID | ksys.MOUNT_ATTR_NODEV
 MOUNT_RW = ksys.MOUNT_ATTR_NOSUID | ksys.MOUNT_ATTR_NODEV
 MS_PSEUDO = ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC
+ID_MAX = 0xFFFFFFFE  # (uid_t)-1 means "unchanged" to the kernel
+# The launcher is suspended while a child sets up (CLONE_VFORK); one stopped (SIGSTOP by the task it joins) or
+# stuck (a hung mount source) is killed by its own timer after this long. A setup takes milliseconds.
+SETUP_DEADLINE_S = 5
 
 
 def available() -> bool:
@@ -114,7 +118,7 @@ def _root(ops: _Ops, rootfs: RootFS) -> None:
     for b in rootfs.binds:
         try:
             st = os.stat(b.source)
-        except FileNotFoundError:
+        except OSError:
             continue  # chroot_env entries that do not exist on this host (lib32...) are skipped, as Nomad does
         device = stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
         # A writable bind of a device node (a task's own /dev/fuse, say) must stay usable.
@@ -197,6 +201,11 @@ def _landlock(ops: _Ops, spec: LaunchSpec) -> None:
 def _credentials(ops: _Ops, spec: LaunchSpec) -> list[int] | None:
     """isolation.caps.apply_caps_and_identity, as ops. Returns the supplementary groups to set (or None)."""
     groups = list(spec.groups) if spec.groups is not None else None
+    for what, ids in (("uid", [spec.uid]), ("gid", [spec.gid]), ("groups", groups or [])):
+        for i in ids:
+            if i is not None and not (isinstance(i, int) and 0 <= i <= ID_MAX):
+                # The kernel would truncate it or read -1 as "unchanged": the task could stay root.
+                raise ValueError(f"{what} {i!r} is not a valid id")
     if spec.caps is None:
         if groups is not None:
             ops.add("OP_SETGROUPS", "credentials: setgroups")
@@ -235,5 +244,5 @@ def spawn(spec: LaunchSpec, fds: dict, enter: dict | None) -> int:
         if not k or "=" in k:
             raise ValueError(f"illegal environment variable name {k!r}")
     env = [os.fsencode(f"{k}={v}") for k, v in spec.env]
-    return _spawn.spawn(plan.clone_flags, fds["errpipe"], plan.ops, os.fsencode(spec.path),
+    return _spawn.spawn(plan.clone_flags, fds["errpipe"], SETUP_DEADLINE_S, plan.ops, os.fsencode(spec.path),
                         [os.fsencode(a) for a in spec.argv], env, plan.groups)

@@ -503,6 +503,7 @@ class Launcher:
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             opened.append(err_w)
             enter = None
+            began = time.monotonic()
             try:
                 # Inside the try: the target may have exited (an exec racing its end), and err_r must not leak.
                 enter = _open_ns_fds(enter_pid) if enter_pid else None
@@ -528,11 +529,28 @@ class Launcher:
             # write end of the pipe is closed, so these reads cannot block.
             while chunk := os.read(err_r, 4096):
                 pending.report += chunk
+            if not pending.report and time.monotonic() - began >= childplan.SETUP_DEADLINE_S:
+                self._check_setup_deadline(pending)
             self._spawn_done(pending)
             return
         self.spawning[pid] = pending
         os.set_blocking(err_r, False)
         self.sel.register(err_r, selectors.EVENT_READ, ("spawn", pending))
+
+    @staticmethod
+    def _check_setup_deadline(pending: "Spawning") -> None:
+        """A child that took the whole deadline either exec'd just in time or was killed by its timer (stopped by
+        someone, or stuck): the second one never ran the task and must be reported as a failed start."""
+        try:
+            pid, status = os.waitpid(pending.pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            pending.status = status
+            pending.report = json.dumps({
+                "step": "setup", "errno": errno.ETIMEDOUT,
+                "message": f"the child did not reach execve within {childplan.SETUP_DEADLINE_S} s (stopped or "
+                           "stuck; killed)"}).encode()
 
     def _spawn_progress(self, pending: "Spawning") -> None:
         try:
@@ -739,6 +757,11 @@ def _open_ns_fds(pid: int) -> dict[str, int]:
 
 
 def _c_child_message(step: str, err: int, path: str | None) -> str:
+    if path is not None:
+        try:  # the C child wrote each byte >= 0x80 as \u00XX: back to the bytes, then as os.fsdecode reads them
+            path = os.fsdecode(path.encode("latin-1"))
+        except UnicodeEncodeError:
+            pass
     if step.startswith("mounts") and err in (errno.EXDEV, errno.ELOOP):
         # openat2 RESOLVE_BENEATH refused a path component: a symlink leading out of the task root.
         return f"mount target {path} escapes the task root (through a symlink)"
@@ -811,6 +834,10 @@ def main(argv: list[str] | None = None) -> int:
         print("launcher: another launcher already serves this state dir", file=sys.stderr)
         return 3
     ksys.set_child_subreaper()
+    # Not dumpable: the C child shares our memory until its execve, and a root task with the same capabilities
+    # could otherwise ptrace it or write /proc/<child>/mem, i.e. write into the launcher. execve resets the flag,
+    # so tasks are unaffected.
+    ksys.prctl(ksys.PR_SET_DUMPABLE, 0, step="prctl(PR_SET_DUMPABLE)")
     # Tasks inherit our dispositions: whatever our parent ignored (a CI runner, a shell with `trap '' ...`, a
     # posix_spawn from glibc ignoring 32 and 33) goes back to default. SIGPIPE and SIGXFSZ stay ignored for us
     # (Python's choice); every spawn path resets those two in the child.

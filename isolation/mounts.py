@@ -167,7 +167,12 @@ def _build_root(rootfs: RootFS, private_pid: bool) -> None:
     try:
         ksys.mount("sysfs", sys_dir, "sysfs", ksys.MS_RDONLY | ksys.MS_NOSUID | ksys.MS_NODEV | ksys.MS_NOEXEC, None)
     except OSError:
-        bind("/sys", sys_dir, readonly=True)
+        # The host's /sys with its submounts (cgroup, bpf, debugfs...), every one of them read-only.
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            bind_beneath(root_fd, "/sys", "/sys", readonly=True)
+        finally:
+            os.close(root_fd)
     for p in rootfs.readonly_paths:
         t = _inside(root, p)
         if os.path.exists(t):

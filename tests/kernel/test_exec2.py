@@ -360,8 +360,8 @@ def test_a_failed_setup_step_is_reported_with_its_step_errno_and_path(exec2, run
     running, and the dynamic uid the start took is given back."""
     cfg = config()
     d = exec2(cfg)
-    with pytest.raises(StartError, match=r"step execve: No such file or directory: /nonexistent/tasksd-cmd"):
-        d.start(make_ctx(cfg, exec2_task("/nonexistent/tasksd-cmd")))
+    with pytest.raises(StartError, match=r"step execve: No such file or directory: /nonexistent/tasksd-cmd-ä"):
+        d.start(make_ctx(cfg, exec2_task("/nonexistent/tasksd-cmd-ä")))
     with pytest.raises(StartError, match=r"step chdir: No such file or directory: /nonexistent-dir"):
         d.start(make_ctx(cfg, exec2_task("/bin/true", work_dir="/nonexistent-dir"), index=1))
     assert pool_owners(runtime) == {}

@@ -403,3 +403,25 @@ def test_an_exit_no_handle_claims_is_swept_from_the_launcher(runtime):
     assert "orphan.t.1" not in runtime._raw_exits
     wait_for(lambda: all(e["key"] != "orphan.t.1" for e in runtime.client.request("list")["exits"]), timeout=30,
              what="the launcher to forget the record")
+
+
+def test_a_child_stuck_before_execve_is_killed_at_the_deadline_and_the_launcher_goes_on(runtime, tmp, child_impl):
+    """The launcher waits for the C child's execve (CLONE_VFORK). A child that cannot get there (here: its cgroup
+    join opens a FIFO nobody reads; in real life a hung mount source, or a SIGSTOP from the task it joins) is
+    killed by its own timer, the start fails with that reason, and the launcher serves the next request."""
+    import json
+
+    from isolation import childplan
+    from isolation.launchspec import LaunchSpec
+
+    if child_impl != "c":
+        pytest.skip("the Python child is forked: the launcher never waits for it")
+    fifo = tmp / "procs-fifo"
+    os.mkfifo(fifo)
+    spec = LaunchSpec(key="stuck.t.1", path="/bin/true", argv=("/bin/true",), env=(), cwd="/",
+                      cgroup_procs=(str(fifo),))
+    with pytest.raises(Exception, match=rf"within {childplan.SETUP_DEADLINE_S} s"):
+        runtime.client.request("spawn", spec=json.loads(json.dumps(spec.to_dict())),
+                               timeout=childplan.SETUP_DEADLINE_S + 20)
+    assert runtime.client.request("ping")["pid"] == runtime.client.launcher_pid
+    assert all(t["key"] != "stuck.t.1" for t in runtime.client.request("list")["tasks"])

@@ -68,3 +68,16 @@ def test_exec_into_a_task_enters_instead_of_creating_namespaces():
     assert plan.clone_flags == 0
     assert "enter task" in _steps(plan) and "mounts" not in _steps(plan)
     assert _in_reference_order(_steps(plan))
+
+
+def test_ids_the_kernel_would_truncate_or_ignore_are_refused():
+    # setresuid(2**32) is setresuid(0) after truncation, and (uid_t)-1 means "unchanged": the task would stay root.
+    import pytest
+
+    for bad in ({"uid": 2**32}, {"uid": -1}, {"gid": 0xFFFFFFFF}, {"groups": (2**32,)}):
+        with pytest.raises(ValueError, match="not a valid id"):
+            childplan.compile_plan(_spec(**bad), FDS, None)
+    # and the C side refuses them too, whatever plan it is handed
+    op = (childplan._spawn.OP_SETRESUID, 0, b"credentials", -1, 0, 0, None, None, None, None)
+    with pytest.raises(ValueError, match="out of range"):
+        childplan._spawn.spawn(0, 13, 5, [op], b"/bin/true", [b"/bin/true"], [], None)
