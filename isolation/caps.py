@@ -6,6 +6,7 @@ before execve: no threads, no logging; failures are OSError naming the step.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Iterable
 
@@ -80,8 +81,10 @@ def cap_names(caps: Iterable[int]) -> list[str]:
     return sorted(by_number.get(c, f"CAP_{c}") for c in caps)
 
 
+@functools.lru_cache(maxsize=1)
 def last_cap() -> int:
-    """The highest capability this kernel knows (the table may be newer or older than the kernel)."""
+    """The highest capability this kernel knows (the table may be newer or older than the kernel). Read once per
+    process: the running kernel's value cannot change, and the launcher asks at every exec start."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())

@@ -69,7 +69,9 @@ def _oom_score_adj(spec: LaunchSpec, fds: dict) -> None:
         f.write(str(spec.oom_score_adj))
 
 
-def _namespaces(spec: LaunchSpec, fds: dict) -> None:
+def new_namespace_flags(spec: LaunchSpec) -> int:
+    """The CLONE_NEW* flags of the namespaces the task gets fresh, but pid: that one applies to children only, so
+    the launcher makes it around the fork (or the C child's clone)."""
     ns = spec.namespaces
     from isolation import sys as ksys
 
@@ -82,6 +84,14 @@ def _namespaces(spec: LaunchSpec, fds: dict) -> None:
         flags |= ksys.CLONE_NEWUTS
     if ns.net == "new":
         flags |= ksys.CLONE_NEWNET
+    return flags
+
+
+def _namespaces(spec: LaunchSpec, fds: dict) -> None:
+    ns = spec.namespaces
+    from isolation import sys as ksys
+
+    flags = new_namespace_flags(spec)
     if ns.net not in ("host", "new"):
         fd = os.open(ns.net, os.O_RDONLY | os.O_CLOEXEC)
         try:

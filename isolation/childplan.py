@@ -16,10 +16,10 @@ import stat
 from dataclasses import dataclass
 
 from isolation import caps as capslib
-from isolation import landlock
+from isolation import child, landlock
 from isolation import sys as ksys
 from isolation.launchspec import LaunchSpec, RootFS
-from isolation.mounts import DEVICES
+from isolation.mounts import DEVICES, resolv_conf_bind
 
 try:
     from isolation import _spawn
@@ -60,16 +60,7 @@ def compile_plan(spec: LaunchSpec, fds: dict, enter: dict | None) -> Plan:
     ns = spec.namespaces
     flags = 0
     if enter is None:
-        if ns.mount or spec.rootfs or ns.mount_proc:
-            flags |= ksys.CLONE_NEWNS
-        if ns.ipc:
-            flags |= ksys.CLONE_NEWIPC
-        if ns.uts:
-            flags |= ksys.CLONE_NEWUTS
-        if ns.net == "new":
-            flags |= ksys.CLONE_NEWNET
-        if ns.pid:
-            flags |= ksys.CLONE_NEWPID
+        flags = child.new_namespace_flags(spec) | (ksys.CLONE_NEWPID if ns.pid else 0)
     if spec.setsid:
         ops.add("OP_SETSID", "new session")
     for procs in spec.cgroup_procs:
@@ -148,17 +139,9 @@ def _root(ops: _Ops, rootfs: RootFS) -> None:
 
 
 def _resolv_conf(ops: _Ops) -> None:
-    """On Ubuntu /etc/resolv.conf is a symlink into /run, which is not in the chroot: bind its target there."""
-    link = "/etc/resolv.conf"
-    if not os.path.islink(link):
-        return
-    real = os.path.realpath(link)
-    if not os.path.isfile(real):
-        return
-    target = os.readlink(link)
-    if not os.path.isabs(target):
-        target = os.path.normpath(os.path.join("/etc", target))
-    ops.add("OP_BIND_BENEATH", "mounts: resolv.conf", MOUNT_RO, s=(real, target))
+    bind = resolv_conf_bind()
+    if bind is not None:
+        ops.add("OP_BIND_BENEATH", "mounts: resolv.conf", MOUNT_RO, s=bind)
 
 
 def _dev(ops: _Ops) -> None:

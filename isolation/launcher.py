@@ -114,6 +114,8 @@ class Launcher:
         # v1 hierarchies holding the cpu controller, joined after exec by the fast path (see _spawn_fast).
         self.late_mounts = tuple(str(layout.v1_mounts[c]) + "/" for c in ("cpu",) if c in layout.v1_mounts)
         self.boot_id = ksys.boot_id()
+        # Which child sets tasks up, fixed for the launcher's life (TASKSD_CHILD is read from its environment).
+        self.c_child = childplan.available()
 
     # ---- setup -------------------------------------------------------------------------------------------
     def listen(self) -> socket.socket:
@@ -291,7 +293,7 @@ class Launcher:
 
     def op_ping(self, req, conn) -> dict:
         return {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "boot_id": self.boot_id,
-                "child": "c" if childplan.available() else "python"}
+                "child": "c" if self.c_child else "python"}
 
     def op_list(self, req, conn) -> dict:
         return {
@@ -486,7 +488,7 @@ class Launcher:
         returns at once; the reply waits for the error pipe (EOF without a report means the child exec'd), so
         the slow part of one child's setup overlaps with the next spawn. Either way the reply comes only after
         the task's execve."""
-        vfork = childplan.available()
+        vfork = self.c_child
         if not vfork and self._fast_path_ok(spec, passed, enter_pid):
             self._spawn_fast(spec, conn, rid)
             return
@@ -623,7 +625,7 @@ class Launcher:
     def _fork(self, spec: LaunchSpec, fds: dict, enter: dict | None) -> int:
         """Fork the child. A new (or entered) pid namespace applies to children only, so switch before the fork and
         switch back right after: the task is our direct child (we keep its exit status) and PID 1 of its namespace."""
-        use_c = childplan.available()
+        use_c = self.c_child
         switched = False
         if enter and "pid" in enter:
             ksys.setns(enter["pid"], ksys.CLONE_NEWPID)

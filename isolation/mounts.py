@@ -186,17 +186,26 @@ def _build_root(rootfs: RootFS, private_pid: bool) -> None:
             ksys.mount("/dev/null", t, None, ksys.MS_BIND, None)
 
 
-def _resolv_conf(root: str) -> None:
-    """On Ubuntu /etc/resolv.conf is a symlink into /run, which is not in the chroot: bind its target there."""
+def resolv_conf_bind() -> tuple[str, str] | None:
+    """On Ubuntu /etc/resolv.conf is a symlink into /run, which is not in the chroot: (the host file it leads to,
+    the path the symlink names inside the root) to bind there; None when it is not such a symlink."""
     link = "/etc/resolv.conf"
     if not os.path.islink(link):
-        return
+        return None
     real = os.path.realpath(link)
     if not os.path.isfile(real):
-        return
+        return None
     target_in_root = os.readlink(link)
     if not os.path.isabs(target_in_root):
         target_in_root = os.path.normpath(os.path.join("/etc", target_in_root))
+    return real, target_in_root
+
+
+def _resolv_conf(root: str) -> None:
+    found = resolv_conf_bind()
+    if found is None:
+        return
+    real, target_in_root = found
     t = _inside(root, target_in_root)
     if os.path.isfile(t) and os.path.samefile(t, real):
         return
