@@ -18,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.spawn import add_state_root_option, apply_state_root, bench_tempdir  # noqa: E402
 from controller.client import Client, ClientError  # noqa: E402
 
 
@@ -169,7 +169,7 @@ def write_all(b: Bench, n: int) -> None:
 
 
 def run(n: int, idle: float, drops: int) -> dict:
-    root = Path(tempfile.mkdtemp(prefix="tasksd-bench-"))
+    root = bench_tempdir("tasksd-bench-")
     os.chmod(root, 0o755)
     b = Bench(root)
     out: dict = {"n": n}
@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", default="100,1000")
     ap.add_argument("--idle", type=float, default=30.0)
     ap.add_argument("--drops", type=int, default=20)
+    add_state_root_option(ap)
     args = ap.parse_args(argv)
+    apply_state_root(args)
     cpu_before = cpu_reference()
     rows = [run(int(n), args.idle, args.drops) for n in args.n.split(",")]
     cpu_after = cpu_reference()

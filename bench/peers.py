@@ -33,7 +33,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import xmlrpc.client
 from dataclasses import dataclass
@@ -192,7 +191,7 @@ def find_runit(install: bool) -> tuple[dict[str, str], str]:
 
 # ---- tasksd ------------------------------------------------------------------------------------------------
 def run_tasksd(n: int, opts: Options) -> Result:
-    root = Path(tempfile.mkdtemp(prefix="tasksd-bench-peers-"))
+    root = spawn.bench_tempdir("tasksd-bench-peers-")
     os.chmod(root, 0o755)
     b = converge.Bench(root)
     values: dict[str, float] = {}
@@ -323,7 +322,7 @@ class Supervisord:
 def run_supervisord(n: int, opts: Options, why_not: str) -> Result:
     if why_not:
         return Result("supervisord", n, {}, note=why_not)
-    root = Path(tempfile.mkdtemp(prefix="tasksd-bench-peers-"))
+    root = spawn.bench_tempdir("tasksd-bench-peers-")
     s = Supervisord(root, n)
     values: dict[str, float] = {}
     try:
@@ -446,7 +445,7 @@ class Runit:
 def run_runit(n: int, opts: Options, bins: dict[str, str], why_not: str) -> Result:
     if why_not:
         return Result("runit", n, {}, note=why_not)
-    root = Path(tempfile.mkdtemp(prefix="tasksd-bench-peers-"))
+    root = spawn.bench_tempdir("tasksd-bench-peers-")
     r = Runit(root, bins)
     values: dict[str, float] = {}
     notes = []
@@ -573,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adds", type=int, default=5, help="new programs added per supervisor (default 5)")
     ap.add_argument("--spawn-n", type=int, default=50, help="isolated start samples per way (default 50)")
     ap.add_argument("--no-install", action="store_true", help="do not pip/apt-get install missing peers")
+    spawn.add_state_root_option(ap)
     args = ap.parse_args(argv)
+    spawn.apply_state_root(args)
     if os.geteuid() != 0:
         print("bench/peers.py needs root (cgroups, namespaces, mounts)", file=sys.stderr)
         return 2

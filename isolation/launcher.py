@@ -81,6 +81,7 @@ class Conn:
     fds: list[int] = field(default_factory=list)
     out: bytearray = field(default_factory=bytearray)
     closed: bool = False
+    writing: bool = False  # registered for EVENT_WRITE (output is queued)
 
 
 def describe_status(status: int) -> dict:
@@ -261,8 +262,11 @@ class Launcher:
         except OSError:
             self._close_conn(conn)
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-        self.sel.modify(conn.sock, events, ("conn", conn))
+        want = bool(conn.out)
+        if want != conn.writing:  # only on a change: nearly every reply goes out whole
+            conn.writing = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self.sel.modify(conn.sock, events, ("conn", conn))
 
     def _broadcast(self, obj: dict) -> None:
         for conn in list(self.conns.values()):

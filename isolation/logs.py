@@ -86,8 +86,7 @@ class RotatingLog:
         # True when the active file ends inside a line (its last byte is not a newline).
         self._line_open = False
         self._closed = False
-        self._prune(keep=max_files - 1)
-        self._open()
+        self._open(prune_beyond=max_files - 1)
 
     # ---- public ------------------------------------------------------------------------------------------------
     @property
@@ -192,9 +191,13 @@ class RotatingLog:
         finally:
             os.close(fd)
 
-    def _open(self) -> bool:
+    def _open(self, prune_beyond: int | None = None) -> bool:
+        """Open (or make) the active file. prune_beyond: first remove the rotated files past that index (through
+        the same directory descriptor: a new task's two log files were a tenth of its start)."""
         try:
             with self._dir_fd() as dfd:
+                if prune_beyond is not None:
+                    self._prune(dfd, prune_beyond)
                 fd = open_regular(dfd, self.base, _OPEN_FLAGS, _FILE_MODE)
         except OSError as e:
             self.last_errno = e.errno
@@ -282,18 +285,14 @@ class RotatingLog:
                     pass
         os.rename(self.base, rotated_name(self.base, 1), src_dir_fd=d, dst_dir_fd=d)
 
-    def _prune(self, keep: int) -> None:
+    def _prune(self, d: int, keep: int) -> None:
         """Remove rotated files beyond what max_files allows (max_files may have been lowered since last run)."""
-        try:
-            with self._dir_fd() as d:
-                for k in _rotated_indexes(d, self.base):
-                    if k > keep:
-                        try:
-                            os.unlink(rotated_name(self.base, k), dir_fd=d)
-                        except OSError:
-                            pass
-        except OSError:
-            pass  # no directory (yet): nothing to prune
+        for k in _rotated_indexes(d, self.base):
+            if k > keep:
+                try:
+                    os.unlink(rotated_name(self.base, k), dir_fd=d)
+                except OSError:
+                    pass
 
 
 def log_files(dir: Path, base: str) -> list[Path]:

@@ -21,6 +21,13 @@ def open_regular(dir_fd: int, name: str, flags: int, mode: int = 0o600) -> int:
     file (exclusively, so nothing can be slipped in between). Raises OSError: ELOOP for a symlink, EINVAL for
     anything else that is not a regular file, ENOENT when missing without O_CREAT."""
     flags |= os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
+    if flags & os.O_CREAT:
+        # Making it is the common case (a new task's log file): O_EXCL creates a regular file or fails, so what is
+        # opened needs no check. Only when something is there already is it looked at first.
+        try:
+            return os.open(name, flags | os.O_EXCL, mode, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
     for _ in range(8):
         try:
             pfd = os.open(name, _PATH_FLAGS, dir_fd=dir_fd)

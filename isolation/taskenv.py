@@ -149,9 +149,8 @@ def build_env(*, builtins: Mapping[str, str], meta: Mapping[str, str], task_env:
     env: dict[str, str] = dict(builtins)
     env.update(meta_env(meta))
     if host_env is not None:
-        for k, v in host.items():
-            if not denied(k, denied_envvars) and not denied(k, drop):
-                env[k] = v
+        match = _glob_matcher(tuple(denied_envvars) + tuple(drop))
+        env.update(host if match is None else {k: v for k, v in host.items() if match(k) is None})
     variables = {**node_attrs, **env}
     for k, v in task_env.items():
         env[k] = interpolate(str(v), variables, host)
@@ -161,6 +160,8 @@ def build_env(*, builtins: Mapping[str, str], meta: Mapping[str, str], task_env:
 
 def drop_denied(env: dict[str, str], denied_envvars: tuple[str, ...] | list[str], drop: tuple[str, ...]) -> None:
     """Remove what `denied_envvars` and the driver's own drop list (exec2's LD_*) name, whatever set it."""
-    for k in list(env):
-        if denied(k, denied_envvars) or denied(k, drop):
-            del env[k]
+    match = _glob_matcher(tuple(denied_envvars) + tuple(drop))  # one regex for both lists, looked up once
+    if match is None:
+        return
+    for k in [k for k in env if match(k) is not None]:
+        del env[k]

@@ -35,6 +35,24 @@ def write_value(path: Path, value: str | int) -> None:
         os.close(fd)
 
 
+def write_if_present(path: Path, value: str | int) -> bool:
+    """write_value for a file that may legitimately be absent (memory.memsw.* without swap accounting): False
+    when it is. One open instead of a stat and an open."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise CgroupError(f"cannot open {path} for writing: {e.strerror}") from e
+    try:
+        os.write(fd, str(value).encode())
+    except OSError as e:
+        raise CgroupError(f"writing {value!r} to {path} failed: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    return True
+
+
 def read_text(path: Path) -> str:
     with open(path) as f:
         return f.read()
@@ -149,7 +167,9 @@ class TaskCgroup(ABC):
     def stats(self) -> CgroupStats: ...
 
     @abstractmethod
-    def update(self, limits: CgroupLimits) -> None: ...
+    def update(self, limits: CgroupLimits, fresh: bool = False) -> None:
+        """Write every limit. fresh: every directory was made just now and holds the kernel's defaults, so only
+        the limits that differ from those need a write (a start makes a fresh cgroup; a restart reuses one)."""
 
     def remove(self, timeout: float = 5.0) -> None:
         """rmdir in every hierarchy. Idempotent. Members must be gone (call kill() first)."""

@@ -244,7 +244,7 @@ class CgroupManager:
                     raise CgroupError(f"cannot create cgroup {d}: {e.strerror}") from e
             if made or self._written.get(name) != limits:
                 self._written.pop(name, None)  # unknown until the writes below all succeeded
-                task.update(limits)
+                task.update(limits, fresh=not task.existed)
                 if len(self._written) >= _WRITTEN_MAX:
                     self._written.clear()
                 self._written[name] = limits

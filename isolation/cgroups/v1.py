@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .base import RETRY_STEP, TaskCgroup, kill_pids, read_int, read_keyed, read_text, write_value
+from .base import RETRY_STEP, TaskCgroup, kill_pids, read_int, read_keyed, read_text, write_if_present, write_value
 from .layout import CgroupError
 from .limits import CgroupLimits, CgroupStats
 
@@ -22,9 +22,19 @@ def copy_cpuset(d: Path, cpus: str | None = None) -> None:
     write_value(d / "cpuset.mems", read_text(parent / "cpuset.mems").strip())
 
 
-def _write_memory(d: Path, limits: CgroupLimits) -> None:
+def _write_memory(d: Path, limits: CgroupLimits, fresh: bool) -> None:
     hard = limits.memory_max if limits.memory_max is not None else UNLIMITED
+    soft = limits.memory_low if limits.memory_low is not None else UNLIMITED
     memsw = d / "memory.memsw.limit_in_bytes"
+    if fresh:
+        # A new memory cgroup starts unlimited in all three (whatever its parent says): only a real limit is
+        # written, the hard one before memsw because it shrinks.
+        if hard != UNLIMITED:
+            write_value(d / "memory.limit_in_bytes", hard)
+            write_if_present(memsw, hard)
+        if soft != UNLIMITED:
+            write_value(d / "memory.soft_limit_in_bytes", soft)
+        return
     steps = [(d / "memory.limit_in_bytes", hard)]
     if memsw.exists():
         # Swap would let a task exceed its limit silently (Nomad sets memory+swap = memory). The kernel insists on
@@ -34,7 +44,7 @@ def _write_memory(d: Path, limits: CgroupLimits) -> None:
         steps = [(memsw, hard)] + steps if growing else steps + [(memsw, hard)]
     for path, value in steps:
         write_value(path, value)
-    write_value(d / "memory.soft_limit_in_bytes", limits.memory_low if limits.memory_low is not None else UNLIMITED)
+    write_value(d / "memory.soft_limit_in_bytes", soft)
 
 
 def _missing(paths: dict[str, Path], limits: CgroupLimits) -> list[str]:
@@ -47,18 +57,21 @@ def _missing(paths: dict[str, Path], limits: CgroupLimits) -> list[str]:
     return [c for c, want in wanted.items() if want and c not in paths]
 
 
-def write_limits(paths: dict[str, Path], limits: CgroupLimits) -> None:
-    """Write every v1 limit file of the controllers in `paths`, resetting unset limits to the kernel default."""
+def write_limits(paths: dict[str, Path], limits: CgroupLimits, fresh: bool = False) -> None:
+    """Write every v1 limit file of the controllers in `paths`, resetting unset limits to the kernel default.
+    fresh: the directories were just made, so the files already hold the defaults and only real limits are
+    written (a new cpuset is empty, not a default: it is always filled in)."""
     missing = _missing(paths, limits)
     if missing:
         raise CgroupError(f"limits need the {', '.join(missing)} cgroup v1 controller(s), which are not mounted")
     if "memory" in paths:
-        _write_memory(paths["memory"], limits)
-    if "cpu" in paths:
-        write_value(paths["cpu"] / "cpu.shares", limits.shares if limits.shares is not None else DEFAULT_SHARES)
+        _write_memory(paths["memory"], limits, fresh)
+    shares = limits.shares if limits.shares is not None else DEFAULT_SHARES
+    if "cpu" in paths and not (fresh and shares == DEFAULT_SHARES):
+        write_value(paths["cpu"] / "cpu.shares", shares)
     if "cpuset" in paths:
         copy_cpuset(paths["cpuset"], limits.cpuset_cpus)
-    if "pids" in paths:
+    if "pids" in paths and not (fresh and limits.pids_max is None):
         write_value(paths["pids"] / "pids.max", limits.pids_max if limits.pids_max is not None else "max")
 
 
@@ -141,5 +154,5 @@ class V1TaskCgroup(TaskCgroup):
     def stats(self) -> CgroupStats:
         return stats(self.v1_paths())
 
-    def update(self, limits: CgroupLimits) -> None:
-        write_limits(self.v1_paths(), limits)
+    def update(self, limits: CgroupLimits, fresh: bool = False) -> None:
+        write_limits(self.v1_paths(), limits, fresh)

@@ -6,7 +6,8 @@ import select
 import time
 from pathlib import Path
 
-from .base import RETRY_STEP, TaskCgroup, kill_pids, read_int, read_keyed, read_pids, read_text, write_value
+from .base import (RETRY_STEP, TaskCgroup, kill_pids, read_int, read_keyed, read_pids, read_text, write_if_present,
+                   write_value)
 from .layout import UNIFIED, CgroupError
 from .limits import CgroupLimits, CgroupStats
 
@@ -58,8 +59,13 @@ def _require(d: Path, file: str, controller: str, what: str) -> None:
         )
 
 
-def write_limits(d: Path, limits: CgroupLimits) -> None:
-    """Write every limit file, resetting unset limits to the kernel default so a reused cgroup holds no stale value."""
+def write_limits(d: Path, limits: CgroupLimits, fresh: bool = False) -> None:
+    """Write every limit file, resetting unset limits to the kernel default so a reused cgroup holds no stale value.
+    fresh: `d` was just made and holds the defaults already: only real limits are written, without a stat per file
+    (a missing controller file for a requested limit still fails with the reason)."""
+    if fresh:
+        _write_fresh(d, limits)
+        return
     if limits.memory_max is not None:
         _require(d, "memory.max", "memory", "memory_max")
     if limits.memory_low is not None:
@@ -83,6 +89,24 @@ def write_limits(d: Path, limits: CgroupLimits) -> None:
         write_value(d / "cpuset.cpus", limits.cpuset_cpus or "")
     if (d / "pids.max").exists():
         write_value(d / "pids.max", limits.pids_max if limits.pids_max is not None else "max")
+
+
+def _write_fresh(d: Path, limits: CgroupLimits) -> None:
+    def put(file: str, value: str | int, controller: str, what: str) -> None:
+        if not write_if_present(d / file, value):
+            _require(d, file, controller, what)  # raises with the reason
+
+    if limits.memory_max is not None:
+        put("memory.max", limits.memory_max, "memory", "memory_max")
+        write_if_present(d / "memory.swap.max", 0)  # absent without swap accounting: nothing to turn off
+    if limits.memory_low is not None:
+        put("memory.low", limits.memory_low, "memory", "memory_low")
+    if limits.cpu_shares_mhz is not None:
+        put("cpu.weight", limits.weight, "cpu", "cpu")
+    if limits.cpuset_cpus is not None:
+        put("cpuset.cpus", limits.cpuset_cpus, "cpuset", "cores")
+    if limits.pids_max is not None:
+        put("pids.max", limits.pids_max, "pids", "pids_max")
 
 
 def populated(d: Path) -> bool:
@@ -177,5 +201,5 @@ class V2TaskCgroup(TaskCgroup):
     def stats(self) -> CgroupStats:
         return stats(self.dir)
 
-    def update(self, limits: CgroupLimits) -> None:
-        write_limits(self.dir, limits)
+    def update(self, limits: CgroupLimits, fresh: bool = False) -> None:
+        write_limits(self.dir, limits, fresh)

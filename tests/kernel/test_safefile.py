@@ -71,13 +71,19 @@ def test_open_regular_opens_only_regular_files(tmp):
     watch = device(tmp / "dev")
     try:
         for name, err in (("link", errno.ELOOP), ("fifo", errno.EINVAL), ("dev", errno.EINVAL)):
-            with pytest.raises(OSError) as e:
-                open_regular(d, name, os.O_RDONLY)
-            assert e.value.errno == err, (name, e.value)
+            # With O_CREAT too: creating first (the log writer's common case) must not bypass the checks.
+            for flags in (os.O_RDONLY, os.O_WRONLY | os.O_CREAT | os.O_APPEND):
+                with pytest.raises(OSError) as e:
+                    open_regular(d, name, flags)
+                assert e.value.errno == err, (name, flags, e.value)
         assert not watch.opened()
         fd = open_regular(d, "secret", os.O_RDONLY)
         assert os.read(fd, 100) == b"s3cret"
         os.close(fd)
+        fd = open_regular(d, "secret", os.O_WRONLY | os.O_CREAT | os.O_APPEND)  # an existing file is reopened
+        os.write(fd, b"!")
+        os.close(fd)
+        assert secret.read_text() == "s3cret!"
         fd = open_regular(d, "new", os.O_WRONLY | os.O_CREAT, 0o640)
         os.write(fd, b"x")
         os.close(fd)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from isolation.cgroups import v1, v2
 from isolation.cgroups import (
     UNIFIED,
     CgroupError,
@@ -162,6 +163,47 @@ def test_v2_reused_cgroup_gets_defaults_back(v2_tree):
                                                 "cpuset.cpus", "pids.max")} == {
         "memory.max": "max", "memory.low": "0", "memory.swap.max": "max", "cpu.weight": "100",
         "cpuset.cpus": "", "pids.max": "max"}
+
+
+def test_v2_fresh_cgroup_gets_only_the_limits_that_differ_from_the_kernel_defaults(tmp: Path):
+    """A directory made just now holds the kernel's defaults: a start writes only real limits (swap off with a
+    hard limit). `fresh` is what CgroupManager.create passes when it made every directory itself."""
+    d = _mkcg(tmp / "fresh", V2_FILES)
+    before = _snapshot(tmp)
+    v2.write_limits(d, limits_for(memory_mb=256, memory_max_mb=None, cpu_mhz=100, cores_cpus=None,
+                                  pids_limit=None), fresh=True)
+    assert _changes(tmp, before) == {"fresh/memory.max": str(256 * MIB), "fresh/memory.swap.max": "0",
+                                     "fresh/cpu.weight": str(cpu_weight(cpu_shares(100)))}
+    d2 = _mkcg(tmp / "fresh2", V2_FILES)
+    before = _snapshot(tmp)
+    v2.write_limits(d2, CgroupLimits(), fresh=True)
+    assert _changes(tmp, before) == {}
+
+
+def test_v2_fresh_limit_without_its_controller_still_says_where_to_enable_it(tmp: Path):
+    d = _mkcg(tmp / "p" / "t", {k: v for k, v in V2_FILES.items() if not k.startswith("pids.")})
+    with pytest.raises(CgroupError, match=r"pids controller is not enabled in .*/p/cgroup.subtree_control"):
+        v2.write_limits(d, CgroupLimits(pids_max=10), fresh=True)
+    # Without swap accounting there is no memory.swap.max: nothing to turn off, not an error.
+    d2 = _mkcg(tmp / "noswap", {k: v for k, v in V2_FILES.items() if k != "memory.swap.max"})
+    v2.write_limits(d2, CgroupLimits(memory_max=MIB), fresh=True)
+    assert (d2 / "memory.max").read_text() == str(MIB) and not (d2 / "memory.swap.max").exists()
+
+
+def test_v1_fresh_cgroup_gets_only_the_limits_that_differ_from_the_kernel_defaults(tmp: Path):
+    paths = {c: _mkcg(tmp / c, files) for c, files in V1_FILES.items() if c in ("memory", "pids")}
+    paths["cpu"] = _mkcg(tmp / "cpu", V1_FILES["cpu,cpuacct"])
+    before = _snapshot(tmp)
+    v1.write_limits(paths, limits_for(memory_mb=64, memory_max_mb=None, cpu_mhz=1024, cores_cpus=None,
+                                      pids_limit=None), fresh=True)
+    # 1024 MHz is the default 1024 shares; unset pids and soft limits stay at the kernel's "unlimited".
+    assert _changes(tmp, before) == {"memory/memory.limit_in_bytes": str(64 * MIB),
+                                     "memory/memory.memsw.limit_in_bytes": str(64 * MIB)}
+    (paths["memory"] / "memory.memsw.limit_in_bytes").unlink()  # no swap accounting: the file is absent
+    v1.write_limits(paths, CgroupLimits(memory_max=32 * MIB, memory_low=MIB, pids_max=7), fresh=True)
+    assert (paths["memory"] / "memory.limit_in_bytes").read_text() == str(32 * MIB)
+    assert (paths["memory"] / "memory.soft_limit_in_bytes").read_text() == str(MIB)
+    assert (paths["pids"] / "pids.max").read_text() == "7"
 
 
 def test_v2_limit_without_its_controller_says_where_to_enable_it(v2_tree):
