@@ -82,6 +82,7 @@ class Conn:
     out: bytearray = field(default_factory=bytearray)
     closed: bool = False
     writing: bool = False  # registered for EVENT_WRITE (output is queued)
+    events: bool = True  # exit events are sent here (a client's call connection opts out: op_unsubscribe)
 
 
 def describe_status(status: int) -> dict:
@@ -270,7 +271,8 @@ class Launcher:
 
     def _broadcast(self, obj: dict) -> None:
         for conn in list(self.conns.values()):
-            self._send(conn, obj)
+            if conn.events:
+                self._send(conn, obj)
 
     # ---- requests ----------------------------------------------------------------------------------------
     def _handle(self, conn: Conn, line: bytes) -> None:
@@ -304,6 +306,12 @@ class Launcher:
             "tasks": [{"key": t.key, "pid": t.pid, "start_time": t.start_time} for t in self.tasks.values()],
             "exits": list(self.exits.values()),
         }
+
+    def op_unsubscribe(self, req, conn) -> dict:
+        """No exit events on this connection: a client reads its replies there itself, and unread events would
+        pile up in it."""
+        conn.events = False
+        return {}
 
     def op_ack(self, req, conn) -> dict:
         key = req["key"]

@@ -425,3 +425,18 @@ def test_a_child_stuck_before_execve_is_killed_at_the_deadline_and_the_launcher_
                                timeout=childplan.SETUP_DEADLINE_S + 20)
     assert runtime.client.request("ping")["pid"] == runtime.client.launcher_pid
     assert all(t["key"] != "stuck.t.1" for t in runtime.client.request("list")["tasks"])
+
+
+def test_starts_read_their_replies_on_the_call_connection_which_gets_no_exit_events(drivers, agent_config, runtime):
+    import select
+
+    d = drivers["raw_exec"]
+    for i in range(3):
+        h = d.start(make_ctx(agent_config, raw_task("/bin/true"), index=i))
+        res = d.wait(h, 30)  # the exit event came on the main connection, through the reader thread
+        assert res is not None and res.exit_code == 0
+        d.destroy(h)
+    call = runtime.client._call
+    assert call is not None  # the spawns went this way
+    readable, _, _ = select.select([call], [], [], 0)
+    assert readable == [] and runtime.client._call_buf == b""  # three exits, none of them sent here
