@@ -117,7 +117,7 @@ class CommonDriver(Driver):
         node_attrs = taskenv.node_attributes(dict(self.config.meta))
         env = taskenv.build_env(
             builtins=builtins, meta=meta, task_env=dict(task.env),
-            host_env=dict(os.environ) if self.passes_host_env else {}, denied_envvars=denied,
+            host_env=taskenv.host_environ() if self.passes_host_env else {}, denied_envvars=denied,
             node_attrs=node_attrs, drop=self.dropped_env())
         env.update(self.extra_env(ctx, td, ident))
         variables = {**node_attrs, **env}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 
 from hypothesis import given, strategies as st
 
@@ -38,3 +39,18 @@ def test_precedence_and_denial():
     # Denied and dropped names are gone wherever they came from, the task's own env included.
     assert "TOKEN_HOST" not in env and "TOKEN_X" not in env and "LD_PRELOAD" not in env
     assert env["HOME"] == "/root"
+
+
+def test_host_environ_is_a_copy_that_follows_every_change_of_os_environ(monkeypatch):
+    from isolation.taskenv import host_environ
+
+    assert host_environ() == dict(os.environ)
+    monkeypatch.setenv("TASKSD_TEST_HOSTENV", "1")
+    assert host_environ()["TASKSD_TEST_HOSTENV"] == "1"
+    monkeypatch.setenv("TASKSD_TEST_HOSTENV", "2")  # same keys, another value: not the cached copy
+    assert host_environ()["TASKSD_TEST_HOSTENV"] == "2"
+    monkeypatch.delenv("TASKSD_TEST_HOSTENV")
+    assert "TASKSD_TEST_HOSTENV" not in host_environ()
+    mine = host_environ()
+    mine["TASKSD_TEST_HOSTENV"] = "mutated"
+    assert "TASKSD_TEST_HOSTENV" not in host_environ()  # callers get their own dict
