@@ -83,8 +83,10 @@ def percentile(values: list[float], q: float) -> float:
 def bench_tempdir(prefix: str) -> Path:
     """A new directory for one bench's state dir, where tasksd keeps its own: under /var/lib (the default state dir
     is /var/lib/tasksd), or TASKSD_BENCH_ROOT (--state-root). Every start makes ten directories there, so the
-    place matters: on the test VM an ext4 mkdir in /tmp took 135-210 us against 15-32 us in /var/lib or /root on
-    the same filesystem (a crowded block group), which alone moved a raw_exec start by 1.5 ms."""
+    place matters: on the test VM an ext4 mkdir in /tmp, where the test suite churns, took 135-210 us against 15-32
+    us in /var/lib or /root on the same filesystem, which alone moved a raw_exec start by 1.5 ms. (The VM's ext4
+    has no journal, and its inode allocator then skips every inode freed in the last minutes, block group by block
+    group: see the README's converge notes. A bench's own churn slows its later runs in the same place too.)"""
     root = os.environ.get("TASKSD_BENCH_ROOT") or ("/var/lib" if os.access("/var/lib", os.W_OK) else None)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
 
