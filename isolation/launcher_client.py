@@ -46,6 +46,9 @@ class LauncherClient:
     # ---- connection --------------------------------------------------------------------------------------
     def connect(self, start: bool = True, timeout: float = 10.0) -> None:
         """Connect to the launcher of this state dir, starting one when none answers."""
+        # A call connection (or the verdict that it is unsupported) belonged to the launcher we had before.
+        self._drop_call()
+        self._call_unsupported = False
         try:
             self._open()
         except OSError:
@@ -96,16 +99,7 @@ class LauncherClient:
         proc.returncode = 0
 
     def close(self) -> None:
-        if self._call_lock.acquire(timeout=5):
-            try:
-                self._close_call()
-            finally:
-                self._call_lock.release()
-        elif (call := self._call) is not None:
-            try:
-                call.shutdown(socket.SHUT_RDWR)  # wakes the caller still reading it; it closes the socket
-            except OSError:
-                pass
+        self._drop_call()
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
@@ -190,6 +184,20 @@ class LauncherClient:
             if not chunk:
                 raise LauncherError("connection to the launcher was lost")
             self._call_buf += chunk
+
+    def _drop_call(self) -> None:
+        """Close the call connection, or, when a caller still reads it after 5 s, shut it down under that caller
+        (who then closes it)."""
+        if self._call_lock.acquire(timeout=5):
+            try:
+                self._close_call()
+            finally:
+                self._call_lock.release()
+        elif (call := self._call) is not None:
+            try:
+                call.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _close_call(self) -> None:
         s, self._call, self._call_buf = self._call, None, b""

@@ -83,6 +83,8 @@ class FakeLauncher:
                 c.sendall(json.dumps(reply).encode() + b"\n")
 
     def close(self) -> None:
+        if self.srv.fileno() == -1:
+            return  # closed already
         self.srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
         self.srv.close()
         with self.lock:
@@ -159,3 +161,27 @@ def test_no_answer_in_time_closes_the_call_connection_and_the_next_call_opens_a_
     with pytest.raises(LauncherError, match="unknown op"):
         client.request("nonsense", timeout=5)
     assert client.request("echo", value=5, timeout=5)["value"] == 5  # a failed request leaves it usable
+
+
+def test_reconnecting_to_a_new_launcher_forgets_the_old_call_connection_and_verdict(tmp):
+    old = FakeLauncher(tmp / "state", knows_unsubscribe=False)
+    client = LauncherClient(tmp / "state")
+    try:
+        client.connect(start=False)
+        assert client.request("echo", value=1, timeout=5)["value"] == 1
+        assert client._call_unsupported  # the old launcher did not know op unsubscribe
+        client.close()
+        old.close()
+        socket_path(tmp / "state").unlink()
+        (tmp / "state" / "run").rmdir()
+        new = FakeLauncher(tmp / "state")  # a newer launcher now serves the state dir
+        try:
+            client.connect(start=False)
+            p = client.submit("echo", value=2)
+            assert isinstance(p, CallPending) and p.result(5)["value"] == 2
+        finally:
+            client.close()
+            new.close()
+    finally:
+        client.close()
+        old.close()
