@@ -115,9 +115,8 @@ class LauncherClient:
         return self.submit(op, fds, **kw).result(timeout)
 
     def submit(self, op: str, fds: list[int] | None = None, **kw) -> "Pending | CallPending":
-        """Send a request now and collect its reply later (result()): the caller works meanwhile, and the
-        launcher, a process of its own, on another CPU. The reply must be collected (it holds the call
-        connection until then)."""
+        """Send a request now and collect its reply later (result()), on the call connection when it is free,
+        else through the reader thread. The reply must be collected: it holds the call connection until then."""
         if self._sock is None:
             raise LauncherError("not connected to the launcher")
         if not self._call_unsupported and self._call_lock.acquire(blocking=False):
@@ -149,7 +148,9 @@ class LauncherClient:
             try:
                 via_short_path(s.connect, str(socket_path(self.state_dir)))
                 self._call, self._call_buf = s, b""
-                reply = self._call_read(self._frame_send(s, "unsubscribe"), 10.0)
+                rid, data = self._frame("unsubscribe", {}, None)
+                s.sendall(data)
+                reply = self._call_read(rid, 10.0)
             except (OSError, LauncherError):
                 self._close_call()
                 return None
@@ -158,11 +159,6 @@ class LauncherClient:
                 self._close_call()
                 return None
         return self._call
-
-    def _frame_send(self, s: socket.socket, op: str) -> int:
-        rid, data = self._frame(op, {}, None)
-        s.sendall(data)
-        return rid
 
     def _call_read(self, rid: int, timeout: float) -> dict:
         """Read the call connection up to the reply to `rid` (with _call_lock held)."""
@@ -276,10 +272,7 @@ class Pending:
             c._pending.pop(self.rid, None)
             if not slot:
                 raise LauncherError("connection to the launcher was lost")
-        reply = slot[0]
-        if not reply.get("ok"):
-            raise LauncherError(reply.get("error", "unknown error"), reply.get("step"), reply.get("errno"))
-        return reply
+        return _checked(slot[0])
 
 
 class CallPending:
@@ -304,8 +297,12 @@ class CallPending:
                 c._call_lock.release()
         if self._error is not None:
             raise self._error
-        reply = self._reply
-        assert reply is not None
-        if not reply.get("ok"):
-            raise LauncherError(reply.get("error", "unknown error"), reply.get("step"), reply.get("errno"))
-        return reply
+        assert self._reply is not None
+        return _checked(self._reply)
+
+
+def _checked(reply: dict) -> dict:
+    """The reply, or the launcher's refusal as a LauncherError."""
+    if not reply.get("ok"):
+        raise LauncherError(reply.get("error", "unknown error"), reply.get("step"), reply.get("errno"))
+    return reply

@@ -66,6 +66,13 @@ class TaskDir:
     def private(self) -> Path:
         return self.dir / "private"
 
+    def env_dirs(self) -> tuple[str, str, str, str]:
+        """The shared alloc dir, local/, secrets/ and tmp/ as host path strings, joined directly: four pathlib
+        joins were 2% of a start, and these four only go into the environment."""
+        a = str(self.alloc_dir)
+        t = f"{a}/{self.task}"
+        return f"{a}/alloc", f"{t}/local", f"{t}/secrets", f"{t}/tmp"
+
 
 def _umask() -> int:
     """The process umask, read without changing it (os.umask would race with other threads creating files).

@@ -22,17 +22,8 @@ RETRY_STEP = 0.005
 
 
 def write_value(path: Path, value: str | int) -> None:
-    data = str(value).encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-    except OSError as e:
-        raise CgroupError(f"cannot open {path} for writing: {e.strerror}") from e
-    try:
-        os.write(fd, data)
-    except OSError as e:
-        raise CgroupError(f"writing {value!r} to {path} failed: {e.strerror}") from e
-    finally:
-        os.close(fd)
+    if not write_if_present(path, value):
+        raise CgroupError(f"cannot open {path} for writing: {os.strerror(errno.ENOENT)}")
 
 
 def write_if_present(path: Path, value: str | int) -> bool:

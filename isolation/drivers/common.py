@@ -79,9 +79,7 @@ class CommonDriver(Driver):
         raise NotImplementedError
 
     def task_paths(self, td: taskdir.TaskDir) -> taskenv.TaskPaths:
-        a = str(td.alloc_dir)  # strings joined directly: four pathlib joins were 2% of a start
-        t = f"{a}/{td.task}"
-        return taskenv.TaskPaths(f"{a}/alloc", f"{t}/local", f"{t}/secrets", f"{t}/tmp")
+        return taskenv.TaskPaths(*td.env_dirs())
 
     def resolve_command(self, ctx: TaskContext, td: taskdir.TaskDir, command: str, env: dict) -> str:
         raise NotImplementedError
