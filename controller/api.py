@@ -12,12 +12,11 @@ import select
 import socket
 import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
-from controller import exec_proto
+from controller import exec_proto, http1
 from controller.controller import Controller
 from controller.taskids import match_task_ids
 from reconcilers.plan import alloc_of
@@ -91,15 +90,10 @@ class _TCPServer(_ServerBase, socketserver.ThreadingMixIn, socketserver.TCPServe
     max_connections = 16  # scrapers: a handful at most
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "tasksd"
-    protocol_version = "HTTP/1.1"
+class Handler(http1.RequestHandler):
     # Per socket operation: an idle keep-alive connection is closed after this, and so is a stream whose client
     # stopped reading (a follower that waits for events writes nothing, so it is not cut off while idle).
     timeout = 60
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the API logs through tasksd's logger
-        pass
 
     # ---- plumbing ----------------------------------------------------------------------------------------
     def _send_json(self, status: int, obj: Any) -> None:

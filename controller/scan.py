@@ -7,13 +7,13 @@ writable by group/others or owned by another user are refused.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from manifests.digest import sha256_hex
 from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, is_manifest_base, load_bytes, read_regular_file
 
 
@@ -128,7 +128,7 @@ class Scanner:
             data = read_regular_file(path)
         except OSError:
             return None
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         if cached is not None and cached.content_hash == digest and cached.result is not None:
             cached.signature = sig
             return cached

@@ -23,7 +23,6 @@ component, is a device, FIFO or socket, or is a symlink or hard link whose targe
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import posixpath
 import shutil
@@ -40,7 +39,7 @@ from isolation import sys as ksys
 from isolation.drivers.base import StartError
 from isolation.safefile import open_regular
 
-HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
+HASHES = ("md5", "sha1", "sha256", "sha512")  # hashlib (OpenSSL) is loaded only when an artifact is checked
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 # Archive and network modules are imported where used: only tasks with artifacts should pay for them (urllib.request
 # alone brings in ssl, email and http.client), and the daemon's memory is one of its targets.
@@ -266,7 +265,11 @@ def download(url: str, headers: tuple[tuple[str, str], ...], out: Path, attempts
 
 
 def file_digest(path: Path, kind: str) -> str:
-    h = HASHES[kind]()
+    import hashlib
+
+    if kind not in HASHES:
+        raise ValueError(f"unknown checksum type {kind!r}")
+    h = hashlib.new(kind)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)

@@ -25,7 +25,6 @@ manifests.validate.TEMPLATE_FORBIDDEN and TEMPLATE_UNSAFE (validation rejects th
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -276,6 +275,12 @@ def truthy(v: Any) -> bool:
     return bool(v) if v is not None else False
 
 
+def _hexdigest(kind: str, s: Any) -> str:
+    import hashlib  # loads OpenSSL: only templates that hash pay for it
+
+    return hashlib.new(kind, str(s).encode()).hexdigest()
+
+
 def _num(v: Any) -> int | float:
     if isinstance(v, bool):
         raise TemplateError(f"expected a number, got {v!r}")
@@ -388,8 +393,8 @@ FUNCS: dict[str, Callable[..., Any]] = {
     "toJSONPretty": lambda v: json.dumps(v, sort_keys=True, indent=2),
     "base64Encode": lambda s: base64.b64encode(str(s).encode()).decode(),
     "base64Decode": lambda s: base64.b64decode(str(s)).decode(),
-    "sha256Hex": lambda s: hashlib.sha256(str(s).encode()).hexdigest(),
-    "md5sum": lambda s: hashlib.md5(str(s).encode()).hexdigest(),
+    "sha256Hex": lambda s: _hexdigest("sha256", s),
+    "md5sum": lambda s: _hexdigest("md5", s),
     "add": lambda b, a: _num(a) + _num(b),
     "subtract": lambda b, a: _num(a) - _num(b),
     "multiply": lambda b, a: _num(a) * _num(b),

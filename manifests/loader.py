@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import re
 import stat
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from manifests.build import build_jobs
+from manifests.digest import sha256_hex
 from manifests.hcl import parse_hcl
 from manifests.model import Job
 from manifests.problems import Problem
@@ -121,7 +121,7 @@ def load_bytes(data: bytes, path: str = "<stdin>", fmt: str | None = None, *, _d
                ) -> LoadResult:
     if len(data) > MAX_MANIFEST_BYTES:
         return _failed(path, f"file is larger than {MAX_MANIFEST_BYTES // 1024} KiB; refusing to parse it")
-    digest = _digest or hashlib.sha256(data).hexdigest()
+    digest = _digest or sha256_hex(data)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -130,7 +130,7 @@ def load_bytes(data: bytes, path: str = "<stdin>", fmt: str | None = None, *, _d
 
 
 def load_text(text: str, path: str = "<stdin>", fmt: str | None = None, *, _digest: str | None = None) -> LoadResult:
-    digest = _digest or hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = _digest or sha256_hex(text.encode("utf-8", "surrogatepass"))
     if len(text) > MAX_MANIFEST_BYTES:
         return _failed(path, f"file is larger than {MAX_MANIFEST_BYTES // 1024} KiB; refusing to parse it", digest)
     if text.startswith("\ufeff"):

@@ -2,11 +2,12 @@
 changes, means the running process must be replaced."""
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from manifests.digest import sha256_hex
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def template_hash(task) -> str:
     material = [_live_content(t) for t in task.templates if is_live_template(t)]
     if not material:
         return ""
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    return sha256_hex(json.dumps(material, sort_keys=True).encode())[:16]
 
 
 def spec_hash(job, group, task) -> str:
@@ -70,7 +71,7 @@ def spec_hash(job, group, task) -> str:
         "job_meta": dict(job.meta),
         "job_type": job.type,
     }
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return sha256_hex(json.dumps(material, sort_keys=True, default=str).encode())[:16]
 
 
 def task_instances(jobs: Iterable) -> Iterator[tuple[str, Any, Any, int, Any]]:
