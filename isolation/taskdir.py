@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isolation import sys as ksys
+from manifests.digest import uuid5
 from isolation.safefile import remove_tree
 
 ALLOC_NAMESPACE = uuid.UUID("6f1d2a4e-4a7c-4c55-9d47-7a8f4f5c2b10")
@@ -28,7 +29,7 @@ ALLOC_NAMESPACE = uuid.UUID("6f1d2a4e-4a7c-4c55-9d47-7a8f4f5c2b10")
 
 def alloc_id_for(job: str, group: str, index: int) -> str:
     """Stable per (job, group, index): alloc/data survives restarts and manifest edits."""
-    return str(uuid.uuid5(ALLOC_NAMESPACE, f"{job}/{group}/{index}"))
+    return str(uuid5(ALLOC_NAMESPACE, f"{job}/{group}/{index}"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,33 @@
+"""manifests.digest gives hashlib's digests and uuid's uuid5, and the daemon's modules load no OpenSSL."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from isolation import taskdir
+from manifests.digest import sha256_hex, uuid5
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_same_digests_as_hashlib_and_uuid():
+    for data in (b"", b"job", "é ünïcode/g/3".encode(), bytes(range(256)) * 100):
+        assert sha256_hex(data) == hashlib.sha256(data).hexdigest()
+    for name in ("web/g/0", "a/b/12", "é/ü/1", ""):
+        assert uuid5(taskdir.ALLOC_NAMESPACE, name) == uuid.uuid5(taskdir.ALLOC_NAMESPACE, name)
+    # Alloc ids name directories that outlive upgrades: this one must never change.
+    assert taskdir.alloc_id_for("web", "g", 0) == str(uuid.uuid5(taskdir.ALLOC_NAMESPACE, "web/g/0"))
+
+
+def test_the_daemon_imports_no_openssl_and_no_http_server():
+    code = ("import sys, controller.daemon_main, controller.controller, controller.api, controller.watcher, "
+            "controller.store, isolation.drivers.raw_exec, isolation.drivers.exec, isolation.drivers.exec2\n"
+            "from isolation import taskdir\n"
+            "taskdir.alloc_id_for('j', 'g', 0)\n"
+            "print(' '.join(sorted(m for m in sys.modules if m in ('_hashlib', '_ssl', 'http.server', "
+            "'http.client', 'email'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
