@@ -22,8 +22,10 @@ from typing import Any, Callable
 
 from controller.scan import Scanner
 from controller.byalloc import ByAlloc
+from controller.memtrim import TrimSchedule
 from controller.store import Store, StoreError
 from isolation import netns as netns_mod
+from isolation import sys as ksys
 from isolation import taskdir
 from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, StartError, TaskContext, TaskHandle
 from isolation.drivers.common import new_key, task_cgroup
@@ -175,7 +177,9 @@ class Controller:
         self.last_resync = 0.0
         self.store_error: str | None = None
         self.listeners: list[Callable[[dict], None]] = []
-        self.metrics: dict[str, float] = {"watch_events": 0}  # reconcile timing: metrics.instrument
+        self.metrics: dict[str, float] = {"watch_events": 0, "memory_trims": 0}  # see also metrics.instrument
+        self._side_effects = 0  # in the current pass
+        self._trim = TrimSchedule()
         self._rand = random.Random()
         runtime.on_exit = lambda h, r: self.queue.put(("exit", h, r))
         runtime.on_launcher_lost = lambda: self.queue.put(("launcher_lost",))
@@ -219,6 +223,7 @@ class Controller:
         """Run a side effect (spawn, kill, cleanup) on the pool, after everything decided so far is on disk: a
         spawn's key is stored before the process exists, so a crash at any moment cannot duplicate it."""
         self.flush_store()
+        self._side_effects += 1
         self.pool.submit(work)
 
     def flush_store(self) -> None:
@@ -291,6 +296,8 @@ class Controller:
                     deadline = min(deadline, lead)
             if self._rescan_at is not None:
                 deadline = min(deadline, self._rescan_at)
+            if self._trim.due_at is not None:
+                deadline = min(deadline, self._trim.due_at)
             timeout = max(0.0, deadline - self.clock())
             try:
                 ev = self.queue.get(timeout=timeout)
@@ -320,6 +327,11 @@ class Controller:
                 self.event("drained", "every task stopped and every alloc collected; exiting")
                 self.stopping = True
             self.flush_store()  # one commit for the whole pass (events included)
+            self._trim.note_work(self._side_effects, self.clock())
+            self._side_effects = 0
+            if self._trim.take(self.clock()):
+                self.metrics["memory_trims"] += 1
+                ksys.malloc_trim()
         self.flush_store()
 
     # ---- what needs planning -----------------------------------------------------------------------------

@@ -143,6 +143,8 @@ def families(ctl) -> list[Family]:
         h.add([], buckets[-1][1], "_count").add([], total, "_sum")
         out.append(h)
     out.append(Family("tasksd_watch_events", "Wake-ups from the directory watch", "counter").add([], m["watch_events"]))
+    out.append(Family("tasksd_memory_trims", "Freed heap given back to the kernel after a burst of work",
+                      "counter").add([], m.get("memory_trims", 0)))
     out.append(Family("tasksd_queue_depth", "Events waiting for the reconcile loop", "gauge").add([], ctl.queue.qsize()))
     man = ctl.call(lambda: [m.status for m in ctl.manifests.values()])
     g = Family("tasksd_manifests", "Manifests by status", "gauge", ("status",))

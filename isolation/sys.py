@@ -11,7 +11,6 @@ import errno
 import fcntl
 import os
 import re
-import platform
 import signal
 import socket
 import struct
@@ -25,7 +24,7 @@ _SYSCALLS: dict[str, dict[str, int]] = {
     "x86_64": {"pivot_root": 155, "capget": 125, "capset": 126, "rt_sigaction": 13},
     "aarch64": {"pivot_root": 41, "capget": 90, "capset": 91, "rt_sigaction": 134},
 }
-_MACHINE = platform.machine()
+_MACHINE = os.uname().machine  # what platform.machine() returns, without importing platform
 _NR = dict(_SYSCALLS.get(_MACHINE, {}))
 _NR.update(open_tree=428, move_mount=429, pidfd_open=434, close_range=436, openat2=437, mount_setattr=442,
            landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446)
@@ -279,6 +278,15 @@ def limit_malloc_arenas(n: int) -> bool:
         return False
     M_ARENA_MAX = -8
     return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(n)))
+
+
+def malloc_trim() -> bool:
+    """Give the free pages inside every malloc arena back to the kernel (glibc malloc_trim(0)); True if any
+    were. False where the libc has no malloc_trim (musl returns freed memory by itself)."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    return bool(trim(_c_ulong(0)))
 
 
 # ---- path resolution that cannot leave a directory, and mounts by file descriptor ------------------------------

@@ -332,3 +332,25 @@ def test_limit_malloc_arenas_bounds_the_arenas_threads_use(mode):
         assert 1 <= arenas <= 2, out
     else:
         assert arenas > 2, out
+
+
+TRIM = """
+    import json
+    from isolation import sys as ksys
+    def rss_kb():
+        return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1])
+    # 64 MB of malloc blocks (> 512 bytes: not CPython's pools), then every block but one in 64 freed: the heap
+    # cannot shrink from its top, so the freed pages stay resident until trimmed.
+    blocks = [bytes(1000 + i % 7) for i in range(64 * 1024)]
+    kept = blocks[::64]
+    del blocks
+    before = rss_kb()
+    trimmed = ksys.malloc_trim()
+    print(json.dumps([trimmed, before, rss_kb(), len(kept)]))
+"""
+
+
+def test_malloc_trim_gives_freed_heap_pages_back():
+    trimmed, before, after, _ = json.loads(run_py(TRIM).stdout)
+    assert trimmed
+    assert before - after > 32 * 1024, (before, after)  # most of the 60 freed MB
