@@ -50,7 +50,7 @@ def socket_path(state_dir: str | os.PathLike) -> Path:
     return Path(state_dir) / "run" / "launcher.sock"
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     key: str
     pid: int
@@ -607,7 +607,7 @@ class Launcher:
             os.set_blocking(fd, False)
             task.logs.append(fd)
             try:
-                log = RotatingLog(Path(target.dir), target.base, target.max_files, target.max_file_size)
+                log = RotatingLog(target.dir, target.base, target.max_files, target.max_file_size)
             except ValueError as e:  # a spec the daemon should never send; keep the pipe drained, not blocked
                 _log(f"launcher: logs of {spec.key}: {e}")
                 log = None

@@ -66,18 +66,22 @@ def _rotated_indexes(directory: Path | int, base: str) -> list[int]:
 class RotatingLog:
     """Append-only writer of one output stream with size-based rotation at line boundaries (see module doc)."""
 
-    def __init__(self, dir: Path, base: str, max_files: int, max_file_size: int) -> None:
+    # Two per task in the launcher, for the task's whole life: slots and a plain string for the directory (a Path
+    # with its parts list cost ~1 KB per writer).
+    __slots__ = ("dir", "base", "max_files", "max_file_size", "dropped_bytes", "last_errno", "rotations", "_fd",
+                 "_size", "_line_open", "_closed")
+
+    def __init__(self, dir: str | os.PathLike, base: str, max_files: int, max_file_size: int) -> None:
         if max_files < 1:
             raise ValueError(f"max_files must be >= 1, got {max_files}")
         if max_file_size < 1:
             raise ValueError(f"max_file_size must be >= 1 byte, got {max_file_size}")
         if not base or "/" in base or base in (".", ".."):
             raise ValueError(f"log base name must be a plain file name, got {base!r}")
-        self.dir = Path(dir)
+        self.dir = os.fspath(dir)
         self.base = base
         self.max_files = max_files
         self.max_file_size = max_file_size
-        self.path = self.dir / base
         self.dropped_bytes = 0
         self.last_errno: int | None = None
         self.rotations = 0
