@@ -311,6 +311,9 @@ class Controller:
                 except queue.Empty:
                     break
                 rescan = self.handle(ev) or rescan
+            # Not kept while the loop waits: a handled call's Future holds its result (the status of 1000 tasks
+            # is ~0.5 MB) until the next event would replace it.
+            ev = None
             if self.stopping:
                 break
             full = self.clock() >= resync_at

@@ -8,7 +8,7 @@ has been quiet for a while, never per task.
 from __future__ import annotations
 
 BURST = 50  # side effects (starts, stops, cleanups) that make a burst worth trimming after
-QUIET = 2.0  # seconds without any side effect before trimming
+QUIET = 1.0  # seconds without any side effect before trimming
 
 
 class TrimSchedule:
