@@ -6,7 +6,6 @@ field was written on.
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from typing import Any
 
@@ -100,6 +99,8 @@ class _Reader:
 
     def _hint(self, name: str) -> str:
         candidates = sorted(self.schema.known | self.schema.ignored)
+        import difflib  # only for a manifest with a mistake
+
         close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
         return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -372,6 +373,8 @@ def _task(r: _Reader, job_type: str, group_restart: dict[str, Any] | None, name:
         if driver in schema.OTHER_NOMAD_DRIVERS:
             r.error("driver", f"driver {driver!r} is not supported by tasksd (use raw_exec, exec or exec2)")
         else:
+            import difflib
+
             hint = difflib.get_close_matches(driver, list(CONFIG_TYPES), n=1, cutoff=0.6)
             more = f" (did you mean {hint[0]!r}?)" if hint else ""
             r.error("driver", f"driver {driver!r} is not supported by tasksd{more}; use raw_exec, exec or exec2")
