@@ -414,7 +414,8 @@ class Api:
         base = f"{task}.{stream}"
         start = open_active(logdir, base) if follow else None
         try:
-            h.wfile.write(read_log(logdir, base, tail, active_end=start.tell() if start is not None else None))
+            for chunk in read_log(logdir, base, tail, active_end=start.tell() if start is not None else None):
+                h.wfile.write(chunk)
             h.wfile.flush()
         except BaseException:
             if start is not None:

@@ -10,6 +10,7 @@ from isolation.logs import read_tail
 from isolation.safefile import open_regular_path
 
 FOLLOW_INTERVAL = 0.1  # only while a client follows: interactive, not part of supervision
+CHUNK = 65536
 
 
 def _open(path: Path) -> BinaryIO | None:
@@ -30,14 +31,25 @@ def open_active(logdir: Path, base: str) -> BinaryIO | None:
     return f
 
 
-def read_log(logdir: Path, base: str, tail: int, active_end: int | None = None) -> bytes:
+def read_log(logdir: Path, base: str, tail: int, active_end: int | None = None) -> Iterator[bytes]:
+    """The last `tail` lines across the files of a stream, or with a negative tail the whole active file, in
+    chunks of at most CHUNK bytes: a log file can be as large as the task's max_file_size, and the daemon must not
+    hold it in memory for one reader. Reading stops at the file's size when it was opened (or at `active_end`):
+    a task writing without pause cannot keep a reader going for ever."""
     if tail is not None and tail >= 0:
-        return b"".join(read_tail(logdir, base, tail, active_end=active_end))
+        yield from read_tail(logdir, base, tail, active_end=active_end)
+        return
     f = _open(logdir / base)
     if f is None:
-        return b""
+        return
     with f:
-        return f.read() if active_end is None else f.read(active_end)
+        left = os.fstat(f.fileno()).st_size if active_end is None else active_end
+        while left > 0:
+            chunk = f.read(min(CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk
 
 
 def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryIO | None = None) -> Iterator[bytes]:

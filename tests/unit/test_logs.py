@@ -350,9 +350,26 @@ def test_a_line_written_between_the_tail_and_the_follow_is_sent_once(tmp_path):
     end = start.tell()
     with open(tmp_path / "t.stdout", "ab") as f:
         f.write(b"three\n")  # the task writes while the tail is on its way
-    assert read_log(tmp_path, "t.stdout", 1, active_end=end) == b"two\n"
-    assert read_log(tmp_path, "t.stdout", -1, active_end=end) == b"one\ntwo\n"
+    assert b"".join(read_log(tmp_path, "t.stdout", 1, active_end=end)) == b"two\n"
+    assert b"".join(read_log(tmp_path, "t.stdout", -1, active_end=end)) == b"one\ntwo\n"
     chunks = follow_log(tmp_path, "t.stdout", lambda: False, start)
     assert next(chunks) == b"three\n"
     chunks.close()
     assert start.closed
+
+
+def test_a_whole_log_is_read_in_bounded_chunks_up_to_its_size_when_opened(tmp_path):
+    """`tasksctl logs` without -n: the daemon streams the active file, never holding it whole (it can be as big as
+    max_file_size), and a task writing all the while cannot keep the reader going past what was there."""
+    from controller import logread
+
+    data = b"".join(b"line %06d\n" % i for i in range(30000))  # ~360 KB: several chunks
+    path = tmp_path / "t.stdout"
+    path.write_bytes(data)
+    chunks = logread.read_log(tmp_path, "t.stdout", -1)
+    first = next(chunks)
+    with open(path, "ab") as f:
+        f.write(b"written while reading\n" * 10000)
+    rest = list(chunks)
+    assert all(len(c) <= logread.CHUNK for c in [first, *rest]) and rest
+    assert first + b"".join(rest) == data
