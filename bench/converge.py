@@ -28,7 +28,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.spawn import add_state_root_option, apply_state_root, bench_tempdir  # noqa: E402
+from bench.spawn import add_state_root_option, apply_state_root, bench_tempdir, compile_tree  # noqa: E402
 from controller.client import Client, ClientError  # noqa: E402
 
 
@@ -42,6 +42,7 @@ def manifest(name: str, args: str = "100000") -> str:
 
 class Bench:
     def __init__(self, root: Path):
+        compile_tree()  # before any clock starts: what an installed tasksd has from pip
         self.root = root
         self.tasks_dir = root / "tasks.d"
         self.tasks_dir.mkdir()
