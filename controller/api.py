@@ -257,7 +257,8 @@ class Api:
 
     def _serve(self, srv) -> None:
         self._servers.append(srv)
-        t = threading.Thread(target=srv.serve_forever, name="api", daemon=True)
+        # Without a poll interval: an idle API never wakes (it did twice a second per socket); stop() wakes it.
+        t = threading.Thread(target=srv.serve_forever, args=(None,), name="api", daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -281,7 +282,13 @@ class Api:
     def stop(self) -> None:
         self.stopping = True
         for srv in self._servers:
-            srv.shutdown()
+            # shutdown() waits for serve_forever to see its request, which happens only when the listening socket
+            # has something to accept: connect until it has returned.
+            done = threading.Thread(target=srv.shutdown, name="api-stop", daemon=True)
+            done.start()
+            while done.is_alive():
+                _poke(srv)
+                done.join(0.05)
             srv.server_close()
         for p in (self.socket_path, self.exec_socket_path):
             try:
@@ -466,6 +473,16 @@ class MetricsOnlyHandler(Handler):
         if urlparse(self.path).path == "/metrics" and method == "GET":
             return self.server.api.metrics(self)
         self._error(404, "only /metrics is served on TCP")
+
+
+def _poke(srv) -> None:
+    """Wake a server blocked in select(): a connection it will close (or serve an EOF) at once."""
+    try:
+        with socket.socket(srv.address_family, socket.SOCK_STREAM) as s:
+            s.settimeout(1)
+            s.connect(srv.server_address)
+    except OSError:
+        pass
 
 
 def _int(v: str, name: str) -> int:

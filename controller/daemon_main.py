@@ -147,8 +147,9 @@ class Daemon:
                 loop.join(interval)
 
         threading.Thread(target=ready, name="notify", daemon=True).start()
-        while loop.is_alive():
-            loop.join(0.5)  # wake for signals (Python runs handlers on the main thread)
+        # No timeout: a lock wait on the main thread is interrupted by a signal and Python runs the handler, so an
+        # idle daemon has no reason to wake here (it did twice a second).
+        loop.join()
         sdnotify.notify("STOPPING=1")
         watcher.stop()
         api.stop()

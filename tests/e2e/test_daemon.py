@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from isolation.cgroups.warm import HOLD
 from tests.e2e.conftest import raw_job
 from tests.helpers import wait_for
 
@@ -235,3 +237,29 @@ def test_signals_blocked_by_tasksds_parent_do_not_make_it_or_its_tasks_deaf(daem
     assert int(blocked.split()[1], 16) == 0, blocked  # `sleep` itself: it does not touch its mask
     daemon.terminate()  # waits for the exit: a deaf daemon fails here
     assert Path(f"/proc/{pid}").exists()  # and it left its task running, as SIGTERM should
+
+
+def _voluntary_switches(pid: int) -> dict[str, int]:
+    out = {}
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (t / "status").read_text()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        out[t.name] = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return out
+
+
+def test_an_idle_daemon_does_not_wake_up(daemon):
+    """Event-driven throughout: with nothing to do, no thread of tasksd wakes (the main thread waited for the loop
+    in 0.5 s slices and each API socket polled twice a second: ~12 wake-ups in this window)."""
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web"))
+    pid_of(daemon)
+    # Settle: after the watch event that led to the start, the cgroup warmer keeps writing for HOLD seconds.
+    time.sleep(HOLD + 0.5)
+    before = _voluntary_switches(daemon.proc.pid)
+    time.sleep(3)  # an observation window: the absence of wake-ups has no condition to wait on
+    after = _voluntary_switches(daemon.proc.pid)
+    woke = {tid: after[tid] - n for tid, n in before.items() if tid in after and after[tid] != n}
+    assert sum(woke.values()) <= 1, woke
