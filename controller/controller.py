@@ -66,6 +66,9 @@ class TaskRecord:
     started_at: float | None = None
     busy: bool = False  # not persisted: an action is in flight
     template_hash: str | None = None  # not persisted: derived from task_json (live templates of the process)
+    # Not persisted: the parsed Task that task_json was made from. A restart of an unchanged manifest's task
+    # gets the same object back from the desired state, and its JSON need not be made again.
+    task_obj: Any = field(default=None, repr=False, compare=False)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -719,7 +722,9 @@ class Controller:
             if rec.spec_hash is not None and rec.spec_hash != d.spec_hash:
                 rec.restarts = 0
         rec.manifest, rec.driver = d.manifest, d.driver
-        rec.spec_hash, rec.task_json = d.spec_hash, json.dumps(task.to_dict())
+        if rec.task_obj is not task or rec.task_json is None:
+            rec.task_json, rec.task_obj = json.dumps(task.to_dict()), task
+        rec.spec_hash = d.spec_hash
         rec.template_hash = d.template_hash
         try:
             alloc = self._ensure_alloc(alloc_of(tid), group)
@@ -963,7 +968,7 @@ class Controller:
             rec.template_hash = d.template_hash  # do not retry in a loop; the next manifest change tries again
             self.event("template_failed", rec.last_error, tid)
         else:
-            rec.task_json, rec.template_hash = json.dumps(task.to_dict()), d.template_hash
+            rec.task_json, rec.task_obj, rec.template_hash = json.dumps(task.to_dict()), task, d.template_hash
             what = ", ".join(f"{t.destination} ({t.change_mode}{' ' + t.change_signal if t.change_signal else ''})"
                              for t in changed) or "no output changed"
             self.event("template_rendered", f"re-rendered without a restart: {what}", tid)
