@@ -43,6 +43,9 @@
 #ifndef SYS_move_mount
 #define SYS_move_mount 429
 #endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
@@ -118,6 +121,7 @@ typedef struct {
     gid_t *groups;
     Py_ssize_t ngroups;
     long deadline_s;
+    int fd_limit; /* > 0: cloned with CLONE_FILES, and the child keeps a private copy of the fds below this only */
 } plan_t;
 
 /* What the child itself keeps between ops: on its own stack, never in the plan (the launcher's memory). */
@@ -467,6 +471,15 @@ static int do_op(child_t *c, const op_t *op, const char **where) {
 static int child_main(void *arg) {
     const plan_t *pl = arg;
     child_t c = { pl, -1, -1 };
+    /* First of all, before any descriptor is made or moved: stop sharing the launcher's descriptor table. The
+     * kernel copies only the descriptors below fd_limit (where the launcher put everything this child needs),
+     * not the thousands of log pipes and files a launcher with many tasks holds, which a plain clone copied and
+     * close_range closed again, one by one, for every start. A kernel without CLOSE_RANGE_UNSHARE (< 5.9) gets
+     * the whole copy, as before. */
+    if (pl->fd_limit > 0 && sc(SYS_close_range, pl->fd_limit, ~0U, CLOSE_RANGE_UNSHARE, 0, 0) < 0) {
+        long r = sc(SYS_unshare, CLONE_FILES, 0, 0, 0, 0);
+        if (r < 0) fail(pl, "unshare descriptors", (int)-r, NULL);
+    }
     /* The launcher is suspended until this child execs or exits, and anyone allowed to signal it (the task it is
      * joining, once the uid changed) could SIGSTOP it there: a timer SIGKILLs it after the deadline whatever its
      * state, and execve deletes the timer. It also bounds a setup stuck on a hung mount source. */
@@ -539,22 +552,29 @@ static char **as_argv(PyObject *seq, const char *what) {
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(clone_flags, errpipe, deadline_s, ops, path, argv, envp, groups) -> pid\n\n"
+"spawn(clone_flags, errpipe, deadline_s, ops, path, argv, envp, groups, fd_limit=0) -> pid\n\n"
 "Clone a child sharing this process's memory (CLONE_VM | CLONE_VFORK plus clone_flags' namespaces), run ops in\n"
 "it, then execve(path, argv, envp). Returns once the child has exec'd or failed; a failure is reported on\n"
 "errpipe as JSON. ops are tuples (code, flags, step, i0, i1, i2, s0, s1, s2, s3) of ints and bytes/None;\n"
-"argv and envp lists of bytes; groups a list of gids for OP_SETGROUPS. The caller must be single-threaded.");
+"argv and envp lists of bytes; groups a list of gids for OP_SETGROUPS. With fd_limit > 0 the child shares the\n"
+"caller's descriptor table until its first step, which keeps a copy of the descriptors below fd_limit only: every\n"
+"descriptor the ops and errpipe name must be below it. The caller must be single-threaded.");
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
     unsigned long clone_flags;
     int errpipe;
     long deadline_s;
     PyObject *ops, *path_o, *argv_o, *envp_o, *groups_o;
-    if (!PyArg_ParseTuple(args, "kilO!OO!O!O", &clone_flags, &errpipe, &deadline_s, &PyList_Type, &ops, &path_o,
-                          &PyList_Type, &argv_o, &PyList_Type, &envp_o, &groups_o))
+    int fd_limit = 0;
+    if (!PyArg_ParseTuple(args, "kilO!OO!O!O|i", &clone_flags, &errpipe, &deadline_s, &PyList_Type, &ops, &path_o,
+                          &PyList_Type, &argv_o, &PyList_Type, &envp_o, &groups_o, &fd_limit))
         return NULL;
     if (errpipe < 3 || deadline_s < 1) {
         PyErr_SetString(PyExc_ValueError, "errpipe must be >= 3 and the deadline at least 1 s");
+        return NULL;
+    }
+    if (fd_limit < 0 || (fd_limit > 0 && errpipe >= fd_limit)) {
+        PyErr_SetString(PyExc_ValueError, "fd_limit must be 0, or above errpipe");
         return NULL;
     }
     if (clone_flags & ~(unsigned long)(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)) {
@@ -565,6 +585,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     memset(&pl, 0, sizeof(pl));
     pl.errpipe = errpipe;
     pl.deadline_s = deadline_s;
+    pl.fd_limit = fd_limit;
     PyObject *result = NULL;
     char **argv = NULL, **envp = NULL;
     pl.nops = PyList_GET_SIZE(ops);
@@ -620,7 +641,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     uint64_t all = ~0ULL, old = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
     pid_t pid = clone(child_main, child_stack + sizeof(child_stack),
-                      (int)(CLONE_VM | CLONE_VFORK | SIGCHLD | clone_flags), &pl);
+                      (int)(CLONE_VM | CLONE_VFORK | SIGCHLD | clone_flags | (fd_limit > 0 ? CLONE_FILES : 0)), &pl);
     int saved = errno;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
     if (pid < 0) {

@@ -219,13 +219,14 @@ def _credentials(ops: _Ops, spec: LaunchSpec) -> list[int] | None:
     return groups
 
 
-def spawn(spec: LaunchSpec, fds: dict, enter: dict | None) -> int:
+def spawn(spec: LaunchSpec, fds: dict, enter: dict | None, fd_limit: int = 0) -> int:
     """Clone the task's process and run its setup in C; returns once it has exec'd or failed (reported on
-    fds["errpipe"])."""
+    fds["errpipe"]). With fd_limit, every descriptor in `fds` and `enter` is below it and the child keeps only
+    those (see isolation._spawn and the launcher's LowSlots)."""
     plan = compile_plan(spec, fds, enter)
     for k, _ in spec.env:
         if not k or "=" in k:
             raise ValueError(f"illegal environment variable name {k!r}")
     env = [os.fsencode(f"{k}={v}") for k, v in spec.env]
     return _spawn.spawn(plan.clone_flags, fds["errpipe"], SETUP_DEADLINE_S, plan.ops, os.fsencode(spec.path),
-                        [os.fsencode(a) for a in spec.argv], env, plan.groups)
+                        [os.fsencode(a) for a in spec.argv], env, plan.groups, fd_limit)

@@ -440,3 +440,21 @@ def test_starts_read_their_replies_on_the_call_connection_which_gets_no_exit_eve
     assert call is not None  # the spawns went this way
     readable, _, _ = select.select([call], [], [], 0)
     assert readable == [] and runtime.client._call_buf == b""  # three exits, none of them sent here
+
+
+def test_a_task_started_while_the_launcher_holds_many_pipes_gets_none_of_them(drivers, agent_config):
+    """The C child shares the launcher's descriptor table and keeps a copy of the low ones only (see
+    isolation.launcher.LowSlots): with twenty tasks running the launcher holds forty log pipes above that limit,
+    and the next task must still start with 0-2 alone, and its output must still reach its log (the slot that
+    carried its pipe let go of it)."""
+    d = drivers["raw_exec"]
+    sleepers = [d.start(make_ctx(agent_config, raw_task("/bin/sleep", "60"), job=f"s{i}")) for i in range(20)]
+    try:
+        h = d.start(make_ctx(agent_config, raw_task("/bin/sh", "-c", "ls /proc/$$/fd; echo done"), job="probe"))
+        assert d.wait(h, 30).exit_code == 0
+        lines = _log(h).split()
+        assert lines == ["0", "1", "2", "done"], lines
+        assert len(os.listdir(f"/proc/{d.runtime.client.launcher_pid}/fd")) > 40  # the sleepers' pipes were there
+    finally:
+        for s in sleepers:
+            _finish(d, s)
