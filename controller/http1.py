@@ -35,7 +35,6 @@ class RequestHandler(socketserver.StreamRequestHandler):
     headers: Headers
 
     def handle(self) -> None:
-        self.close_connection = True
         self.handle_one_request()
         while not self.close_connection:
             self.handle_one_request()

@@ -674,7 +674,7 @@ class Launcher:
         return w
 
     def _fork(self, spec: LaunchSpec, fds: dict, enter: dict | None) -> int:
-        if self.c_child and self.low is not None:
+        if self.low is not None:  # the C child (see LowSlots)
             placed = self.low.place(fds, enter)
             if placed is not None:
                 try:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isolation import sys as ksys
-from manifests.digest import uuid5
 from isolation.safefile import remove_tree
+from manifests.digest import uuid5
 
 ALLOC_NAMESPACE = uuid.UUID("6f1d2a4e-4a7c-4c55-9d47-7a8f4f5c2b10")
 

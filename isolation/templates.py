@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from manifests.digest import sha256_hex
 from manifests.validate import forbidden_template_function
 class TemplateError(ValueError):
     """The template cannot be parsed or rendered. The message names the function or the position."""
@@ -275,10 +276,10 @@ def truthy(v: Any) -> bool:
     return bool(v) if v is not None else False
 
 
-def _hexdigest(kind: str, s: Any) -> str:
-    import hashlib  # loads OpenSSL: only templates that hash pay for it
+def _md5_hex(s: Any) -> str:
+    import hashlib  # loads OpenSSL: only templates that use md5sum pay for it
 
-    return hashlib.new(kind, str(s).encode()).hexdigest()
+    return hashlib.md5(str(s).encode()).hexdigest()
 
 
 def _num(v: Any) -> int | float:
@@ -393,8 +394,8 @@ FUNCS: dict[str, Callable[..., Any]] = {
     "toJSONPretty": lambda v: json.dumps(v, sort_keys=True, indent=2),
     "base64Encode": lambda s: base64.b64encode(str(s).encode()).decode(),
     "base64Decode": lambda s: base64.b64decode(str(s)).decode(),
-    "sha256Hex": lambda s: _hexdigest("sha256", s),
-    "md5sum": lambda s: _hexdigest("md5", s),
+    "sha256Hex": lambda s: sha256_hex(str(s).encode()),
+    "md5sum": _md5_hex,
     "add": lambda b, a: _num(a) + _num(b),
     "subtract": lambda b, a: _num(a) - _num(b),
     "multiply": lambda b, a: _num(a) * _num(b),
