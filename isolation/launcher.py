@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     import subprocess  # imported when first spawning (see _spawn_fast)
 
 PROTOCOL_VERSION = 1
+# One encoder for every message: json.dumps with separators builds a new JSONEncoder per call.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 MAX_LINE = 4 * 1024 * 1024
 MAX_OPEN_LOG_FILES = 256  # log files kept open; quieter ones are reopened at their next output (see _log_used)
 PUMP_READS_PER_WAKEUP = 16  # x 64 KiB: at most 1 MiB of one task's output per turn of the loop (see _pump)
@@ -149,6 +151,7 @@ class Launcher:
         layout = cgroups.detect()
         hierarchies = ([cgroups.UNIFIED] if layout.v2_mount else []) + list(layout.v1_mounts)
         self.own_cgroups = [(str(layout.mount(h)), str(layout.own_dir(h))) for h in hierarchies]
+        self.cgroup_mode = layout.mode
         self.own_oom_score_adj = int(Path("/proc/self/oom_score_adj").read_text())
         # v1 hierarchies holding the cpu controller, joined after exec by the fast path (see _spawn_fast).
         self.late_mounts = tuple(str(layout.v1_mounts[c]) + "/" for c in ("cpu",) if c in layout.v1_mounts)
@@ -289,7 +292,7 @@ class Launcher:
             self._handle(conn, line)
 
     def _send(self, conn: Conn, obj: dict) -> None:
-        conn.out += json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        conn.out += _encode(obj).encode() + b"\n"
         self._flush(conn)
 
     def _flush(self, conn: Conn) -> None:
@@ -369,6 +372,29 @@ class Launcher:
     def op_shutdown(self, req, conn) -> dict:
         self.running = False
         return {}
+
+    def op_cgroup(self, req, conn) -> dict:
+        """Make a task's cgroup and write its limits, for a daemon that meanwhile builds the task's directories
+        (two CPUs, ~0.2 ms each on a start): see Runtime.prepare_cgroup. The daemon names the directories (it
+        knows its parent and which hierarchies the limits need); they must lie in this host's cgroup mounts."""
+        if req.get("mode") != self.cgroup_mode:
+            raise LaunchError(f"cgroup mode {req.get('mode')!r} is not this host's ({self.cgroup_mode})", "cgroup",
+                              errno.EINVAL)
+        paths: dict[str, Path] = {}
+        for h, p in dict(req["paths"]).items():
+            p = os.path.normpath(str(p))
+            if not any(p.startswith(mount + "/") for mount, _ in self.own_cgroups):
+                raise LaunchError(f"{p} is not in a cgroup hierarchy", "cgroup", errno.EINVAL)
+            paths[str(h)] = Path(p)
+        task = cgroups.task_cgroup_class(self.cgroup_mode)(str(req["name"]), paths)
+        limits = cgroups.CgroupLimits(**dict(req["limits"]))
+        try:
+            cgroups.make(task, limits, bool(req.get("rewrite", True)))
+        except cgroups.ParentMissing as e:
+            raise LaunchError(str(e), "cgroup", errno.ENOENT) from None
+        except (cgroups.CgroupError, OSError) as e:
+            raise LaunchError(str(e), "cgroup", getattr(e, "errno", None) or errno.EIO) from None
+        return {"existed": task.existed}
 
     def op_spawn(self, req, conn) -> dict | None:
         # The request's descriptors are taken first, whatever happens next: left queued on the connection, they

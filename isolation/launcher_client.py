@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from isolation.launcher import socket_path, via_short_path
+from isolation.launcher import _encode, socket_path, via_short_path
 
 Event = dict
 
@@ -216,7 +216,7 @@ class LauncherClient:
             rid = self._next_id
             if slot is not None:
                 self._pending[rid] = slot
-        return rid, (json.dumps({"id": rid, "op": op, **kw}, separators=(",", ":")) + "\n").encode()
+        return rid, (_encode({"id": rid, "op": op, **kw}) + "\n").encode()
 
     def _read_loop(self, sock: socket.socket) -> None:
         buf = b""

@@ -13,7 +13,7 @@ from .base import TaskCgroup
 from .hybrid import HybridTaskCgroup
 from .layout import UNIFIED, CgroupError, CgroupLayout, detect
 from .limits import CgroupLimits, CgroupStats, cpu_shares, cpu_weight, limits_for
-from .manager import CgroupManager, CgroupProblem
+from .manager import CgroupManager, CgroupProblem, ParentMissing, make, task_cgroup_class
 from .v1 import V1TaskCgroup
 from .v2 import V2TaskCgroup
 
@@ -26,6 +26,7 @@ __all__ = [
     "CgroupProblem",
     "CgroupStats",
     "HybridTaskCgroup",
+    "ParentMissing",
     "TaskCgroup",
     "V1TaskCgroup",
     "V2TaskCgroup",
@@ -33,4 +34,6 @@ __all__ = [
     "cpu_weight",
     "detect",
     "limits_for",
+    "make",
+    "task_cgroup_class",
 ]

@@ -12,6 +12,7 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TypeVar
 
 from .layout import UNIFIED, CgroupError
 from .limits import CgroupLimits, CgroupStats
@@ -102,10 +103,13 @@ def rmdir_retrying(path: Path, deadline: float) -> None:
         time.sleep(RETRY_STEP)
 
 
-def unique_dirs(paths: dict[str, Path]) -> list[Path]:
+_P = TypeVar("_P", Path, str)
+
+
+def unique_dirs(paths: dict[str, _P]) -> list[_P]:
     """Each directory once (co-mounted v1 controllers share one), the v2 directory first."""
     ordered = sorted(paths.items(), key=lambda kv: (kv[0] != UNIFIED, kv[0]))
-    out: list[Path] = []
+    out: list[_P] = []
     for _, p in ordered:
         if p not in out:
             out.append(p)
@@ -117,10 +121,33 @@ class TaskCgroup(ABC):
 
     def __init__(self, name: str, paths: dict[str, Path]) -> None:
         self.name = name
-        self.paths = dict(paths)
+        self._paths: dict[str, Path] | None = dict(paths)
+        self._dirs: dict[str, str] | None = None
         # Set by CgroupManager.create: some directory was already there (an earlier life of this task, whose
         # leftovers must die before the next launch).
         self.existed = False
+
+    @classmethod
+    def at(cls, name: str, dirs: dict[str, str]) -> "TaskCgroup":
+        """The task cgroup in these directories (hierarchy -> absolute path), with `paths` made on first use: a
+        start needs only the procs files of a new cgroup, and seven Path objects were ~20 us of each start."""
+        task = cls(name, {})
+        task._paths, task._dirs = None, dict(dirs)
+        return task
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        if self._paths is None:
+            self._paths = {h: Path(d) for h, d in (self._dirs or {}).items()}
+        return self._paths
+
+    @paths.setter
+    def paths(self, value: dict[str, Path]) -> None:
+        self._paths, self._dirs = dict(value), None
+
+    def dirs(self) -> dict[str, str]:
+        """`paths` as strings (for a request to the launcher)."""
+        return dict(self._dirs) if self._dirs is not None else {h: str(p) for h, p in self.paths.items()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.paths!r})"
@@ -130,6 +157,8 @@ class TaskCgroup(ABC):
 
         The v2 file comes first so that, on hybrid hosts, cgroup.kill covers the child from its first step.
         """
+        if self._dirs is not None:
+            return [f"{d}/cgroup.procs" for d in unique_dirs(self._dirs)]
         return [str(d / "cgroup.procs") for d in unique_dirs(self.paths)]
 
     def pids(self) -> set[int]:

@@ -50,6 +50,42 @@ def _check_name(name: str, what: str) -> None:
         raise ValueError(f"invalid cgroup {what} {name!r}: one path component expected")
 
 
+class ParentMissing(CgroupError):
+    """The task cgroup's parent directory is gone (removed by hand, or never made)."""
+
+
+def make(task: TaskCgroup, limits: CgroupLimits, rewrite: bool) -> None:
+    """mkdir `task` in each of its hierarchies and write its limits: all of them when a directory was made now
+    (only the ones that differ from the kernel's defaults) or when `rewrite`; nothing for a reused cgroup whose
+    limits are known to be in place. Sets task.existed. A missing parent raises ParentMissing (the caller makes
+    the parent and calls again); any other failure is a CgroupError, with what this call made removed."""
+    made: list[Path] = []
+    try:
+        for d in unique_dirs(task.paths):
+            try:
+                d.mkdir()
+                made.append(d)
+            except FileExistsError:
+                task.existed = True
+            except FileNotFoundError:
+                raise ParentMissing(f"cannot create cgroup {d}: its parent does not exist") from None
+            except OSError as e:
+                raise CgroupError(f"cannot create cgroup {d}: {e.strerror}") from e
+        if made or rewrite:
+            task.update(limits, fresh=not task.existed)
+    except BaseException:
+        for d in reversed(made):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        raise
+
+
+def task_cgroup_class(mode: str) -> type[TaskCgroup]:
+    return _TASK_CLASSES[mode]
+
+
 class CgroupManager:
     def __init__(self, layout: CgroupLayout, parent: str, leaf: str = "supervisor") -> None:
         parts = [p for p in parent.strip("/").split("/")]
@@ -63,6 +99,7 @@ class CgroupManager:
         self.hierarchies = self._hierarchies()
         self.bases = {h: self._base(h) for h in self.hierarchies}
         self.parent_paths = {h: self.bases[h].joinpath(*parts) for h in self.hierarchies}
+        self._parent_dirs = {h: str(p) for h, p in self.parent_paths.items()}
         # Limits this manager wrote into a task cgroup that still exists: a restart reusing the cgroup with the
         # same limits skips rewriting them (5-6 writes, ~0.2 ms of every restart). Only an exact match counts,
         # and a cgroup remade from scratch is always written.
@@ -224,38 +261,34 @@ class CgroupManager:
         """Create (or reuse) a task cgroup in the hierarchies it joins and write all limits. When it `existed`,
         callers kill() it before launching into it, so members left from an earlier life die first. (open() still
         looks in every hierarchy, so leftovers of a task that joined more are found and removed.)"""
-        task = self._task(name)
-        keep = self.joined(limits)
-        task.paths = {h: p for h, p in task.paths.items() if h in keep}
-        made: list[Path] = []
+        task = self.planned(name, limits)
+        rewrite = self.needs_limits(name, limits)
+        self._written.pop(name, None)  # unknown until the writes below all succeeded
         try:
-            for d in self._dirs(task.paths):
-                try:
-                    try:
-                        d.mkdir()
-                    except FileNotFoundError:
-                        # The parent went away (or was never made): recreate it rather than stat it every start.
-                        self.ensure_parent()
-                        d.mkdir()
-                    made.append(d)
-                except FileExistsError:
-                    task.existed = True
-                except OSError as e:
-                    raise CgroupError(f"cannot create cgroup {d}: {e.strerror}") from e
-            if made or self._written.get(name) != limits:
-                self._written.pop(name, None)  # unknown until the writes below all succeeded
-                task.update(limits, fresh=not task.existed)
-                if len(self._written) >= _WRITTEN_MAX:
-                    self._written.clear()
-                self._written[name] = limits
-        except BaseException:
-            for d in reversed(made):
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
-            raise
+            make(task, limits, rewrite)
+        except ParentMissing:
+            # The parent went away (or was never made): recreate it rather than stat it every start.
+            self.ensure_parent()
+            make(task, limits, rewrite)
+        self.note_written(name, limits)
         return task
+
+    def planned(self, name: str, limits: CgroupLimits) -> TaskCgroup:
+        """The task cgroup `create` would make for these limits, in the hierarchies it joins; nothing is touched
+        (the launcher can make it from this, see isolation.launcher's op_cgroup)."""
+        _check_name(name, "name")
+        parents = self._parent_dirs
+        return _TASK_CLASSES[self.layout.mode].at(name, {h: f"{parents[h]}/{name}" for h in self.joined(limits)})
+
+    def needs_limits(self, name: str, limits: CgroupLimits) -> bool:
+        """Whether an existing cgroup `name` must have these limits written (this manager did not write them)."""
+        return self._written.get(name) != limits
+
+    def note_written(self, name: str, limits: CgroupLimits) -> None:
+        """`name` now holds `limits` (made or rewritten): a restart with the same limits writes nothing."""
+        if len(self._written) >= _WRITTEN_MAX:
+            self._written.clear()
+        self._written[name] = limits
 
     def forget(self, name: str) -> None:
         """The task cgroup `name` is being removed: a later create must write its limits."""

@@ -18,7 +18,7 @@ from typing import Any
 from isolation import artifacts, cgroups, netns, taskdir, taskenv, templates
 from isolation.drivers.base import UNKNOWN_EXIT, Driver, ExitResult, Health, StartError, TaskContext, TaskHandle
 from isolation.launchspec import LaunchSpec, LogTarget
-from isolation.runtime import Runtime
+from isolation.runtime import CgroupTicket, Runtime
 from isolation.users import lookup_user
 from manifests.agent_config import AgentConfig
 from manifests.signals import signal_number
@@ -102,6 +102,49 @@ class CommonDriver(Driver):
         ident = self.identity(ctx)
         self.check_ids(ident)
         res = task.resources
+        cfg = task.config
+        pids_limit = cfg.pids_limit if cfg.pids_limit is not None else (self.plugin().pids_limit or None)
+        cpuset = ctx.cpuset
+        limits = cgroups.limits_for(res.memory, res.memory_max, res.cpu, cpuset, pids_limit)
+        cg_name = task_cgroup(ctx.alloc_id, task.name)
+        # The launcher makes the cgroup while we make the task's directories (two CPUs).
+        ticket = self.runtime.prepare_cgroup(cg_name, limits)
+        try:
+            td, spec, cg = self._prepare(ctx, ident, ticket)
+        except BaseException:
+            ticket.discard()
+            raise
+        if cg.existed:
+            cg.kill()  # anything left in the cgroup from an earlier life of this task dies before we launch
+        # A cgroup made just now counts from 0; only a reused one (an earlier life of this task) has a past to skip.
+        baseline = cg.oom_kills() if cg.existed else 0
+        try:
+            spec_dict = spec.to_dict()
+            reply = self.runtime.client.request("spawn", spec=spec_dict)
+        except Exception as e:
+            # The request may have failed after the launcher forked (a reply that timed out): whatever runs in
+            # the task's cgroup now has no handle, and the identity it runs as may be given back by the caller.
+            try:
+                cg.kill()
+            except OSError:
+                pass
+            raise StartError(str(e)) from e
+        handle = TaskHandle(
+            key=spec.key, task_id=ctx.task_id, driver=self.name, pid=reply["pid"], start_time=reply["start_time"],
+            boot_id=self.runtime.boot_id, cgroup=cg_name, alloc_id=ctx.alloc_id, alloc_dir=str(td.alloc_dir),
+            task_dir=str(td.dir), started_at=time.time(), oom_baseline=baseline, uid=ident.uid,
+            dynamic_uid=ident.dynamic, netns=ctx.netns, pid_ns=spec.namespaces.pid, cpuset=cpuset,
+            exec_env={"spec": {**spec_dict, "stdout": None, "stderr": None}},
+        )
+        self.runtime.register(handle)
+        return handle
+
+    def _prepare(self, ctx: TaskContext, ident: Identity,
+                 ticket: CgroupTicket) -> tuple[taskdir.TaskDir, LaunchSpec, cgroups.TaskCgroup]:
+        """Everything a start needs before the spawn request: the task dir, environment, command, and (collected
+        last, from the launcher) the cgroup."""
+        task = ctx.task
+        res = task.resources
         td = taskdir.build(self.runtime.alloc_root, ctx.alloc_id, task.name, ident.uid, ident.gid,
                            secrets_mb=res.secrets or 1)
         paths = self.task_paths(td)
@@ -120,6 +163,7 @@ class CommonDriver(Driver):
         env.update(self.extra_env(ctx, td, ident))
         variables = {**node_attrs, **env}
         if task.artifacts or task.templates:
+            ticket.result()  # a fetch can take long: give the launcher's call connection back first
             env.update(self.prestart_files(ctx, td, ident, variables, env))
             # An env template's output may come from a file the task writes (local/): it gets the same filter.
             taskenv.drop_denied(env, denied, self.dropped_env())
@@ -128,13 +172,7 @@ class CommonDriver(Driver):
         args = [taskenv.interpolate(a, variables, os.environ) for a in cfg.args]
         path = self.resolve_command(ctx, td, command, env)
         argv0 = path if self.chroot else command
-
-        pids_limit = cfg.pids_limit if cfg.pids_limit is not None else (self.plugin().pids_limit or None)
-        limits = cgroups.limits_for(res.memory, res.memory_max, res.cpu, cpuset, pids_limit)
-        cg_name = task_cgroup(ctx.alloc_id, task.name)
-        cg = self.runtime.cgroups.create(cg_name, limits)
-        if cg.existed:
-            cg.kill()  # anything left in the cgroup from an earlier life of this task dies before we launch
+        cg = ticket.result()
         key = ctx.key or new_key(ctx.alloc_id, task.name)
         logs = task.logs
         spec = LaunchSpec(
@@ -145,28 +183,7 @@ class CommonDriver(Driver):
             stderr=LogTarget(str(td.logs), f"{task.name}.stderr", logs.max_files, logs.max_file_size * MB),
         )
         spec = self.isolate(ctx, td, ident, spec)
-        # A cgroup made just now counts from 0; only a reused one (an earlier life of this task) has a past to skip.
-        baseline = cg.oom_kills() if cg.existed else 0
-        try:
-            spec_dict = spec.to_dict()
-            reply = self.runtime.client.request("spawn", spec=spec_dict)
-        except Exception as e:
-            # The request may have failed after the launcher forked (a reply that timed out): whatever runs in
-            # the task's cgroup now has no handle, and the identity it runs as may be given back by the caller.
-            try:
-                cg.kill()
-            except OSError:
-                pass
-            raise StartError(str(e)) from e
-        handle = TaskHandle(
-            key=key, task_id=ctx.task_id, driver=self.name, pid=reply["pid"], start_time=reply["start_time"],
-            boot_id=self.runtime.boot_id, cgroup=cg_name, alloc_id=ctx.alloc_id, alloc_dir=str(td.alloc_dir),
-            task_dir=str(td.dir), started_at=time.time(), oom_baseline=baseline, uid=ident.uid,
-            dynamic_uid=ident.dynamic, netns=ctx.netns, pid_ns=spec.namespaces.pid, cpuset=cpuset,
-            exec_env={"spec": {**spec_dict, "stdout": None, "stderr": None}},
-        )
-        self.runtime.register(handle)
-        return handle
+        return td, spec, cg
 
     # ---- prestart: artifacts and templates ---------------------------------------------------------------
     def prestart_files(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity, variables: dict[str, str],
