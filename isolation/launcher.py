@@ -380,13 +380,13 @@ class Launcher:
         if req.get("mode") != self.cgroup_mode:
             raise LaunchError(f"cgroup mode {req.get('mode')!r} is not this host's ({self.cgroup_mode})", "cgroup",
                               errno.EINVAL)
-        paths: dict[str, Path] = {}
+        dirs: dict[str, str] = {}
         for h, p in dict(req["paths"]).items():
-            p = os.path.normpath(str(p))
-            if not any(p.startswith(mount + "/") for mount, _ in self.own_cgroups):
+            p = str(p)
+            if "/../" in p + "/" or not any(p.startswith(mount + "/") for mount, _ in self.own_cgroups):
                 raise LaunchError(f"{p} is not in a cgroup hierarchy", "cgroup", errno.EINVAL)
-            paths[str(h)] = Path(p)
-        task = cgroups.task_cgroup_class(self.cgroup_mode)(str(req["name"]), paths)
+            dirs[str(h)] = p
+        task = cgroups.task_cgroup_class(self.cgroup_mode).at(str(req["name"]), dirs)
         limits = cgroups.CgroupLimits(**dict(req["limits"]))
         try:
             cgroups.make(task, limits, bool(req.get("rewrite", True)))

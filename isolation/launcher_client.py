@@ -111,19 +111,30 @@ class LauncherClient:
             self._reader.join(5)
 
     # ---- requests ----------------------------------------------------------------------------------------
-    def request(self, op: str, fds: list[int] | None = None, timeout: float = 60.0, **kw) -> dict:
-        return self.submit(op, fds, **kw).result(timeout)
+    def request(self, op: str, fds: list[int] | None = None, timeout: float = 60.0, body: bytes | None = None,
+                **kw) -> dict:
+        return self.submit(op, fds, body=body, **kw).result(timeout)
 
-    def submit(self, op: str, fds: list[int] | None = None, **kw) -> "Pending | CallPending":
+    @staticmethod
+    def encode(op: str, **kw) -> bytes:
+        """A request's line without its id, to send later as submit(op, body=...): a caller with time to spare
+        before it sends (a start waiting for its cgroup) encodes a large request ahead."""
+        return (_encode({"op": op, **kw}) + "\n").encode()
+
+    def submit(self, op: str, fds: list[int] | None = None, body: bytes | None = None,
+               **kw) -> "Pending | CallPending":
         """Send a request now and collect its reply later (result()), on the call connection when it is free,
-        else through the reader thread. The reply must be collected: it holds the call connection until then."""
+        else through the reader thread. The reply must be collected: it holds the call connection until then.
+        `body`: the request as encode() made it (then `kw` is not used)."""
         if self._sock is None:
             raise LauncherError("not connected to the launcher")
+        if body is None:
+            body = self.encode(op, **kw)
         if not self._call_unsupported and self._call_lock.acquire(blocking=False):
             try:
                 sock = self._call_sock()
                 if sock is not None:
-                    rid, data = self._frame(op, kw, None)
+                    rid, data = self._frame(body, None)
                     if fds:
                         socket.send_fds(sock, [data], fds)
                     else:
@@ -133,7 +144,7 @@ class LauncherClient:
                 self._close_call()
             self._call_lock.release()
         slot: list = []
-        rid, data = self._frame(op, kw, slot)
+        rid, data = self._frame(body, slot)
         with self._lock:
             if fds:
                 socket.send_fds(self._sock, [data], fds)
@@ -148,7 +159,7 @@ class LauncherClient:
             try:
                 via_short_path(s.connect, str(socket_path(self.state_dir)))
                 self._call, self._call_buf = s, b""
-                rid, data = self._frame("unsubscribe", {}, None)
+                rid, data = self._frame(self.encode("unsubscribe"), None)
                 s.sendall(data)
                 reply = self._call_read(rid, 10.0)
             except (OSError, LauncherError):
@@ -205,18 +216,19 @@ class LauncherClient:
         changes nothing for the caller, such as an ack."""
         if self._sock is None:
             raise LauncherError("not connected to the launcher")
-        _, data = self._frame(op, kw, None)
+        _, data = self._frame(self.encode(op, **kw), None)
         with self._lock:
             self._sock.sendall(data)
 
-    def _frame(self, op: str, kw: dict, slot: list | None) -> tuple[int, bytes]:
-        """A new request id and its line; with `slot`, the reader files the reply there."""
+    def _frame(self, body: bytes, slot: list | None) -> tuple[int, bytes]:
+        """A new request id and the request's line (`body` from encode() with the id put first); with `slot`,
+        the reader files the reply there."""
         with self._cv:
             self._next_id += 1
             rid = self._next_id
             if slot is not None:
                 self._pending[rid] = slot
-        return rid, (_encode({"id": rid, "op": op, **kw}) + "\n").encode()
+        return rid, b'{"id":%d,' % rid + body[1:]
 
     def _read_loop(self, sock: socket.socket) -> None:
         buf = b""

@@ -59,11 +59,11 @@ def make(task: TaskCgroup, limits: CgroupLimits, rewrite: bool) -> None:
     (only the ones that differ from the kernel's defaults) or when `rewrite`; nothing for a reused cgroup whose
     limits are known to be in place. Sets task.existed. A missing parent raises ParentMissing (the caller makes
     the parent and calls again); any other failure is a CgroupError, with what this call made removed."""
-    made: list[Path] = []
+    made: list[str] = []
     try:
-        for d in unique_dirs(task.paths):
+        for d in unique_dirs(task.dirs()):
             try:
-                d.mkdir()
+                os.mkdir(d)
                 made.append(d)
             except FileExistsError:
                 task.existed = True

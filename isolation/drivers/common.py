@@ -110,7 +110,8 @@ class CommonDriver(Driver):
         # The launcher makes the cgroup while we make the task's directories (two CPUs).
         ticket = self.runtime.prepare_cgroup(cg_name, limits)
         try:
-            td, spec, cg = self._prepare(ctx, ident, ticket)
+            td, spec, spec_dict, body = self._prepare(ctx, ident, ticket)
+            cg = ticket.result()
         except BaseException:
             ticket.discard()
             raise
@@ -119,8 +120,7 @@ class CommonDriver(Driver):
         # A cgroup made just now counts from 0; only a reused one (an earlier life of this task) has a past to skip.
         baseline = cg.oom_kills() if cg.existed else 0
         try:
-            spec_dict = spec.to_dict()
-            reply = self.runtime.client.request("spawn", spec=spec_dict)
+            reply = self.runtime.client.request("spawn", body=body)
         except Exception as e:
             # The request may have failed after the launcher forked (a reply that timed out): whatever runs in
             # the task's cgroup now has no handle, and the identity it runs as may be given back by the caller.
@@ -140,9 +140,10 @@ class CommonDriver(Driver):
         return handle
 
     def _prepare(self, ctx: TaskContext, ident: Identity,
-                 ticket: CgroupTicket) -> tuple[taskdir.TaskDir, LaunchSpec, cgroups.TaskCgroup]:
-        """Everything a start needs before the spawn request: the task dir, environment, command, and (collected
-        last, from the launcher) the cgroup."""
+                 ticket: CgroupTicket) -> tuple[taskdir.TaskDir, LaunchSpec, dict, bytes]:
+        """Everything a start needs before the spawn request: the task dir, environment, command, the launch
+        spec and the encoded request. All of it is done before the cgroup's reply is collected: its directories
+        are known up front, and whatever we do here runs while the launcher makes them."""
         task = ctx.task
         res = task.resources
         td = taskdir.build(self.runtime.alloc_root, ctx.alloc_id, task.name, ident.uid, ident.gid,
@@ -172,18 +173,18 @@ class CommonDriver(Driver):
         args = [taskenv.interpolate(a, variables, os.environ) for a in cfg.args]
         path = self.resolve_command(ctx, td, command, env)
         argv0 = path if self.chroot else command
-        cg = ticket.result()
         key = ctx.key or new_key(ctx.alloc_id, task.name)
         logs = task.logs
         spec = LaunchSpec(
             key=key, path=path, argv=(argv0, *args), env=tuple(sorted(env.items())),
-            cwd=self.work_dir(cfg, td), cgroup_procs=tuple(cg.procs_files()),
+            cwd=self.work_dir(cfg, td), cgroup_procs=tuple(ticket.task.procs_files()),
             uid=ident.uid, gid=ident.gid, groups=ident.groups, oom_score_adj=cfg.oom_score_adj,
             stdout=LogTarget(str(td.logs), f"{task.name}.stdout", logs.max_files, logs.max_file_size * MB),
             stderr=LogTarget(str(td.logs), f"{task.name}.stderr", logs.max_files, logs.max_file_size * MB),
         )
         spec = self.isolate(ctx, td, ident, spec)
-        return td, spec, cg
+        spec_dict = spec.to_dict()
+        return td, spec, spec_dict, self.runtime.client.encode("spawn", spec=spec_dict)
 
     # ---- prestart: artifacts and templates ---------------------------------------------------------------
     def prestart_files(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity, variables: dict[str, str],
