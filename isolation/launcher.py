@@ -85,6 +85,8 @@ class Conn:
     closed: bool = False
     writing: bool = False  # registered for EVENT_WRITE (output is queued)
     events: bool = True  # exit events are sent here (a client's call connection opts out: op_unsubscribe)
+    # Log files opened for the spawn that is to come next on this connection (op open_logs): (task key, writers).
+    ahead: "tuple[str, dict[LogTarget, RotatingLog]] | None" = None
 
 
 class LowSlots:
@@ -145,6 +147,8 @@ class Launcher:
         self.logs: dict[int, tuple[RotatingLog, str]] = {}  # pipe read fd -> (log, task key)
         # Log files with an open descriptor, least recently written first (see _log_used).
         self.open_logs: OrderedDict[int, RotatingLog] = OrderedDict()
+        # Log files opened ahead (op open_logs) for a spawn that is under way: task key -> target -> writer.
+        self.logs_ahead: dict[str, dict[LogTarget, RotatingLog]] = {}
         self.conns: dict[int, Conn] = {}
         self.running = True
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -251,6 +255,7 @@ class Launcher:
         if conn.closed:
             return
         conn.closed = True
+        self._close_ahead(conn)
         self.conns.pop(conn.sock.fileno(), None)
         try:
             self.sel.unregister(conn.sock)
@@ -324,6 +329,8 @@ class Launcher:
         except (ValueError, KeyError, AttributeError):
             self._send(conn, {"id": None, "ok": False, "error": "malformed request"})
             return
+        if conn.ahead is not None and op != "spawn":
+            self._close_ahead(conn)  # they were for a spawn that is not coming (see op_open_logs)
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
             self._send(conn, {"id": rid, "ok": False, "error": f"unknown op {op!r}"})
@@ -396,18 +403,57 @@ class Launcher:
             raise LaunchError(str(e), "cgroup", getattr(e, "errno", None) or errno.EIO) from None
         return {"existed": task.existed}
 
+    def op_open_logs(self, req, conn) -> dict:
+        """Open a starting task's log files now, while the daemon finishes its task dir and spec, for the spawn
+        of the same key that comes next on this connection (see _spawn_succeeded). Any other request on the
+        connection first, or its end, closes them: a start that failed before its spawn needs no message to
+        say so. Nothing here is an error: the spawn opens whatever could not be opened now."""
+        self._close_ahead(conn)
+        opened: dict[LogTarget, RotatingLog] = {}
+        for t in req.get("logs") or []:
+            if t is None:
+                continue
+            try:
+                target = LogTarget(str(t[0]), str(t[1]), int(t[2]), int(t[3]))
+                opened[target] = RotatingLog(target.dir, target.base, target.max_files, target.max_file_size)
+            except (ValueError, TypeError, IndexError, OSError):
+                pass
+        if opened:
+            conn.ahead = (str(req.get("key")), opened)
+        return {}
+
+    @staticmethod
+    def _close_ahead(conn: Conn) -> None:
+        ahead, conn.ahead = conn.ahead, None
+        for log in (ahead[1].values() if ahead else ()):
+            log.close()
+
+    def _close_logs_ahead(self, key: str) -> None:
+        for log in self.logs_ahead.pop(key, {}).values():
+            log.close()
+
     def op_spawn(self, req, conn) -> dict | None:
         # The request's descriptors are taken first, whatever happens next: left queued on the connection, they
         # would become the next request's.
         passed = self._take_fds(conn, int(req.get("nfds", 0)))
+        spec = None
         try:
             spec = LaunchSpec.from_dict(req["spec"])
+            if conn.ahead is not None and conn.ahead[0] == spec.key and spec.key not in self.logs_ahead:
+                self.logs_ahead[spec.key] = conn.ahead[1]  # taken by _spawn_succeeded, closed on failure
+                conn.ahead = None
+            self._close_ahead(conn)  # opened for another key
             if spec.key in self.tasks:
                 t = self.tasks[spec.key]
+                self._close_logs_ahead(spec.key)
                 return {"pid": t.pid, "start_time": t.start_time, "existing": True}
             if any(p.spec.key == spec.key for p in self.spawning.values()):
                 raise LaunchError(f"task {spec.key} is already being spawned", "spawn", errno.EALREADY)
             self._spawn(spec, passed, conn, req.get("id"))
+        except BaseException:
+            if spec is not None:
+                self._close_logs_ahead(spec.key)
+            raise
         finally:
             for fd in passed:
                 os.close(fd)
@@ -660,6 +706,7 @@ class Launcher:
             except (ValueError, KeyError):
                 msg, step, err = "spawn failed", "unknown", errno.EIO
             self._reply(pending.conn, {"id": pending.rid, "ok": False, "error": msg, "step": step, "errno": err})
+            self._close_logs_ahead(pending.spec.key)
             return
         self._spawn_succeeded(pending)
 
@@ -668,18 +715,23 @@ class Launcher:
         task = Task(spec.key, pending.pid, pending.start_time, popen=popen)
         self.tasks[spec.key] = task
         self.by_pid[pending.pid] = spec.key
+        ahead = self.logs_ahead.pop(spec.key, {})  # opened by op open_logs
         for fd, target in pending.log_ends:
             os.set_blocking(fd, False)
             task.logs.append(fd)
-            try:
-                log = RotatingLog(target.dir, target.base, target.max_files, target.max_file_size)
-            except ValueError as e:  # a spec the daemon should never send; keep the pipe drained, not blocked
-                _log(f"launcher: logs of {spec.key}: {e}")
-                log = None
+            log = ahead.pop(target, None)
+            if log is None:
+                try:
+                    log = RotatingLog(target.dir, target.base, target.max_files, target.max_file_size)
+                except ValueError as e:  # a spec the daemon should never send; keep the pipe drained, not blocked
+                    _log(f"launcher: logs of {spec.key}: {e}")
+                    log = None
             self.logs[fd] = (log, spec.key)
             if log is not None:
                 self._log_used(fd, log)
             self.sel.register(fd, selectors.EVENT_READ, ("log", None))
+        for log in ahead.values():  # opened for targets the spawn did not name
+            log.close()
         # Replied only now: once the caller hears "running", the task's log files exist (tail -F, tasksctl logs).
         self._reply(pending.conn, {"id": pending.rid, "ok": True, "pid": task.pid, "start_time": task.start_time})
         if pending.status is not None:  # it already ran to completion (e.g. /bin/true) before we got here

@@ -152,6 +152,19 @@ class LauncherClient:
                 self._sock.sendall(data)
         return Pending(self, op, rid, slot)
 
+    def send_on_call(self, op: str, **kw) -> None:
+        """Send a request on the call connection without collecting its reply (the next read there skips it).
+        Only for the holder of an uncollected CallPending: it holds the connection, and the request is ordered
+        behind its own."""
+        s = self._call
+        if s is None:
+            return
+        _, data = self._frame(self.encode(op, **kw), None)
+        try:
+            s.sendall(data)
+        except OSError:
+            pass  # the pending reply's read fails the same way and closes the connection
+
     def _call_sock(self) -> socket.socket | None:
         """The call connection, opened on first use (with _call_lock held)."""
         if self._call is None:

@@ -20,7 +20,8 @@ from isolation import sys as ksys
 from isolation.cgroups.warm import MigrationWarmer, own_procs_file
 from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
 from isolation.launcher import describe_status
-from isolation.launcher_client import LauncherClient, LauncherError
+from isolation.launcher_client import CallPending, LauncherClient, LauncherError
+from isolation.launchspec import LogTarget
 
 log = logging.getLogger("tasksd.runtime")
 
@@ -115,20 +116,11 @@ class Runtime:
 
     # ---- task cgroups -------------------------------------------------------------------------------------
     def prepare_cgroup(self, name: str, limits: "cgroups.CgroupLimits") -> "CgroupTicket":
-        """Have the launcher make task cgroup `name` and write its limits while the caller goes on (a start
-        builds the task's directories meanwhile: ~0.2 ms each, on two CPUs). The ticket must be collected,
-        result() or discard(), on every path: it holds the launcher's call connection until then."""
-        mgr = self.cgroups
-        task = mgr.planned(name, limits)
-        rewrite = mgr.needs_limits(name, limits)
-        mgr.forget(name)  # unknown until the launcher says it wrote them
-        try:
-            pending = self.client.submit(
-                "cgroup", name=name, mode=self.layout.mode, paths=task.dirs(),
-                limits={f: getattr(limits, f) for f in _LIMIT_FIELDS}, rewrite=rewrite)
-        except (LauncherError, OSError):
-            pending = None  # result() makes it here instead
-        return CgroupTicket(mgr, name, limits, task, pending)
+        """A ticket for task cgroup `name`: send() has the launcher make it and write its limits (and open the
+        task's log files) while the caller goes on (a start builds the task's directories meanwhile: ~0.2 ms
+        each, on two CPUs); result() collects it, or makes it here when it was never sent. A sent ticket must be
+        collected, result() or discard(), on every path: it holds the launcher's call connection until then."""
+        return CgroupTicket(self, name, limits)
 
     def expect_start(self) -> None:
         """A task start is likely within tens of ms (a manifest changed, a task exited): see cgroups.warm."""
@@ -334,13 +326,34 @@ _LIMIT_FIELDS = ("memory_max", "memory_low", "cpu_shares_mhz", "cpuset_cpus", "p
 
 
 class CgroupTicket:
-    """A task cgroup the launcher is making (Runtime.prepare_cgroup)."""
+    """A task cgroup the launcher is asked to make (Runtime.prepare_cgroup)."""
 
-    def __init__(self, mgr: "cgroups.CgroupManager", name: str, limits: "cgroups.CgroupLimits",
-                 task: "cgroups.TaskCgroup", pending) -> None:
-        self.mgr, self.name, self.limits, self.task, self.pending = mgr, name, limits, task, pending
+    def __init__(self, runtime: Runtime, name: str, limits: "cgroups.CgroupLimits") -> None:
+        self.runtime, self.mgr, self.name, self.limits = runtime, runtime.cgroups, name, limits
+        self.task = self.mgr.planned(name, limits)  # its directories are known before it exists
+        self.pending = None
         self._done: "cgroups.TaskCgroup | None" = None
         self._error: "cgroups.CgroupError | None" = None
+
+    def send(self) -> None:
+        """Ask the launcher now."""
+        rewrite = self.mgr.needs_limits(self.name, self.limits)
+        self.mgr.forget(self.name)  # unknown until the launcher says it wrote them
+        try:
+            self.pending = self.runtime.client.submit(
+                "cgroup", name=self.name, mode=self.runtime.layout.mode, paths=self.task.dirs(),
+                limits={f: getattr(self.limits, f) for f in _LIMIT_FIELDS}, rewrite=rewrite)
+        except (LauncherError, OSError):
+            self.pending = None  # result() makes it here instead
+
+    def open_logs(self, key: str, logs: "tuple[LogTarget | None, ...]") -> None:
+        """Have the launcher open task `key`'s log files (their directory exists now) for its spawn, which must
+        follow on the same connection: only while this ticket holds the call connection, else the spawn opens
+        them itself. Ordered behind the cgroup request; its reply is skipped like any other on that connection."""
+        if isinstance(self.pending, CallPending):
+            self.runtime.client.send_on_call(
+                "open_logs", key=key,
+                logs=[None if t is None else [t.dir, t.base, t.max_files, t.max_file_size] for t in logs])
 
     def result(self) -> "cgroups.TaskCgroup":
         """The task cgroup, made with its limits written (`existed` says whether it was there already).
@@ -372,12 +385,15 @@ class CgroupTicket:
         return self._done
 
     def discard(self) -> None:
-        """The start failed before it needed the cgroup: collect the reply, and remove a cgroup made for it."""
+        """The start failed before its spawn: collect the reply and remove a cgroup made for it. (Log files the
+        launcher opened for the spawn are closed by its next request on the call connection.)"""
+        if self.pending is None and self._done is None:
+            return  # never sent (or its reply already collected and lost): nothing was made for this start
         try:
             cg = self.result()
         except Exception:  # noqa: BLE001 - nothing was made, or nothing more can be done about it here
-            return
-        if not cg.existed:
+            cg = None
+        if cg is not None and not cg.existed:
             self.mgr.forget(self.name)
             try:
                 cg.remove()

@@ -19,6 +19,7 @@ import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from isolation import sys as ksys
 from isolation.safefile import remove_tree
@@ -30,6 +31,11 @@ ALLOC_NAMESPACE = uuid.UUID("6f1d2a4e-4a7c-4c55-9d47-7a8f4f5c2b10")
 def alloc_id_for(job: str, group: str, index: int) -> str:
     """Stable per (job, group, index): alloc/data survives restarts and manifest edits."""
     return str(uuid5(ALLOC_NAMESPACE, f"{job}/{group}/{index}"))
+
+
+def logs_dir(alloc_root: Path, alloc_id: str) -> str:
+    """str(TaskDir(...).logs) before the task dir exists."""
+    return f"{alloc_root}/{alloc_id}/alloc/logs"
 
 
 @dataclass(frozen=True)
@@ -130,8 +136,10 @@ def _is_mountpoint(path: Path | str) -> bool:
         return False
 
 
-def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secrets_mb: int = 1) -> TaskDir:
-    """Create (idempotently) the alloc dir, the task's dirs and its tmpfs mounts."""
+def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secrets_mb: int = 1,
+          logs_ready: Callable[[], None] | None = None) -> TaskDir:
+    """Create (idempotently) the alloc dir, the task's dirs and its tmpfs mounts. `logs_ready` is called as soon
+    as alloc/logs exists, before the rest is made: a start has the launcher open the task's log files meanwhile."""
     root = str(alloc_root)
     try:
         os.mkdir(root, 0o711)
@@ -143,9 +151,11 @@ def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secret
     a = f"{root}/{alloc_id}"
     _mkdir(a, 0o711, um, parent_plain=False)  # alloc_root is the operator's: it may be set-gid
     _mkdir(f"{a}/alloc", 0o755, um)
+    _mkdir(f"{a}/alloc/logs", 0o755, um)
+    if logs_ready is not None:
+        logs_ready()
     _mkdir(f"{a}/alloc/data", 0o1777, um)
     _mkdir(f"{a}/alloc/tmp", 0o1777, um)
-    _mkdir(f"{a}/alloc/logs", 0o755, um)
     t = f"{a}/{task}"
     _mkdir(t, 0o755, um)
     _mkdir(f"{t}/local", 0o755, um, uid, gid)

@@ -107,10 +107,12 @@ class CommonDriver(Driver):
         cpuset = ctx.cpuset
         limits = cgroups.limits_for(res.memory, res.memory_max, res.cpu, cpuset, pids_limit)
         cg_name = task_cgroup(ctx.alloc_id, task.name)
+        key = ctx.key or new_key(ctx.alloc_id, task.name)
         # The launcher makes the cgroup while we make the task's directories (two CPUs).
         ticket = self.runtime.prepare_cgroup(cg_name, limits)
+        ticket.send()
         try:
-            td, spec, spec_dict, body = self._prepare(ctx, ident, ticket)
+            td, spec, spec_dict, body = self._prepare(ctx, ident, ticket, key)
             cg = ticket.result()
         except BaseException:
             ticket.discard()
@@ -139,15 +141,20 @@ class CommonDriver(Driver):
         self.runtime.register(handle)
         return handle
 
-    def _prepare(self, ctx: TaskContext, ident: Identity,
-                 ticket: CgroupTicket) -> tuple[taskdir.TaskDir, LaunchSpec, dict, bytes]:
+    def _prepare(self, ctx: TaskContext, ident: Identity, ticket: CgroupTicket,
+                 key: str) -> tuple[taskdir.TaskDir, LaunchSpec, dict, bytes]:
         """Everything a start needs before the spawn request: the task dir, environment, command, the launch
-        spec and the encoded request. All of it is done before the cgroup's reply is collected: its directories
-        are known up front, and whatever we do here runs while the launcher makes them."""
+        spec and the encoded request, all while the launcher makes the cgroup (its directories are known up
+        front, so nothing here waits for its reply); the launcher opens the log files as soon as their directory
+        exists."""
         task = ctx.task
         res = task.resources
+        logs = task.logs
+        log_dir = taskdir.logs_dir(self.runtime.alloc_root, ctx.alloc_id)
+        stdout = LogTarget(log_dir, f"{task.name}.stdout", logs.max_files, logs.max_file_size * MB)
+        stderr = LogTarget(log_dir, f"{task.name}.stderr", logs.max_files, logs.max_file_size * MB)
         td = taskdir.build(self.runtime.alloc_root, ctx.alloc_id, task.name, ident.uid, ident.gid,
-                           secrets_mb=res.secrets or 1)
+                           secrets_mb=res.secrets or 1, logs_ready=lambda: ticket.open_logs(key, (stdout, stderr)))
         paths = self.task_paths(td)
         cpuset = ctx.cpuset
         builtins = taskenv.builtin_env(
@@ -173,14 +180,11 @@ class CommonDriver(Driver):
         args = [taskenv.interpolate(a, variables, os.environ) for a in cfg.args]
         path = self.resolve_command(ctx, td, command, env)
         argv0 = path if self.chroot else command
-        key = ctx.key or new_key(ctx.alloc_id, task.name)
-        logs = task.logs
         spec = LaunchSpec(
             key=key, path=path, argv=(argv0, *args), env=tuple(sorted(env.items())),
             cwd=self.work_dir(cfg, td), cgroup_procs=tuple(ticket.task.procs_files()),
             uid=ident.uid, gid=ident.gid, groups=ident.groups, oom_score_adj=cfg.oom_score_adj,
-            stdout=LogTarget(str(td.logs), f"{task.name}.stdout", logs.max_files, logs.max_file_size * MB),
-            stderr=LogTarget(str(td.logs), f"{task.name}.stderr", logs.max_files, logs.max_file_size * MB),
+            stdout=stdout, stderr=stderr,
         )
         spec = self.isolate(ctx, td, ident, spec)
         spec_dict = spec.to_dict()
