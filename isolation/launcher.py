@@ -437,21 +437,24 @@ class Launcher:
         # would become the next request's.
         passed = self._take_fds(conn, int(req.get("nfds", 0)))
         spec = None
+        took_ahead = False
         try:
             spec = LaunchSpec.from_dict(req["spec"])
             if conn.ahead is not None and conn.ahead[0] == spec.key and spec.key not in self.logs_ahead:
                 self.logs_ahead[spec.key] = conn.ahead[1]  # taken by _spawn_succeeded, closed on failure
                 conn.ahead = None
+                took_ahead = True
             self._close_ahead(conn)  # opened for another key
             if spec.key in self.tasks:
                 t = self.tasks[spec.key]
-                self._close_logs_ahead(spec.key)
+                if took_ahead:
+                    self._close_logs_ahead(spec.key)
                 return {"pid": t.pid, "start_time": t.start_time, "existing": True}
             if any(p.spec.key == spec.key for p in self.spawning.values()):
                 raise LaunchError(f"task {spec.key} is already being spawned", "spawn", errno.EALREADY)
             self._spawn(spec, passed, conn, req.get("id"))
         except BaseException:
-            if spec is not None:
+            if took_ahead:  # (not another spawn's, under way for the same key)
                 self._close_logs_ahead(spec.key)
             raise
         finally:
