@@ -336,8 +336,11 @@ class CgroupTicket:
         self._error: "cgroups.CgroupError | None" = None
 
     def send(self) -> None:
-        """Ask the launcher now."""
+        """Ask the launcher now, unless this manager made the cgroup with these limits already (a restart): then
+        it is four mkdirs that find it there, cheaper here than a round trip, and result() does them."""
         rewrite = self.mgr.needs_limits(self.name, self.limits)
+        if not rewrite:
+            return
         self.mgr.forget(self.name)  # unknown until the launcher says it wrote them
         try:
             self.pending = self.runtime.client.submit(

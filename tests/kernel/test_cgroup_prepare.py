@@ -74,7 +74,18 @@ def test_the_launcher_makes_the_cgroup_with_its_limits(runtime, monkeypatch):
     assert again.existed
     assert _read(again.paths["pids"] / "pids.max") == "20"
     assert int(_read(again.paths["memory"] / "memory.limit_in_bytes")) > 1 << 60  # reset to the default
-    again.remove()
+    monkeypatch.undo()
+
+    # A restart: same name, same limits, which this daemon knows it wrote. Four mkdirs that find it there are
+    # cheaper than a round trip, so the ticket is not sent and the limits are not written again.
+    restart = runtime.prepare_cgroup("a.web", CgroupLimits(pids_max=20))
+    restart.send()
+    assert restart.pending is None
+    with open(again.paths["pids"] / "pids.max", "w") as f:
+        f.write("33")  # changed behind its back: a rewrite would put 20 back
+    cg = restart.result()
+    assert cg.existed and _read(cg.paths["pids"] / "pids.max") == "33"
+    cg.remove()
 
 
 def test_an_older_launcher_without_the_request_gets_the_cgroup_made_by_the_daemon(runtime, monkeypatch):
