@@ -116,10 +116,10 @@ class Runtime:
 
     # ---- task cgroups -------------------------------------------------------------------------------------
     def prepare_cgroup(self, name: str, limits: "cgroups.CgroupLimits") -> "CgroupTicket":
-        """A ticket for task cgroup `name`: send() has the launcher make it and write its limits (and open the
-        task's log files) while the caller goes on (a start builds the task's directories meanwhile: ~0.2 ms
-        each, on two CPUs); result() collects it, or makes it here when it was never sent. A sent ticket must be
-        collected, result() or discard(), on every path: it holds the launcher's call connection until then."""
+        """A ticket for task cgroup `name`: send() has the launcher make it and write its limits while the caller
+        goes on (a start builds the task's directories meanwhile: ~0.2 ms each, on two CPUs; open_logs() can add
+        the task's log files); result() collects it, or makes it here when it was never sent. A sent ticket must
+        be collected, result() or discard(), on every path: it holds the launcher's call connection until then."""
         return CgroupTicket(self, name, limits)
 
     def expect_start(self) -> None:
@@ -322,9 +322,6 @@ class Runtime:
         self._finish(handle, raw)
 
 
-_LIMIT_FIELDS = ("memory_max", "memory_low", "cpu_shares_mhz", "cpuset_cpus", "pids_max")
-
-
 class CgroupTicket:
     """A task cgroup the launcher is asked to make (Runtime.prepare_cgroup)."""
 
@@ -345,7 +342,7 @@ class CgroupTicket:
         try:
             self.pending = self.runtime.client.submit(
                 "cgroup", name=self.name, mode=self.runtime.layout.mode, paths=self.task.dirs(),
-                limits={f: getattr(self.limits, f) for f in _LIMIT_FIELDS}, rewrite=rewrite)
+                limits=dict(self.limits.__dict__), rewrite=rewrite)
         except (LauncherError, OSError):
             self.pending = None  # result() makes it here instead
 
@@ -374,7 +371,7 @@ class CgroupTicket:
             try:
                 reply = pending.result()
             except LauncherError:
-                reply = None
+                pass  # made below instead
         if reply is not None:
             self.task.existed = bool(reply.get("existed"))
             self.mgr.note_written(self.name, self.limits)
