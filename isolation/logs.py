@@ -36,7 +36,7 @@ from isolation.safefile import open_dir, open_regular, open_regular_path
 # open_regular adds O_NOFOLLOW and O_CLOEXEC, and opens nothing that is not a regular file (a FIFO, a device).
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT
 # Task output can hold secrets; the alloc/logs directory decides who may enter, this keeps others out of the file.
-_FILE_MODE = 0o640
+FILE_MODE = 0o640
 _NL = 0x0A
 
 
@@ -202,7 +202,7 @@ class RotatingLog:
             with self._dir_fd() as dfd:
                 if prune_beyond is not None:
                     self._prune(dfd, prune_beyond)
-                fd = open_regular(dfd, self.base, _OPEN_FLAGS, _FILE_MODE)
+                fd = open_regular(dfd, self.base, _OPEN_FLAGS, FILE_MODE)
         except OSError as e:
             self.last_errno = e.errno
             self._fd = None

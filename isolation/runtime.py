@@ -22,6 +22,7 @@ from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
 from isolation.launcher import describe_status
 from isolation.launcher_client import CallPending, LauncherClient, LauncherError
 from isolation.launchspec import LogTarget
+from isolation.spares import SparePool
 
 log = logging.getLogger("tasksd.runtime")
 
@@ -33,9 +34,13 @@ ExitCallback = Callable[[TaskHandle, ExitResult], None]
 
 class Runtime:
     def __init__(self, state_dir: str | os.PathLike, cgroup_parent: str = "tasksd",
-                 on_exit: ExitCallback | None = None, layout: "cgroups.CgroupLayout | None" = None):
+                 on_exit: ExitCallback | None = None, layout: "cgroups.CgroupLayout | None" = None,
+                 spare_dirs: int | None = None):
         self.state_dir = Path(state_dir)
         self.alloc_root = self.state_dir / "alloc"
+        # New alloc dirs made ahead of need (see isolation.spares); None: every start makes its own. The daemon
+        # passes its configured number, 0 included, so that a reload can change it.
+        self.spares = SparePool(self.state_dir / "spare", spare_dirs) if spare_dirs is not None else None
         self.layout = layout or cgroups.detect()
         self.cgroups = cgroups.CgroupManager(self.layout, cgroup_parent)
         self.client = LauncherClient(self.state_dir, on_event=self._on_event)
@@ -70,6 +75,8 @@ class Runtime:
         self.warmer = MigrationWarmer(own_procs_file())
         self.warmer.start()
         self.client.connect()
+        if self.spares is not None:
+            self.spares.open()  # after the launcher, which makes the state dir
         listing = self.client.request("list")
         with self._cv:
             for rec in listing["exits"]:

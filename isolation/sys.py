@@ -120,6 +120,7 @@ _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.mount.argtypes = [_c_str, _c_str, _c_str, _c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [_c_str, ctypes.c_int]
+_libc.renameat2.argtypes = [ctypes.c_int, _c_str, ctypes.c_int, _c_str, ctypes.c_uint]
 _libc.sethostname.argtypes = [_c_str, ctypes.c_size_t]
 _libc.ioctl.argtypes = [ctypes.c_int, _c_ulong, ctypes.c_void_p]
 _libc.syscall.restype = _c_long
@@ -171,6 +172,15 @@ def mount(source: str | None, target: str, fstype: str | None = None, flags: int
 
 def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(_fs(target), flags), f"umount {target}")
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """rename(2) that fails with EEXIST instead of replacing `dst` (plain rename replaces an empty directory)."""
+    _check(_libc.renameat2(_AT_FDCWD, _fs(src), _AT_FDCWD, _fs(dst), _RENAME_NOREPLACE), f"rename {src} to {dst}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

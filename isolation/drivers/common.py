@@ -154,7 +154,8 @@ class CommonDriver(Driver):
         stdout = LogTarget(log_dir, f"{task.name}.stdout", logs.max_files, logs.max_file_size * MB)
         stderr = LogTarget(log_dir, f"{task.name}.stderr", logs.max_files, logs.max_file_size * MB)
         td = taskdir.build(self.runtime.alloc_root, ctx.alloc_id, task.name, ident.uid, ident.gid,
-                           secrets_mb=res.secrets or 1, logs_ready=lambda: ticket.open_logs(key, (stdout, stderr)))
+                           secrets_mb=res.secrets or 1, logs_ready=lambda: ticket.open_logs(key, (stdout, stderr)),
+                           spares=self.runtime.spares, log_names=(stdout.base, stderr.base))
         paths = self.task_paths(td)
         cpuset = ctx.cpuset
         builtins = taskenv.builtin_env(

@@ -1,0 +1,207 @@
+"""Spare alloc dirs (isolation.spares) on the real kernel: a task dir built from a spare is the same tree as one
+made on the spot, an existing alloc dir is never replaced, a restarted daemon keeps complete spares and drops
+half-made ones, a pool that cannot move spares (another filesystem) gets out of the way, and a real start through
+the launcher takes one."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from isolation import sys as ksys
+from isolation import taskdir
+from isolation.runtime import Runtime
+from isolation.logs import FILE_MODE
+from isolation.spares import LOG_PLACEHOLDERS, PLACEHOLDER, SparePool
+from tests.helpers import wait_for
+from tests.kernel.conftest import make_ctx, raw_task, teardown_runtime
+from tests.kernel.test_taskdir import GID, UID, _check_layout
+
+pytestmark = pytest.mark.root
+
+
+def _tree(top) -> dict[str, tuple]:
+    """Every directory below `top` (not crossing into mounts) with its mode and owner, and for a mount point its
+    filesystem type and options."""
+    mounts = {}
+    for line in open("/proc/self/mountinfo"):
+        f = line.split()
+        sep = f.index("-")
+        mounts[ksys.unescape_mountinfo(f[4])] = (f[sep + 1], f[5], f[sep + 3])
+    out = {}
+    top = str(top)
+    for dirpath, dirnames, filenames in os.walk(top):
+        st = os.lstat(dirpath)
+        rel = os.path.relpath(dirpath, top)
+        out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, mounts.get(dirpath))
+        if dirpath in mounts:
+            dirnames[:] = []
+        for name in filenames:
+            out[os.path.join(rel, name)] = "file"
+    return out
+
+
+@pytest.fixture
+def pool(tmp):
+    p = SparePool(tmp / "spare", 2)
+    p.open()
+    yield p
+    p.clear()
+
+
+LOGS = ("t.stdout", "t.stderr")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_a_task_dir_from_a_spare_is_the_tree_a_fresh_build_makes(tmp, pool, umask):
+    old = os.umask(umask)  # a umask that would strip most modes must not change what a spare looks like
+    try:
+        pool.make_one()
+    finally:
+        os.umask(old)
+    assert pool.count() == 1
+    from_spare = taskdir.build(tmp / "alloc", "a1", "t", UID, GID, secrets_mb=3, spares=pool, log_names=LOGS)
+    fresh = taskdir.build(tmp / "alloc", "a2", "t", UID, GID, secrets_mb=3)
+    try:
+        assert pool.count() == 0, "the start did not take the spare"
+        assert not os.path.lexists(from_spare.alloc_dir / PLACEHOLDER)
+        _check_layout(from_spare.alloc_dir)
+        # The log files come with the spare, empty, with the mode the launcher gives a file it makes.
+        for name in LOGS:
+            st = os.lstat(from_spare.logs / name)
+            assert stat.S_ISREG(st.st_mode) and st.st_size == 0 and (st.st_uid, st.st_gid) == (0, 0)
+            assert stat.S_IMODE(st.st_mode) == FILE_MODE
+            (from_spare.logs / name).unlink()
+        assert _tree(from_spare.alloc_dir) == _tree(fresh.alloc_dir)
+        assert os.listdir(pool.root) == []
+    finally:
+        taskdir.remove_alloc(from_spare.alloc_dir)
+        taskdir.remove_alloc(fresh.alloc_dir)
+
+
+def test_a_spare_taken_without_log_names_leaves_no_placeholder(tmp, pool):
+    pool.make_one()
+    td = taskdir.build(tmp / "alloc", "a1", "web", 0, 0, spares=pool)  # root's task dirs stay root's
+    try:
+        assert pool.count() == 0
+        assert os.listdir(td.logs) == []
+        for name in ("local", "secrets", "private"):
+            st = os.lstat(td.dir / name)
+            assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o755 if name == "local" else 0o700)
+    finally:
+        taskdir.remove_alloc(td.alloc_dir)
+
+
+def test_an_existing_alloc_dir_is_never_replaced(tmp, pool):
+    td = taskdir.build(tmp / "alloc", "a1", "t", UID, GID)
+    try:
+        (td.shared / "data" / "keep").write_text("state")
+        pool.make_one()
+        again = taskdir.build(tmp / "alloc", "a1", "t2", UID, GID, spares=pool)  # a second task of the group
+        assert pool.count() == 1, "a spare was used for an alloc dir that exists"
+        assert (again.shared / "data" / "keep").read_text() == "state"
+        assert (again.dir / "local").is_dir()
+    finally:
+        taskdir.remove_alloc(td.alloc_dir)
+    # Even an empty directory in the way (one made by another start at the same moment) stays: rename(2) would
+    # replace it, renameat2(RENAME_NOREPLACE) does not. The spare goes back to the pool as it was.
+    empty = tmp / "alloc" / "a3"
+    empty.mkdir()
+    ino = os.lstat(empty).st_ino
+    assert not pool.take(str(empty), "t", LOGS)
+    assert os.lstat(empty).st_ino == ino and os.listdir(empty) == []
+    assert pool.count() == 1
+    (spare,) = os.listdir(pool.root)
+    assert sorted(os.listdir(os.path.join(pool.root, spare))) == [PLACEHOLDER, "alloc"]
+    assert sorted(os.listdir(os.path.join(pool.root, spare, "alloc", "logs"))) == sorted(LOG_PLACEHOLDERS)
+    empty.rmdir()
+
+
+def test_a_restarted_pool_keeps_complete_spares_and_drops_half_made_ones(tmp, pool):
+    pool.make_one()
+    pool.make_one()
+    kept = sorted(os.listdir(pool.root))
+    # What a daemon killed while making a spare leaves, and a spare whose placeholder was renamed when it died.
+    taskdir.make_skeleton(os.path.join(pool.root, "tmp-9"), PLACEHOLDER, LOG_PLACEHOLDERS, FILE_MODE)
+    taskdir.make_skeleton(os.path.join(pool.root, "7"), PLACEHOLDER, LOG_PLACEHOLDERS, FILE_MODE)
+    os.rename(os.path.join(pool.root, "7", PLACEHOLDER), os.path.join(pool.root, "7", "web"))
+    with open(os.path.join(pool.root, "junk"), "w"):
+        pass
+    again = SparePool(pool.root, 2)
+    again.open()
+    assert again.disabled is None
+    assert sorted(os.listdir(pool.root)) == kept
+    assert again.count() == 2 and again.wanted() == 0
+    again.target = 3
+    assert not again.step()  # one made, none left to make
+    assert again.count() == 3 and len(set(os.listdir(pool.root))) == 3
+
+
+def test_step_moves_towards_the_target_both_ways_and_clear_removes_the_pool(tmp, pool):
+    assert pool.wanted() == 2
+    assert pool.step() is True and pool.step() is False
+    assert pool.count() == 2 and pool.wanted() == 0
+    pool.target = 0
+    assert pool.wanted() == -2
+    pool.step()
+    pool.step()
+    assert pool.count() == 0 and os.listdir(pool.root) == []
+    pool.target = 1
+    pool.step()
+    pool.clear()
+    assert not os.path.lexists(pool.root)
+
+
+def test_a_pool_on_another_filesystem_than_the_allocs_gets_out_of_the_way(tmp, pool):
+    alloc_root = tmp / "alloc"
+    alloc_root.mkdir()
+    ksys.mount("tmpfs", str(alloc_root), "tmpfs", 0, "size=4m,mode=0711")
+    try:
+        pool.make_one()
+        td = taskdir.build(alloc_root, "a1", "t", UID, GID, spares=pool, log_names=LOGS)
+        _check_layout(td.alloc_dir)  # made in place instead
+        assert pool.disabled and "cannot move a spare" in pool.disabled
+        assert pool.count() == 1 and pool.wanted() == 0  # kept, but no more are made
+        assert not pool.take(str(alloc_root / "a2"), "t")
+        taskdir.remove_alloc(td.alloc_dir)
+    finally:
+        ksys.umount2(str(alloc_root), ksys.MNT_DETACH)
+
+
+def test_a_pool_path_taken_by_something_else_disables_it(tmp):
+    target = tmp / "elsewhere"
+    target.mkdir()
+    os.symlink(target, tmp / "spare")
+    p = SparePool(tmp / "spare", 2)
+    p.open()
+    assert p.disabled and p.wanted() == 0
+    assert os.listdir(target) == []
+    assert not p.take(str(tmp / "alloc-a1"), "t")
+
+
+def test_a_start_through_the_launcher_takes_a_spare_and_its_logs_work(tmp, cgroup_parent, agent_config):
+    from isolation.drivers import make_drivers
+
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent, spare_dirs=1)
+    rt.open()
+    try:
+        assert rt.spares is not None and rt.spares.step() is False and rt.spares.count() == 1
+        d = make_drivers(rt, agent_config)["raw_exec"]
+        ctx = make_ctx(agent_config, raw_task("/bin/sh", "-c", "echo out; echo err >&2; ls -ld $NOMAD_TASK_DIR"))
+        logs = tmp / "state" / "alloc" / ctx.alloc_id / "alloc" / "logs"
+        (spare,) = os.listdir(rt.spares.root)
+        placeholder = os.lstat(os.path.join(rt.spares.root, spare, "alloc", "logs", ".stdout")).st_ino
+        h = d.start(ctx)
+        res = d.wait(h, 10)
+        assert res is not None and res.exit_code == 0, res
+        assert rt.spares.count() == 0
+        assert os.lstat(logs / "t.stdout").st_ino == placeholder  # the launcher wrote to the spare's file
+        wait_for(lambda: (logs / "t.stdout").exists() and b"local" in (logs / "t.stdout").read_bytes(),
+                 what="the task's stdout in its log file")
+        assert (logs / "t.stdout").read_bytes().startswith(b"out\n")
+        wait_for(lambda: (logs / "t.stderr").read_bytes() == b"err\n", what="the task's stderr")
+        d.destroy(h)
+    finally:
+        teardown_runtime(rt)
+        rt.spares.clear()
