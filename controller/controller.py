@@ -41,6 +41,8 @@ from reconcilers.states import TaskState
 log = logging.getLogger("tasksd.controller")
 
 WARM_LEAD = 0.015  # seconds before a timer (a delayed restart) that the cgroup lock warm-up begins
+SPARE_QUIET = 0.1  # seconds without side effects before spare alloc dirs are made (see isolation.spares)
+SPARE_RETRY = 30.0  # seconds before trying again after making one failed (a full or read-only disk)
 REMOVAL_GRACE = 0.25  # seconds a manifest must stay absent before its tasks stop (editor saves, see rescan)
 
 
@@ -159,6 +161,8 @@ class Controller:
         self._owner: dict[str, str] = {}
         self._had_duplicates = False
         self._warmed_for: float | None = None  # the timer whose start the runtime was told to expect
+        self._spare_due: float | None = None  # when to make (or remove) the next spare alloc dir
+        self._spare_error: str | None = None
         self._early_exits: dict[str, tuple[TaskHandle, ExitResult]] = {}  # launcher key -> exit seen early
         # Task ids whose templates are being re-rendered (busy, yet still RUNNING), and an exit that arrived
         # meanwhile: it is handled when the re-render is done, not dropped as if a stop would collect it.
@@ -301,6 +305,8 @@ class Controller:
                 deadline = min(deadline, self._rescan_at)
             if self._trim.due_at is not None:
                 deadline = min(deadline, self._trim.due_at)
+            if self._spare_due is not None:
+                deadline = min(deadline, self._spare_due)
             timeout = max(0.0, deadline - self.clock())
             try:
                 ev = self.queue.get(timeout=timeout)
@@ -334,11 +340,42 @@ class Controller:
                 self.stopping = True
             self.flush_store()  # one commit for the whole pass (events included)
             self._trim.note_work(self._side_effects, self.clock())
+            self._tend_spares()
             self._side_effects = 0
             if self._trim.take(self.clock()):
                 self.metrics["memory_trims"] += 1
                 ksys.malloc_trim()
         self.flush_store()
+
+    def _tend_spares(self) -> None:
+        """Make or remove one spare alloc dir (isolation.spares) once the loop has been quiet for SPARE_QUIET,
+        one per pass: an event that arrives meanwhile waits for one spare's mkdirs at most. Nothing is scheduled
+        while the pool is at its target, so an idle daemon never wakes for it."""
+        spares = self.runtime.spares
+        if spares is None:
+            return
+        now = self.clock()
+        if self._side_effects:
+            self._spare_due = now + SPARE_QUIET
+            return
+        if not spares.wanted():
+            self._spare_due = None
+            return
+        if self._spare_due is None:
+            self._spare_due = now + SPARE_QUIET
+        if now < self._spare_due or not self.queue.empty():
+            return
+        try:
+            more = spares.step()
+        except OSError as e:
+            why = f"{e.strerror or e} ({spares.root})"
+            if why != self._spare_error:
+                log.warning("cannot make a spare alloc dir: %s; retrying in %.0f s", why, SPARE_RETRY)
+            self._spare_error = why
+            self._spare_due = now + SPARE_RETRY
+            return
+        self._spare_error = None
+        self._spare_due = now if more else None
 
     # ---- what needs planning -----------------------------------------------------------------------------
     def touch(self, task_or_alloc: str) -> None:

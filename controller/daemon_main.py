@@ -89,7 +89,8 @@ class Daemon:
             log.error("another tasksd already runs with state dir %s", self.state_dir)
             return 1
         try:
-            runtime = Runtime(self.state_dir, cgroup_parent=self.config.cgroup_parent)
+            runtime = Runtime(self.state_dir, cgroup_parent=self.config.cgroup_parent,
+                              spare_dirs=self.config.spare_alloc_dirs)
             for problem in runtime.open():
                 log.warning("runtime: %s", problem)
         except Exception as e:  # noqa: BLE001 - the message is what the operator needs
@@ -157,6 +158,8 @@ class Daemon:
         drained = ctl.draining
         if drained:
             runtime.shutdown_launcher()
+            if runtime.spares is not None:
+                runtime.spares.clear()
             # Drain means "remove everything tasksd made": the task cgroups went with their allocs, now the parent.
             if not runtime.cgroups.remove_parent():
                 log.warning("drain: task cgroups remain below %s", runtime.cgroups.parent_paths)
@@ -184,6 +187,8 @@ class Daemon:
 
         def apply():
             ctl.config = config
+            if ctl.runtime.spares is not None:
+                ctl.runtime.spares.target = config.spare_alloc_dirs
             for d in ctl.drivers.values():
                 d.config = config
             if ctl.scanner.strict != config.strict_manifest_permissions:

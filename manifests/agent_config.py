@@ -64,6 +64,7 @@ class AgentConfig:
     max_kill_timeout: float = 30.0
     gc_grace: float = 300.0
     resync_interval: float = 60.0
+    spare_alloc_dirs: int = 2  # new alloc dirs made while idle, so a start renames one instead of ten mkdirs
     dynamic_user_min: int = 80000
     dynamic_user_max: int = 89999
     user_denylist: tuple[str, ...] = ("root",)  # exec/exec2 refuse these users (Nomad's default)

@@ -123,6 +123,11 @@ class _Builder:
                     kw["chroot_env"] = tuple(attr.value.items())
             elif name in ("max_kill_timeout", "gc_grace", "resync_interval"):
                 kw[name] = self.duration(where, attr)
+            elif name == "spare_alloc_dirs":
+                v = self.integer(where, attr)
+                if not 0 <= v <= 64:
+                    self.err(where, f"must be between 0 and 64 (got {v})", attr)
+                kw[name] = v
             elif name == "cgroup_parent":
                 v = self.string(where, attr)
                 if ".." in v.split("/") or "\0" in v:

@@ -214,6 +214,29 @@ def test_drain_stops_everything_and_exits(daemon):
     assert json.loads(r.stdout)["offline"] is True
 
 
+def _spares(daemon) -> dict[str, int]:
+    """The daemon's complete spare alloc dirs (isolation.spares): name -> inode."""
+    root = daemon.state_dir / "spare"
+    return {e.name: e.inode() for e in os.scandir(root) if e.name.isdigit()} if root.is_dir() else {}
+
+
+def test_spare_alloc_dirs_are_made_while_idle_taken_by_a_start_and_removed_by_drain(daemon):
+    daemon.start()
+    before = wait_for(lambda: len(s := _spares(daemon)) == 2 and s, what="two spare alloc dirs")
+    daemon.write("web.hcl", raw_job("web"))
+    running_pid(daemon)
+    st = daemon.client.get("/v1/tasks/" + TID)
+    alloc_ino = os.lstat(st["alloc_dir"]).st_ino
+    assert alloc_ino in before.values(), "the new task's alloc dir is not one of the spares"
+    # Refilled once the daemon is quiet again: two spares, one of them new.
+    after = wait_for(lambda: len(s := _spares(daemon)) == 2 and s != before and s, what="the pool refilled")
+    assert len(set(before) & set(after)) == 1
+    assert tasksctl(daemon, "drain").returncode == 0
+    daemon.proc.wait(60)
+    daemon.proc = None
+    assert not (daemon.state_dir / "spare").exists()
+
+
 def test_drain_does_not_wait_for_gc_grace_or_resync(daemon):
     # Drain collects allocs at once. It used to wake only at gone_at + gc_grace (or the next full resync), so with
     # the defaults (5m, 60s) `tasksctl drain` took minutes: with both at an hour the deadline below catches that.
