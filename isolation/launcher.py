@@ -719,16 +719,16 @@ class Launcher:
         self.tasks[spec.key] = task
         self.by_pid[pending.pid] = spec.key
         ahead = self.logs_ahead.pop(spec.key, {})  # opened by op open_logs
+        later: list[tuple[int, LogTarget]] = []
         for fd, target in pending.log_ends:
             os.set_blocking(fd, False)
             task.logs.append(fd)
             log = ahead.pop(target, None)
             if log is None:
-                try:
-                    log = RotatingLog(target.dir, target.base, target.max_files, target.max_file_size)
-                except ValueError as e:  # a spec the daemon should never send; keep the pipe drained, not blocked
-                    _log(f"launcher: logs of {spec.key}: {e}")
-                    log = None
+                if os.path.lexists(f"{target.dir}/{target.base}"):
+                    later.append((fd, target))
+                else:
+                    log = self._open_log(spec.key, target)
             self.logs[fd] = (log, spec.key)
             if log is not None:
                 self._log_used(fd, log)
@@ -736,9 +736,24 @@ class Launcher:
         for log in ahead.values():  # opened for targets the spawn did not name
             log.close()
         # Replied only now: once the caller hears "running", the task's log files exist (tail -F, tasksctl logs).
+        # A file that exists already (a restart's, or a spare alloc dir's empty one) is opened right after the
+        # reply instead, off the start's path: the task's output waits in its pipe until this loop reads it.
         self._reply(pending.conn, {"id": pending.rid, "ok": True, "pid": task.pid, "start_time": task.start_time})
+        for fd, target in later:
+            log = self._open_log(spec.key, target)
+            self.logs[fd] = (log, spec.key)
+            if log is not None:
+                self._log_used(fd, log)
         if pending.status is not None:  # it already ran to completion (e.g. /bin/true) before we got here
             self._record_exit(task, pending.status)
+
+    @staticmethod
+    def _open_log(key: str, target: LogTarget) -> RotatingLog | None:
+        try:
+            return RotatingLog(target.dir, target.base, target.max_files, target.max_file_size)
+        except ValueError as e:  # a spec the daemon should never send; keep the pipe drained, not blocked
+            _log(f"launcher: logs of {key}: {e}")
+            return None
 
     def _reply(self, conn: Conn, obj: dict) -> None:
         if conn.sock.fileno() in self.conns and self.conns[conn.sock.fileno()] is conn:

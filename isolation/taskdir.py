@@ -151,7 +151,8 @@ def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secret
     """Create (idempotently) the alloc dir, the task's dirs and its tmpfs mounts. `logs_ready` is called as soon
     as alloc/logs exists, before the rest is made: a start has the launcher open the task's log files meanwhile.
     `spares`: a new alloc dir is taken from this pool when it has one (one rename instead of ten mkdirs); its
-    empty log files are then named `log_names` (stdout's, stderr's), which the launcher opens as they are."""
+    empty log files are then named `log_names` (stdout's, stderr's), which the launcher opens as they are, and
+    `logs_ready` is not called for them."""
     root = str(alloc_root)
     try:
         os.mkdir(root, 0o711)
@@ -163,8 +164,10 @@ def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secret
     t = f"{a}/{task}"
     if spares is not None and not os.path.lexists(a) and spares.take(a, task, log_names):
         # The tree is ours, made fresh in a root-only pool and renamed into a root-only parent: only what differs
-        # per task is left to do, the owner of the task's own dirs and (below) its mounts.
-        if logs_ready is not None:
+        # per task is left to do, the owner of the task's own dirs and (below) its mounts. Its log files exist,
+        # so logs_ready is not called: the launcher opens existing files after its spawn reply, off the start's
+        # path, where asking for them now would put two opens ahead of the spawn in its queue.
+        if logs_ready is not None and len(log_names) < 2:
             logs_ready()
         if (uid, gid) != (_EUID, _EGID):
             for name, _mode, owned in TASK_DIRS:
