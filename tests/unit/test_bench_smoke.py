@@ -25,10 +25,16 @@ EXPECTED_WAYS = [
     spawn.POSIX_SPAWN,
     "tasksd raw_exec: start -> running",
     "tasksd raw_exec: start+wait /bin/true",
+    "tasksd raw_exec, no spare dir: start -> running",
+    "tasksd raw_exec, no spare dir: start+wait /bin/true",
     "tasksd exec: start -> running",
     "tasksd exec: start+wait /bin/true",
+    "tasksd exec, no spare dir: start -> running",
+    "tasksd exec, no spare dir: start+wait /bin/true",
     "tasksd exec2: start -> running",
     "tasksd exec2: start+wait /bin/true",
+    "tasksd exec2, no spare dir: start -> running",
+    "tasksd exec2, no spare dir: start+wait /bin/true",
     spawn.UNSHARE,
     spawn.BWRAP,
 ]
@@ -51,6 +57,8 @@ def test_targets_follow_the_ratios():
         spawn.full_row("raw_exec"): [3.5, 3.2, 4.0],  # 3.5x: missed
         spawn.start_row("exec"): [6.0, 5.0, 5.5],  # 5.5 / 4 = 1.375x bwrap: met
         spawn.full_row("exec"): [7.0, 6.5, 6.1],  # 1.625x: missed
+        spawn.start_row("raw_exec", spare=False): [3.1, 3.2, 3.3],  # 3.2x: missed
+        spawn.start_row("exec2", spare=False): [5.0, 5.0, 5.0],  # 1.25x bwrap: met
     }
     rows = {r.way: r for r in spawn.summarise(samples, {spawn.UNSHARE: "unshare(1) is not installed"})}
     assert [w for w in rows] == EXPECTED_WAYS
@@ -60,6 +68,9 @@ def test_targets_follow_the_ratios():
     assert rows[spawn.start_row("exec")].vs_bwrap == pytest.approx(1.375)
     assert rows[spawn.full_row("exec")].target == "missed"
     assert rows[spawn.start_row("exec2")].target == "n/a"  # not measured
+    assert rows[spawn.start_row("raw_exec", spare=False)].target == "missed"
+    assert rows[spawn.start_row("exec2", spare=False)].target == "met"
+    assert rows[spawn.start_row("exec2", spare=False)].vs_bwrap == pytest.approx(1.25)
     assert rows[spawn.BASELINE].target == "" and rows[spawn.BASELINE].vs_baseline == 1.0
     assert rows[spawn.UNSHARE].median_ms is None
     table = spawn.render(list(rows.values()))
@@ -83,11 +94,12 @@ def test_spawn_bench_rows(tmp, cgroup_parent):
     assert [r.way for r in rows] == EXPECTED_WAYS
     assert by_way[spawn.BASELINE].vs_baseline == 1.0
     for driver in ("raw_exec", "exec", "exec2"):
-        started, full = by_way[spawn.start_row(driver)], by_way[spawn.full_row(driver)]
-        assert started.median_ms is not None and started.median_ms > 0, started.note
-        # Each sample's start time is part of the same sample's start+wait time: the medians keep the order.
-        assert started.median_ms <= full.median_ms
-        assert started.p95_ms >= started.median_ms
+        for spare in (True, False):
+            started, full = by_way[spawn.start_row(driver, spare)], by_way[spawn.full_row(driver, spare)]
+            assert started.median_ms is not None and started.median_ms > 0, started.note
+            # Each sample's start time is part of the same sample's start+wait time: the medians keep the order.
+            assert started.median_ms <= full.median_ms
+            assert started.p95_ms >= started.median_ms
     assert by_way[spawn.start_row("raw_exec")].target in ("met", "missed")
     bwrap = by_way[spawn.BWRAP]
     for driver in ("exec", "exec2"):
