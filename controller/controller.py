@@ -42,7 +42,8 @@ log = logging.getLogger("tasksd.controller")
 
 WARM_LEAD = 0.015  # seconds before a timer (a delayed restart) that the cgroup lock warm-up begins
 SPARE_QUIET = 0.1  # seconds without side effects before spare alloc dirs are made (see isolation.spares)
-SPARE_RETRY = 30.0  # seconds before trying again after making one failed (a full or read-only disk)
+SPARE_RETRY = 30.0  # seconds before trying again after making one failed (a full or read-only disk), doubling
+SPARE_RETRY_MAX = 600.0
 REMOVAL_GRACE = 0.25  # seconds a manifest must stay absent before its tasks stop (editor saves, see rescan)
 
 
@@ -162,7 +163,9 @@ class Controller:
         self._had_duplicates = False
         self._warmed_for: float | None = None  # the timer whose start the runtime was told to expect
         self._spare_due: float | None = None  # when to make (or remove) the next spare alloc dir
+        self._running = 0  # side effects submitted and not finished (each posts "effect_done" at its end)
         self._spare_error: str | None = None
+        self._spare_retry = SPARE_RETRY
         self._early_exits: dict[str, tuple[TaskHandle, ExitResult]] = {}  # launcher key -> exit seen early
         # Task ids whose templates are being re-rendered (busy, yet still RUNNING), and an exit that arrived
         # meanwhile: it is handled when the re-render is done, not dropped as if a stop would collect it.
@@ -231,7 +234,15 @@ class Controller:
         spawn's key is stored before the process exists, so a crash at any moment cannot duplicate it."""
         self.flush_store()
         self._side_effects += 1
-        self.pool.submit(work)
+
+        def run() -> None:
+            try:
+                work()
+            finally:
+                self.queue.put(("effect_done",))
+
+        self.pool.submit(run)
+        self._running += 1  # after submit, which may raise; its "effect_done" is handled on this thread, later
 
     def flush_store(self) -> None:
         """Write every record, alloc and manifest the store has not taken yet, in one transaction. When the state
@@ -348,15 +359,18 @@ class Controller:
         self.flush_store()
 
     def _tend_spares(self) -> None:
-        """Make or remove one spare alloc dir (isolation.spares) once the loop has been quiet for SPARE_QUIET,
-        one per pass: an event that arrives meanwhile waits for one spare's mkdirs at most. Nothing is scheduled
-        while the pool is at its target, so an idle daemon never wakes for it."""
+        """Make or remove one spare alloc dir (isolation.spares) once no side effect has been submitted or run for
+        SPARE_QUIET, one per pass: an event that arrives meanwhile waits for one spare's mkdirs at most. Nothing
+        is scheduled while the pool is at its target, so an idle daemon never wakes for it."""
         spares = self.runtime.spares
         if spares is None:
             return
         now = self.clock()
-        if self._side_effects:
-            self._spare_due = now + SPARE_QUIET
+        if self._side_effects or self._running:
+            # Not while side effects run on the workers (a converge of 1000 starts): each spare made now would be
+            # taken by one of them at once, and the loop would only make their directories for them, slower. The
+            # last one's "effect_done" brings the loop back here; no wake-up is scheduled meanwhile.
+            self._spare_due = None
             return
         if not spares.wanted():
             self._spare_due = None
@@ -367,14 +381,17 @@ class Controller:
             return
         try:
             more = spares.step()
-        except OSError as e:
-            why = f"{e.strerror or e} ({spares.root})"
+        except (OSError, RuntimeError) as e:
+            why = f"{getattr(e, 'strerror', None) or e} ({spares.root})"
             if why != self._spare_error:
-                log.warning("cannot make a spare alloc dir: %s; retrying in %.0f s", why, SPARE_RETRY)
+                log.warning("cannot make a spare alloc dir: %s; retrying in %.0f s", why, self._spare_retry)
             self._spare_error = why
-            self._spare_due = now + SPARE_RETRY
+            self._spare_due = now + self._spare_retry
+            # A state dir that stays full or read-only wakes an idle daemon ever more rarely, at most every 10 min.
+            self._spare_retry = min(self._spare_retry * 2, SPARE_RETRY_MAX)
             return
         self._spare_error = None
+        self._spare_retry = SPARE_RETRY
         self._spare_due = now if more else None
 
     # ---- what needs planning -----------------------------------------------------------------------------
@@ -403,6 +420,8 @@ class Controller:
             self.on_exit(ev[1], ev[2])
         elif kind == "done":
             ev[1]()
+        elif kind == "effect_done":
+            self._running -= 1
         elif kind == "call":
             fn, fut = ev[1], ev[2]
             try:

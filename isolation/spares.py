@@ -45,9 +45,10 @@ class SparePool:
         self.disabled: str | None = None  # why spares are not used (the pool cannot work on this state dir)
 
     def open(self) -> None:
-        """Make the pool's directory, keep the complete spares found there (a previous daemon's) and remove the
-        rest (one being made when that daemon died). A pool that cannot work here is disabled with a warning:
-        starts then make their directories as without it."""
+        """Make the pool's directory, emptied: whatever an earlier daemon left there (spares, one half made or
+        half removed when it died, trees of an older layout) is removed, never handed out; the daemon makes its
+        spares again once idle. A pool that cannot work here is disabled with a warning: starts then make their
+        directories as without it."""
         try:
             try:
                 os.mkdir(self.root, 0o700)
@@ -58,11 +59,7 @@ class SparePool:
             # Exactly 0700, set-gid cleared: a spare must carry our own group, as a tree made in place does.
             os.chmod(self.root, 0o700, follow_symlinks=False)
             for entry in os.scandir(self.root):
-                if entry.name.isdigit() and os.path.isdir(f"{entry.path}/{PLACEHOLDER}"):
-                    self._names.append(entry.name)
-                    self._next = max(self._next, int(entry.name) + 1)
-                else:
-                    remove_tree(entry.path)
+                remove_tree(entry.path)
         except OSError as e:
             self._disable(f"cannot use {self.root}: {e.strerror or e}")
 
@@ -100,7 +97,7 @@ class SparePool:
             for p in LOG_PLACEHOLDERS[len(log_names):]:
                 os.unlink(f"{logs}/{p}")
         except OSError:
-            remove_tree(src)  # a spare we cannot use: made again later
+            self._discard(src)  # a spare we cannot use: made again later
             return False
         try:
             ksys.rename_noreplace(src, alloc_dir)
@@ -109,7 +106,7 @@ class SparePool:
                 with self._lock:
                     self._names.append(name)
             else:
-                remove_tree(src)
+                self._discard(src)
             if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL):
                 # The alloc root is another filesystem (a mount of its own), or the kernel or filesystem has no
                 # renameat2 flags: a spare can never move there.
@@ -136,7 +133,7 @@ class SparePool:
         try:
             taskdir.make_skeleton(tmp, PLACEHOLDER, LOG_PLACEHOLDERS, FILE_MODE)
             os.rename(tmp, f"{self.root}/{n}")
-        except OSError:
+        except (OSError, RuntimeError):
             remove_tree(tmp)
             raise
         with self._lock:
@@ -147,7 +144,7 @@ class SparePool:
             if not self._names:
                 return
             name = self._names.pop(0)
-        remove_tree(f"{self.root}/{name}")
+        self._discard(f"{self.root}/{name}")
 
     def step(self) -> bool:
         """Make or remove one spare towards the target. True while more is left to do."""
@@ -157,6 +154,16 @@ class SparePool:
         elif want < 0:
             self.remove_one()
         return abs(want) > 1
+
+    def _discard(self, path: str) -> None:
+        """Remove a spare under a name open() would never keep, so a removal cut short leaves no tree that looks
+        whole (open() empties the pool anyway; this keeps the rule local)."""
+        dead = f"{self.root}/dead-{os.path.basename(path)}"
+        try:
+            os.rename(path, dead)
+        except OSError:
+            dead = path
+        remove_tree(dead)
 
     def clear(self) -> None:
         """Remove every spare and the pool's directory (a drain leaves nothing of tasksd's behind)."""

@@ -120,7 +120,10 @@ _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.mount.argtypes = [_c_str, _c_str, _c_str, _c_ulong, ctypes.c_void_p]
 _libc.umount2.argtypes = [_c_str, ctypes.c_int]
-_libc.renameat2.argtypes = [ctypes.c_int, _c_str, ctypes.c_int, _c_str, ctypes.c_uint]
+# glibc has renameat2 since 2.28; an older one makes rename_noreplace fail with ENOSYS (its callers fall back).
+_renameat2 = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, _c_str, ctypes.c_int, _c_str, ctypes.c_uint]
 _libc.sethostname.argtypes = [_c_str, ctypes.c_size_t]
 _libc.ioctl.argtypes = [ctypes.c_int, _c_ulong, ctypes.c_void_p]
 _libc.syscall.restype = _c_long
@@ -180,7 +183,9 @@ _RENAME_NOREPLACE = 1
 
 def rename_noreplace(src: str, dst: str) -> None:
     """rename(2) that fails with EEXIST instead of replacing `dst` (plain rename replaces an empty directory)."""
-    _check(_libc.renameat2(_AT_FDCWD, _fs(src), _AT_FDCWD, _fs(dst), _RENAME_NOREPLACE), f"rename {src} to {dst}")
+    if _renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2: not in this C library")
+    _check(_renameat2(_AT_FDCWD, _fs(src), _AT_FDCWD, _fs(dst), _RENAME_NOREPLACE), f"rename {src} to {dst}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

@@ -172,7 +172,7 @@ def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secret
         if (uid, gid) != (_EUID, _EGID):
             for name, _mode, owned in TASK_DIRS:
                 if owned:
-                    os.chown(f"{t}/{name}", uid, gid)
+                    os.chown(f"{t}/{name}", uid, gid, follow_symlinks=False)
         made = {"secrets": True, "private": True}
     else:
         um = _umask()
@@ -201,12 +201,8 @@ def make_skeleton(path: str, placeholder: str, log_files: tuple[str, ...], log_m
     for name, mode in ALLOC_DIRS:
         _mkdir(f"{path}/{name}", mode, um)
     for name in log_files:
-        fd = os.open(f"{path}/alloc/logs/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, log_mode)
-        try:
-            if log_mode & um:
-                os.fchmod(fd, log_mode)
-        finally:
-            os.close(fd)
+        # log_mode under the umask, as the launcher (which inherits the daemon's umask) creates a log file.
+        os.close(os.open(f"{path}/alloc/logs/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, log_mode))
     _mkdir(f"{path}/{placeholder}", 0o755, um)
     for name, mode, _owned in TASK_DIRS:
         _mkdir(f"{path}/{placeholder}/{name}", mode, um)
