@@ -97,7 +97,7 @@ class SparePool:
             for p in LOG_PLACEHOLDERS[len(log_names):]:
                 os.unlink(f"{logs}/{p}")
         except OSError:
-            self._discard(src)  # a spare we cannot use: made again later
+            remove_tree(src)  # a spare we cannot use: made again later
             return False
         try:
             ksys.rename_noreplace(src, alloc_dir)
@@ -106,7 +106,7 @@ class SparePool:
                 with self._lock:
                     self._names.append(name)
             else:
-                self._discard(src)
+                remove_tree(src)
             if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL):
                 # The alloc root is another filesystem (a mount of its own), or the kernel or filesystem has no
                 # renameat2 flags: a spare can never move there.
@@ -144,7 +144,7 @@ class SparePool:
             if not self._names:
                 return
             name = self._names.pop(0)
-        self._discard(f"{self.root}/{name}")
+        remove_tree(f"{self.root}/{name}")  # one cut short is removed by the next open(), never handed out
 
     def step(self) -> bool:
         """Make or remove one spare towards the target. True while more is left to do."""
@@ -154,16 +154,6 @@ class SparePool:
         elif want < 0:
             self.remove_one()
         return abs(want) > 1
-
-    def _discard(self, path: str) -> None:
-        """Remove a spare under a name open() would never keep, so a removal cut short leaves no tree that looks
-        whole (open() empties the pool anyway; this keeps the rule local)."""
-        dead = f"{self.root}/dead-{os.path.basename(path)}"
-        try:
-            os.rename(path, dead)
-        except OSError:
-            dead = path
-        remove_tree(dead)
 
     def clear(self) -> None:
         """Remove every spare and the pool's directory (a drain leaves nothing of tasksd's behind)."""

@@ -167,7 +167,7 @@ def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secret
         # per task is left to do, the owner of the task's own dirs and (below) its mounts. Its log files exist,
         # so logs_ready is not called: the launcher opens existing files after its spawn reply, off the start's
         # path, where asking for them now would put two opens ahead of the spawn in its queue.
-        if logs_ready is not None and len(log_names) < 2:
+        if logs_ready is not None and not log_names:
             logs_ready()
         if (uid, gid) != (_EUID, _EGID):
             for name, _mode, owned in TASK_DIRS:
