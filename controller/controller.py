@@ -47,7 +47,7 @@ SPARE_RETRY_MAX = 600.0
 REMOVAL_GRACE = 0.25  # seconds a manifest must stay absent before its tasks stop (editor saves, see rescan)
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
     task_id: str
     job: str
@@ -112,7 +112,7 @@ class TaskRecord:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class ManifestInfo:
     path: str
     content_hash: str

@@ -17,7 +17,7 @@ from manifests.digest import sha256_hex
 from manifests.loader import MAX_MANIFEST_BYTES, LoadResult, is_manifest_base, load_bytes, read_regular_file
 
 
-@dataclass
+@dataclass(slots=True)
 class FileState:
     path: str
     signature: tuple | None

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+_NO_ITEMS: dict[str, Any] = {}
+
 
 class FrozenDict(Mapping[str, Any]):
     __slots__ = ("_items", "_index", "_hash")
@@ -16,7 +18,8 @@ class FrozenDict(Mapping[str, Any]):
         merged = dict(data or {})
         merged.update(kwargs)
         self._items: tuple[tuple[str, Any], ...] = tuple(sorted(merged.items()))
-        self._index = dict(self._items)
+        # Most specs' env and meta are empty: they share one empty index (never written to) instead of a dict each.
+        self._index = dict(self._items) if self._items else _NO_ITEMS
         self._hash: int | None = None
 
     def __getitem__(self, key: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 from manifests.digest import sha256_hex
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredTask:
     task_id: str  # job/group/index/task
     job: str

@@ -16,7 +16,7 @@ from reconcilers.states import PROCESS_STATES, TERMINAL_STATES, TaskState
 _LIVE = PROCESS_STATES | {TaskState.RESTARTING}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObservedTask:
     task_id: str
     alloc: str  # "job/group/index"
@@ -28,38 +28,38 @@ class ObservedTask:
     template_hash: str | None = None  # live templates the running process has (None: unknown)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Start:
     task_id: str
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stop:
     task_id: str
     reason: str
     then_start: bool = False  # the spec changed: start the new version once the old one is gone
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rerender:
     """Live templates (change_mode noop/signal) changed: render them again in place, signal if asked."""
 
     task_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Forget:
     task_id: str
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MarkAllocGone:
     alloc: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CollectAlloc:
     alloc: str
 

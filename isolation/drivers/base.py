@@ -37,7 +37,7 @@ class TaskContext:
         return f"{self.job.name}/{self.group.name}/{self.index}/{self.task.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskHandle:
     key: str  # the launcher's name for this spawn
     task_id: str
