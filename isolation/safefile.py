@@ -118,6 +118,56 @@ def _remove_below(parent: int, name: str) -> None:
         stack.append((sub, _names(sub), fd, entry))
 
 
+def remove_owned(root: str | os.PathLike, uid: int, skip: frozenset[tuple[int, int]] = frozenset()) -> int:
+    """Delete every entry below `root` that `uid` owns, each with everything below it, and return how many there
+    were. For a dynamic uid given back to the pool: whatever its task left in a shared directory (/tmp) would
+    otherwise belong to the next task that gets the id. Entries of other owners are kept, and looked into when
+    they are directories on root's filesystem (other mounts below it are not entered); `root` itself is never
+    removed, nor anything whose (st_dev, st_ino) is in `skip` (tasksd's state dir, when it lies below root). Like
+    remove_tree: no symlink is followed, only directories are opened (O_NONBLOCK), no recursion in Python. An
+    owned entry that cannot be removed is left (counted all the same; the caller may check again)."""
+    try:
+        top = open_dir(root)
+    except OSError:
+        return 0  # missing, or a symlink: nothing of ours to walk
+    dev = os.fstat(top).st_dev
+    found = 0
+    stack = [(top, _names(top))]
+    try:
+        while stack:
+            fd, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(fd)
+                continue
+            name = names.pop()
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in skip:
+                continue
+            if st.st_uid == uid:
+                found += 1
+                _remove_below(fd, name)
+                continue
+            if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
+                continue
+            try:
+                sub = os.open(name, _SUBDIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            sst = os.fstat(sub)
+            if (sst.st_ino, sst.st_dev) != (st.st_ino, st.st_dev):
+                os.close(sub)  # swapped between the stat and the open: not what was looked at
+                continue
+            stack.append((sub, _names(sub)))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return found
+
+
 def _names(fd: int) -> list[str]:
     try:
         return os.listdir(fd)

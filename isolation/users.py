@@ -81,8 +81,9 @@ class PoolExhausted(RuntimeError):
 class DynamicUserPool:
     """Allocates UIDs (used as GID too) from [min, max] to task owners; min or max of -1 disables the pool.
 
-    Ids are handed out round-robin from the last one given, so an id just released (whose files may linger in a
-    shared /tmp) is reused as late as possible. An owner asking again gets the id it already holds.
+    Ids are handed out round-robin from the last one given, so an id just released is reused as late as possible
+    (what it left in shared directories is removed before it is released: see note_roots). An owner asking again
+    gets the id it already holds.
     Not thread-safe: the caller serialises access (and persists after each change).
     """
 
@@ -93,6 +94,9 @@ class DynamicUserPool:
         self.min = min_id
         self.max = max_id
         self._owners: dict[str, int] = {}
+        # Host directories each held id could make entries in (unveiled with "c" outside the task's own dirs,
+        # /tmp by default): what it leaves there is removed before the id goes back (see safefile.remove_owned).
+        self._roots: dict[int, tuple[str, ...]] = {}
         self._next = min_id
 
     @property
@@ -124,9 +128,23 @@ class DynamicUserPool:
         for owner, held in list(self._owners.items()):
             if held == uid:
                 del self._owners[owner]
+        self._roots.pop(uid, None)
 
     def release_owner(self, owner_key: str) -> int | None:
-        return self._owners.pop(owner_key, None)
+        uid = self._owners.pop(owner_key, None)
+        if uid is not None:
+            self._roots.pop(uid, None)
+        return uid
+
+    def note_roots(self, uid: int, roots: Iterable[str]) -> None:
+        """Record host directories `uid` may leave entries in; kept (as a union) until the id is released."""
+        if uid in self._owners.values():
+            merged = tuple(sorted(set(self._roots.get(uid, ())) | set(roots)))
+            if merged:
+                self._roots[uid] = merged
+
+    def roots_of(self, uid: int) -> tuple[str, ...]:
+        return self._roots.get(uid, ())
 
     def owner_of(self, uid: int) -> str | None:
         for owner, held in self._owners.items():
@@ -138,7 +156,10 @@ class DynamicUserPool:
         return dict(self._owners)
 
     def to_dict(self) -> dict:
-        return {"min": self.min, "max": self.max, "next": self._next, "owners": dict(self._owners)}
+        out = {"min": self.min, "max": self.max, "next": self._next, "owners": dict(self._owners)}
+        if self._roots:
+            out["roots"] = {str(uid): list(roots) for uid, roots in self._roots.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, min_id: int | None = None, max_id: int | None = None) -> DynamicUserPool:
@@ -155,6 +176,14 @@ class DynamicUserPool:
                 raise ValueError(f"dynamic user pool: id {uid} is recorded for two owners")
             seen.add(uid)
             pool._owners[str(owner)] = uid
+        roots = data.get("roots") or {}  # absent in files written before roots were recorded
+        if not isinstance(roots, dict):
+            raise ValueError("dynamic user pool: 'roots' must be a mapping")
+        for uid, paths in roots.items():
+            if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+                raise ValueError(f"dynamic user pool: roots of id {uid} must be a list of absolute paths")
+            if int(uid) in seen:
+                pool._roots[int(uid)] = tuple(paths)
         nxt = int(data.get("next", pool.min))
         pool._next = nxt if pool.min <= nxt <= pool.max else pool.min
         return pool

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import json
+import logging
 import os
 import shutil
 import threading
@@ -16,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from isolation import landlock, taskdir
+from isolation import landlock, safefile, taskdir
 from isolation.drivers.base import Health, StartError, TaskContext, TaskHandle
 from isolation.drivers.common import CommonDriver, Identity, network_for
 from isolation.launchspec import LaunchSpec, Namespaces
@@ -27,6 +28,7 @@ UNVEIL_REFUSED = "task set unveil paths but driver config does not allow this"
 POOL_FILE = "dynamic-users.json"
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Exec2Driver(CommonDriver):
@@ -88,10 +90,49 @@ class Exec2Driver(CommonDriver):
 
     def release(self, handle: TaskHandle) -> None:
         if handle.dynamic_uid and handle.uid is not None:
-            self._with_pool(lambda pool: pool.release(handle.uid))
+            self._give_back(handle.uid)
 
     def forget(self, task_id: str) -> None:
-        self._with_pool(lambda pool: pool.release_owner(task_id))
+        self._give_back(self._with_pool(lambda pool: pool.allocations().get(task_id)))
+
+    def _give_back(self, uid: int | None) -> None:
+        """Return `uid` to the pool once what it left in shared host directories is gone: a file a task made in
+        /tmp would otherwise belong to whichever task gets the id next (systemd's DynamicUser= avoids this with a
+        private /tmp; exec2 shares the host's). The id stays held until the removal is done, so a crash in
+        between leaves it reserved, never handed out with files still owned."""
+        if uid is None:
+            return
+        roots = set(self._with_pool(lambda pool: pool.roots_of(uid))) | set(self._creatable_roots(()))
+        skip = set()
+        try:
+            st = os.stat(self.runtime.state_dir)
+            skip.add((st.st_dev, st.st_ino))
+        except OSError:
+            pass
+        for root in sorted(roots):
+            try:
+                left = safefile.remove_owned(root, uid, frozenset(skip))
+            except OSError as e:
+                log.warning("dynamic uid %d: cannot remove its files below %s: %s", uid, root, e)
+                continue
+            if left:
+                log.info("dynamic uid %d: removed %d entries it left below %s", uid, left, root)
+        self._with_pool(lambda pool: pool.release(uid))
+
+    def _creatable_roots(self, requested: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+        """Existing host directories an exec2 task may make entries in ("c"), the defaults' and `requested`,
+        resolved as Landlock resolves them. tasksd's own state dir is left out (alloc dirs go with their alloc)."""
+        rules = [*(landlock.EXEC2_DEFAULT_UNVEILS if self.config.exec2.unveil_defaults else ()), *requested]
+        state = os.path.realpath(self.runtime.state_dir)
+        out = set()
+        for modes, path in rules:
+            if "c" not in modes:
+                continue
+            real = os.path.realpath(path)
+            if real == state or real.startswith(state.rstrip("/") + "/") or not os.path.isdir(real):
+                continue
+            out.add(real)
+        return tuple(sorted(out))
 
     # ---- driver ------------------------------------------------------------------------------------------
     def plugin(self):
@@ -113,15 +154,19 @@ class Exec2Driver(CommonDriver):
         health = self.fingerprint()
         if not health.healthy:
             raise StartError(health.reason)
-        self.requested_unveils(ctx)
+        requested = self.requested_unveils(ctx)
         network_for(ctx)
         held = True
         if not ctx.task.user:
+            roots = self._creatable_roots(requested)
+
             # One trip to the pool file takes the uid and says whether this instance held it already; identity()
             # picks it up from this thread's stash (the controller's workers share this driver).
             def take(pool: DynamicUserPool) -> tuple[bool, int]:
                 had = ctx.task_id in pool.allocations()
-                return had, pool.allocate(ctx.task_id)
+                uid = pool.allocate(ctx.task_id)
+                pool.note_roots(uid, roots)
+                return had, uid
             try:
                 held, uid = self._with_pool(take)
             except PoolExhausted as e:
@@ -131,7 +176,7 @@ class Exec2Driver(CommonDriver):
             return super().start(ctx)
         except BaseException:
             if not held:
-                self._with_pool(lambda pool: pool.release_owner(ctx.task_id))
+                self.forget(ctx.task_id)
             raise
         finally:
             self._stash.taken = None

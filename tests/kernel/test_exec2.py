@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import uuid
 from dataclasses import replace
@@ -368,3 +369,43 @@ def test_a_failed_setup_step_is_reported_with_its_step_errno_and_path(exec2, run
     for name in runtime.cgroups.names():
         cg = runtime.cgroups.open(name)
         assert cg is None or not cg.pids()
+
+
+@pytest.mark.parametrize("give_back", ["destroy", "forget"])
+def test_what_a_dynamic_uid_left_in_shared_dirs_goes_when_the_uid_is_given_back(exec2, runtime, tmp, give_back):
+    # A file the task makes in the host's /tmp (exec2 unveils it rwc, as Nomad does) or in an operator's shared dir
+    # would belong to whichever task gets the uid next. A restart keeps the uid and the files; giving the uid back
+    # (the task destroyed for good, or forgotten while it waited for a restart) removes them first.
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    os.chmod(scratch, 0o1777)
+    cfg = config(unveil_paths=("r:/proc", f"rwc:{scratch}"))
+    d = exec2(cfg)
+    mark = f"tasksd-leftover-{uuid.uuid4().hex[:8]}"
+    left = [Path(f"/tmp/{mark}"), Path(f"/tmp/{mark}.file"), scratch / mark]
+    script = f"mkdir /tmp/{mark} && echo x > /tmp/{mark}/f && echo y > /tmp/{mark}.file && echo z > {scratch}/{mark}"
+    ctx = make_ctx(cfg, exec2_task("/bin/sh", "-c", script))
+    h = d.start(ctx)
+    try:
+        res = d.wait(h, 30)
+        assert res is not None and res.exit_code == 0, (res, logs(h))
+        assert [os.lstat(p).st_uid for p in left] == [h.uid] * 3
+        pool = json.loads((Path(runtime.state_dir) / "dynamic-users.json").read_text())
+        assert pool["roots"] == {str(h.uid): sorted(["/tmp", str(scratch)])}
+        d.destroy(h, keep_identity=True)
+        assert all(p.exists() for p in left)
+        assert pool_owners(runtime) == {ctx.task_id: h.uid}
+        if give_back == "destroy":
+            d.destroy(h)
+        else:
+            d.forget(ctx.task_id)
+            d.destroy(h)
+        assert not [p for p in left if os.path.lexists(p)]
+        assert pool_owners(runtime) == {}
+    finally:
+        d.destroy(h)
+        for p in left[:2]:  # a failed assertion must not leave them in the host's /tmp
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif os.path.lexists(p):
+                p.unlink()

@@ -19,7 +19,7 @@ import pytest
 from controller import logread
 from isolation import artifacts
 from isolation.logs import RotatingLog, read_tail
-from isolation.safefile import open_regular, remove_tree
+from isolation.safefile import open_regular, remove_owned, remove_tree
 
 pytestmark = pytest.mark.root
 
@@ -175,6 +175,76 @@ def test_remove_tree_removes_everything_without_following_or_opening_it(tmp):
         assert (outside / "keep").read_text() == "host file"
     finally:
         watch.close()
+
+
+UID = 86543  # no account has it: stands for a dynamic uid given back to the pool
+
+
+def owned(path: Path, uid: int = UID) -> Path:
+    os.lchown(path, uid, uid)
+    return path
+
+
+def test_remove_owned_takes_only_what_the_uid_owns_wherever_it_is(tmp):
+    outside = tmp / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("host file")
+    owned(outside / "keep")  # owned, but outside the root: a symlink to it must not lead there
+    root = tmp / "shared-tmp"
+    root.mkdir(mode=0o1777)
+    (root / "f").write_text("x")
+    owned(root / "f")
+    (root / "d/sub").mkdir(parents=True)
+    (root / "d/sub/foreign").write_text("another user's, inside the uid's own directory")
+    owned(root / "d")
+    (root / "link").symlink_to(outside)
+    owned(root / "link")
+    (root / "foreign-link").symlink_to(outside)  # root's symlink to a dir of owned files: never followed
+    os.mkfifo(root / "fifo")
+    owned(root / "fifo")
+    (root / "host/.X11-unix").mkdir(parents=True)  # root's directories, with the uid's entries deep inside
+    (root / "host/.X11-unix/sock").write_text("")
+    owned(root / "host/.X11-unix/sock")
+    (root / "host/keep").write_text("root's")
+    (root / "other").write_text("another uid's")
+    owned(root / "other", UID + 1)
+    state = root / "state"  # tasksd's state dir below the root: never entered
+    (state / "alloc").mkdir(parents=True)
+    (state / "alloc/data").write_text("alloc data stays until its GC")
+    owned(state / "alloc/data")
+
+    st = os.stat(state)
+    assert remove_owned(root, UID, frozenset({(st.st_dev, st.st_ino)})) == 5
+    assert sorted(p.name for p in root.iterdir()) == ["foreign-link", "host", "other", "state"]
+    assert sorted(p.name for p in (root / "host").rglob("*")) == [".X11-unix", "keep"]
+    assert (outside / "keep").read_text() == "host file"
+    assert (state / "alloc/data").exists()
+    assert root.is_dir()  # the root itself stays, whoever owns it
+    assert remove_owned(root, UID) == 1  # without the skip: the state dir's owned file
+    assert remove_owned(root, UID) == 0
+
+
+def test_remove_owned_stays_on_the_roots_filesystem_and_never_follows_the_root(tmp):
+    from isolation import sys as ksys
+
+    root = tmp / "shared-tmp"
+    (root / "mnt").mkdir(parents=True)
+    ksys.mount("tmpfs", str(root / "mnt"), "tmpfs", 0, "size=1m")
+    try:
+        (root / "mnt/f").write_text("on another filesystem")
+        owned(root / "mnt/f")
+        assert remove_owned(root, UID) == 0
+        assert (root / "mnt/f").exists()
+    finally:
+        ksys.umount2(str(root / "mnt"))
+    target = tmp / "target"
+    target.mkdir()
+    (target / "x").write_text("x")
+    owned(target / "x")
+    (tmp / "root-link").symlink_to(target)
+    assert remove_owned(tmp / "root-link", UID) == 0  # a root that is a symlink is not walked
+    assert (target / "x").exists()
+    assert remove_owned(tmp / "missing", UID) == 0
 
 
 _FIFO_FLIPPER = r"""

@@ -144,3 +144,41 @@ def test_live_ids_are_always_distinct(ops):
         ids = list(pool.allocations().values())
         assert len(ids) == len(set(ids))
         assert all(10 <= i <= 15 and i not in (12, 14) for i in ids)
+
+
+def test_roots_are_kept_per_id_until_release_and_survive_a_restart():
+    pool = DynamicUserPool(100, 110)
+    a = pool.allocate("a", account_exists=no_accounts)
+    b = pool.allocate("b", account_exists=no_accounts)
+    pool.note_roots(a, ["/tmp"])
+    pool.note_roots(a, ["/srv/scratch", "/tmp"])  # a manifest edit unveiled one more: the union is kept
+    pool.note_roots(b, [])
+    pool.note_roots(105, ["/tmp"])  # an id nobody holds records nothing
+    assert pool.roots_of(a) == ("/srv/scratch", "/tmp")
+    assert pool.roots_of(b) == ()
+    assert pool.roots_of(105) == ()
+    restored = DynamicUserPool.from_dict(json.loads(json.dumps(pool.to_dict())))
+    assert restored.roots_of(a) == ("/srv/scratch", "/tmp")
+    restored.release(a)
+    assert restored.roots_of(a) == ()
+    assert "roots" not in restored.to_dict()  # nothing held with roots: the file reads as before
+    assert restored.release_owner("b") == b
+
+
+def test_release_owner_drops_the_roots_too():
+    pool = DynamicUserPool(100, 110)
+    a = pool.allocate("a", account_exists=no_accounts)
+    pool.note_roots(a, ["/tmp"])
+    assert pool.release_owner("a") == a
+    again = pool.allocate("a2", account_exists=no_accounts)
+    assert pool.roots_of(again) == ()
+
+
+def test_a_pool_file_without_roots_still_loads_and_bad_roots_are_refused():
+    old = {"min": 100, "max": 110, "next": 101, "owners": {"a": 100}}
+    assert DynamicUserPool.from_dict(old).roots_of(100) == ()
+    for bad in ({"100": "/tmp"}, {"100": ["tmp"]}, ["/tmp"]):
+        with pytest.raises(ValueError):
+            DynamicUserPool.from_dict({**old, "roots": bad})
+    # Roots of an id no owner holds (a hand-edited file) are dropped, not kept forever.
+    assert DynamicUserPool.from_dict({**old, "roots": {"105": ["/tmp"]}}).to_dict().get("roots") is None
