@@ -34,22 +34,17 @@ from isolation import cgroups, child, childplan
 # Imported here, never lazily in the child: after pivot_root the child can no longer see tasksd's own files.
 from isolation import caps, landlock, mounts  # noqa: F401
 from isolation import sys as ksys
+from isolation.launcher_proto import PROTOCOL_VERSION, describe_status, socket_path, via_short_path
+from isolation.launcher_proto import encode as _encode
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.logs import RotatingLog
 
 if TYPE_CHECKING:
     import subprocess  # imported when first spawning (see _spawn_fast)
 
-PROTOCOL_VERSION = 1
-# One encoder for every message: json.dumps with separators builds a new JSONEncoder per call.
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 MAX_LINE = 4 * 1024 * 1024
 MAX_OPEN_LOG_FILES = 256  # log files kept open; quieter ones are reopened at their next output (see _log_used)
 PUMP_READS_PER_WAKEUP = 16  # x 64 KiB: at most 1 MiB of one task's output per turn of the loop (see _pump)
-
-
-def socket_path(state_dir: str | os.PathLike) -> Path:
-    return Path(state_dir) / "run" / "launcher.sock"
 
 
 @dataclass(slots=True)
@@ -124,14 +119,6 @@ class LowSlots:
         for slot in self.used:
             os.dup2(self.null, slot, inheritable=False)
         self.used.clear()
-
-
-def describe_status(status: int) -> dict:
-    """A wait status as the exit record carries it (128+N and the signal when a signal killed it)."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return {"exit_code": 128 + sig, "signal": sig}
-    return {"exit_code": os.WEXITSTATUS(status), "signal": None}
 
 
 class Launcher:
@@ -960,19 +947,6 @@ def _write_atomic(path: Path, text: str) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def via_short_path(op, path: str) -> None:
-    """op(path) for a unix socket's bind or connect, also with paths longer than sun_path allows (108 bytes):
-    those go through /proc/self/fd/<fd of the directory>/<name>."""
-    if len(path.encode()) < 100:
-        op(path)
-        return
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        op(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
-    finally:
-        os.close(dfd)
 
 
 _launcher_pid = os.getpid()

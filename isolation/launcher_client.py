@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from isolation.launcher import _encode, socket_path, via_short_path
+from isolation.launcher_proto import encode as _encode
+from isolation.launcher_proto import socket_path, via_short_path
 
 Event = dict
 

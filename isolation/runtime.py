@@ -19,7 +19,7 @@ from isolation import cgroups
 from isolation import sys as ksys
 from isolation.cgroups.warm import MigrationWarmer, own_procs_file
 from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
-from isolation.launcher import describe_status
+from isolation.launcher_proto import describe_status
 from isolation.launcher_client import CallPending, LauncherClient, LauncherError
 from isolation.launchspec import LogTarget
 from isolation.spares import SparePool

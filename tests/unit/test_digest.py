@@ -31,3 +31,15 @@ def test_the_daemon_imports_no_openssl_and_no_http_server():
             "'http.client', 'email'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split() == []
+
+
+def test_the_daemon_does_not_load_the_launchers_program():
+    # The daemon talks to the launcher through isolation.launcher_proto; the launcher's event loop, child setup
+    # and their imports would only take the daemon's memory.
+    code = ("import sys, controller.daemon_main, controller.controller, controller.api, controller.watcher, "
+            "controller.store, isolation.runtime, isolation.drivers.raw_exec, isolation.drivers.exec, "
+            "isolation.drivers.exec2\n"
+            "print(' '.join(sorted(m for m in sys.modules if m in ('isolation.launcher', 'isolation.child', "
+            "'isolation.childplan', 'termios'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
