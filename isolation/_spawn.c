@@ -61,6 +61,48 @@
 #define SYS_landlock_restrict_self 446
 #endif
 
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+
+/* clone3's arguments up to `cgroup` (CLONE_ARGS_SIZE_VER2), spelled out for headers older than Linux 5.7. */
+struct t_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+#define T_CLONE_INTO_CGROUP 0x200000000ULL
+
+/* clone3 has no libc wrapper that runs a function on a new stack (glibc keeps its own internal), and a CLONE_VM
+ * child returns from the system call on the stack it was given, with none of the caller's frame there: so the
+ * child's side is written out, as libc's clone() does it. x86_64 only: elsewhere spawn() reports ENOSYS for
+ * cgroup_fd and the launcher joins the cgroup with a write, as before. */
+#if defined(__x86_64__)
+#define HAVE_CLONE3_VM 1
+static long clone3_vm(struct t_clone_args *args, int (*fn)(void *), void *arg) {
+    long ret;
+    register void *r_fn __asm__("r12") = (void *)fn;   /* callee-saved, and copied into the child */
+    register void *r_arg __asm__("r13") = arg;
+    __asm__ __volatile__(
+        "syscall\n\t"
+        "test %%rax, %%rax\n\t"
+        "jnz 1f\n\t"
+        /* The child, on args->stack + args->stack_size (16-byte aligned): fn(arg), then exit with its value. */
+        "xor %%ebp, %%ebp\n\t"
+        "mov %%r13, %%rdi\n\t"
+        "call *%%r12\n\t"
+        "mov %%eax, %%edi\n\t"
+        "mov $60, %%eax\n\t" /* SYS_exit */
+        "syscall\n\t"
+        "hlt\n\t"
+        "1:\n\t"
+        : "=a"(ret)
+        : "0"((long)SYS_clone3), "D"(args), "S"(sizeof(*args)), "r"(r_fn), "r"(r_arg)
+        : "rcx", "r11", "memory", "cc");
+    return ret;
+}
+#else
+#define HAVE_CLONE3_VM 0
+#endif
+
 /* 32-bit x86 and arm have 16-bit legacy set*id calls under the plain names. */
 #ifdef SYS_setresuid32
 #define NR_setresuid SYS_setresuid32
@@ -552,22 +594,25 @@ static char **as_argv(PyObject *seq, const char *what) {
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(clone_flags, errpipe, deadline_s, ops, path, argv, envp, groups, fd_limit=0) -> pid\n\n"
+"spawn(clone_flags, errpipe, deadline_s, ops, path, argv, envp, groups, fd_limit=0, cgroup_fd=-1) -> pid\n\n"
 "Clone a child sharing this process's memory (CLONE_VM | CLONE_VFORK plus clone_flags' namespaces), run ops in\n"
 "it, then execve(path, argv, envp). Returns once the child has exec'd or failed; a failure is reported on\n"
 "errpipe as JSON. ops are tuples (code, flags, step, i0, i1, i2, s0, s1, s2, s3) of ints and bytes/None;\n"
 "argv and envp lists of bytes; groups a list of gids for OP_SETGROUPS. With fd_limit > 0 the child shares the\n"
 "caller's descriptor table until its first step, which keeps a copy of the descriptors below fd_limit only: every\n"
-"descriptor the ops and errpipe name must be below it. The caller must be single-threaded.");
+"descriptor the ops and errpipe name must be below it. With cgroup_fd >= 0 (a cgroup v2 directory) the child is\n"
+"born in that cgroup (clone3 CLONE_INTO_CGROUP): no migration, so no wait on the kernel's cgroup_threadgroup_rwsem;\n"
+"OSError ENOSYS where that is not built (HAVE_CLONE_INTO_CGROUP), E2BIG or ENOSYS from kernels before 5.7.\n"
+"The caller must be single-threaded.");
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
     unsigned long clone_flags;
     int errpipe;
     long deadline_s;
     PyObject *ops, *path_o, *argv_o, *envp_o, *groups_o;
-    int fd_limit = 0;
-    if (!PyArg_ParseTuple(args, "kilO!OO!O!O|i", &clone_flags, &errpipe, &deadline_s, &PyList_Type, &ops, &path_o,
-                          &PyList_Type, &argv_o, &PyList_Type, &envp_o, &groups_o, &fd_limit))
+    int fd_limit = 0, cgroup_fd = -1;
+    if (!PyArg_ParseTuple(args, "kilO!OO!O!O|ii", &clone_flags, &errpipe, &deadline_s, &PyList_Type, &ops, &path_o,
+                          &PyList_Type, &argv_o, &PyList_Type, &envp_o, &groups_o, &fd_limit, &cgroup_fd))
         return NULL;
     if (errpipe < 3 || deadline_s < 1) {
         PyErr_SetString(PyExc_ValueError, "errpipe must be >= 3 and the deadline at least 1 s");
@@ -640,8 +685,31 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
      * child shares until it has reset the dispositions. */
     uint64_t all = ~0ULL, old = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
-    pid_t pid = clone(child_main, child_stack + sizeof(child_stack),
-                      (int)(CLONE_VM | CLONE_VFORK | SIGCHLD | clone_flags | (fd_limit > 0 ? CLONE_FILES : 0)), &pl);
+    pid_t pid;
+    if (cgroup_fd >= 0) {
+#if HAVE_CLONE3_VM
+        struct t_clone_args ca;
+        memset(&ca, 0, sizeof(ca));
+        ca.flags = CLONE_VM | CLONE_VFORK | T_CLONE_INTO_CGROUP | clone_flags | (fd_limit > 0 ? CLONE_FILES : 0);
+        ca.exit_signal = SIGCHLD;
+        ca.stack = (uint64_t)(uintptr_t)child_stack;
+        ca.stack_size = sizeof(child_stack);
+        ca.cgroup = (uint64_t)cgroup_fd;
+        long r = clone3_vm(&ca, child_main, &pl);
+        if (r < 0) {
+            errno = (int)-r;
+            pid = -1;
+        } else {
+            pid = (pid_t)r;
+        }
+#else
+        errno = ENOSYS;
+        pid = -1;
+#endif
+    } else {
+        pid = clone(child_main, child_stack + sizeof(child_stack),
+                    (int)(CLONE_VM | CLONE_VFORK | SIGCHLD | clone_flags | (fd_limit > 0 ? CLONE_FILES : 0)), &pl);
+    }
     int saved = errno;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
     if (pid < 0) {
@@ -668,6 +736,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "isolation._spawn", N
 PyMODINIT_FUNC PyInit__spawn(void) {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    if (PyModule_AddIntConstant(m, "HAVE_CLONE_INTO_CGROUP", HAVE_CLONE3_VM) < 0) { Py_DECREF(m); return NULL; }
 #define C(name) if (PyModule_AddIntConstant(m, #name, name) < 0) { Py_DECREF(m); return NULL; }
     C(OP_SETSID) C(OP_WRITE) C(OP_SETNS_FD) C(OP_SETNS_PATH) C(OP_ENTER_ROOT) C(OP_LOOPBACK_UP)
     C(OP_SETHOSTNAME) C(OP_MOUNT) C(OP_OPEN_ROOT) C(OP_REMOUNT_ROOT_KEEP) C(OP_BIND_BENEATH)

@@ -39,6 +39,16 @@ def available() -> bool:
     return _spawn is not None and os.environ.get("TASKSD_CHILD", "c") != "python"
 
 
+def clone_into_cgroup_built() -> bool:
+    return _spawn is not None and bool(getattr(_spawn, "HAVE_CLONE_INTO_CGROUP", 0))
+
+
+def probe_spawn(errpipe: int, cgroup_fd: int) -> int:
+    """A child cloned into `cgroup_fd` that runs no step and fails its execve (exit 127, reported on errpipe)."""
+    return _spawn.spawn(0, errpipe, SETUP_DEADLINE_S, [], b"/nonexistent/tasksd-clone-probe", [b"probe"], [], None,
+                        0, cgroup_fd)
+
+
 @dataclass
 class Plan:
     clone_flags: int
@@ -53,9 +63,10 @@ class _Ops(list):
         self.append((getattr(_spawn, code), flags, step.encode(), *i, *strs))
 
 
-def compile_plan(spec: LaunchSpec, fds: dict, enter: dict | None) -> Plan:
+def compile_plan(spec: LaunchSpec, fds: dict, enter: dict | None, born_in: str | None = None) -> Plan:
     """`fds`: stdin, stdout, stderr and errpipe as the launcher opened them; `enter`: the namespace and root fds
-    of a running task (exec into it), whose pid namespace the caller enters around the clone."""
+    of a running task (exec into it), whose pid namespace the caller enters around the clone; `born_in`: the one
+    cgroup.procs of spec.cgroup_procs the child is cloned into (CLONE_INTO_CGROUP), which it need not join."""
     ops = _Ops()
     ns = spec.namespaces
     flags = 0
@@ -64,7 +75,8 @@ def compile_plan(spec: LaunchSpec, fds: dict, enter: dict | None) -> Plan:
     if spec.setsid:
         ops.add("OP_SETSID", "new session")
     for procs in spec.cgroup_procs:
-        ops.add("OP_WRITE", "join cgroup", s=(procs, "0"))
+        if procs != born_in:
+            ops.add("OP_WRITE", "join cgroup", s=(procs, "0"))
     if enter:
         for name, nstype in (("ipc", ksys.CLONE_NEWIPC), ("uts", ksys.CLONE_NEWUTS), ("net", ksys.CLONE_NEWNET),
                              ("mnt", ksys.CLONE_NEWNS)):
@@ -219,14 +231,18 @@ def _credentials(ops: _Ops, spec: LaunchSpec) -> list[int] | None:
     return groups
 
 
-def spawn(spec: LaunchSpec, fds: dict, enter: dict | None, fd_limit: int = 0) -> int:
+def spawn(spec: LaunchSpec, fds: dict, enter: dict | None, fd_limit: int = 0,
+          born_in: tuple[str, int] | None = None) -> int:
     """Clone the task's process and run its setup in C; returns once it has exec'd or failed (reported on
     fds["errpipe"]). With fd_limit, every descriptor in `fds` and `enter` is below it and the child keeps only
-    those (see isolation._spawn and the launcher's LowSlots)."""
-    plan = compile_plan(spec, fds, enter)
+    those (see isolation._spawn and the launcher's LowSlots). born_in: (one of spec.cgroup_procs, a descriptor of
+    its cgroup v2 directory) to clone the child straight into that cgroup; OSError ENOSYS or E2BIG when this
+    build or kernel cannot (then the caller spawns without it)."""
+    plan = compile_plan(spec, fds, enter, born_in[0] if born_in else None)
     for k, _ in spec.env:
         if not k or "=" in k:
             raise ValueError(f"illegal environment variable name {k!r}")
     env = [os.fsencode(f"{k}={v}") for k, v in spec.env]
     return _spawn.spawn(plan.clone_flags, fds["errpipe"], SETUP_DEADLINE_S, plan.ops, os.fsencode(spec.path),
-                        [os.fsencode(a) for a in spec.argv], env, plan.groups, fd_limit)
+                        [os.fsencode(a) for a in spec.argv], env, plan.groups, fd_limit,
+                        born_in[1] if born_in else -1)

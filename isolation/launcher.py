@@ -151,6 +151,23 @@ class Launcher:
         self.c_child = childplan.available()
         # Made now, while the numbers are low: the C child copies only the descriptors below these (see LowSlots).
         self.low = LowSlots() if self.c_child else None
+        # The C child is cloned straight into the task's cgroup v2 directory (clone3 CLONE_INTO_CGROUP) instead
+        # of writing its pid into cgroup.procs. A migration takes the kernel's cgroup_threadgroup_rwsem for
+        # writing, and the first one after a quiet spell waits a whole RCU grace period for it (5-16 ms here); a
+        # clone into the cgroup takes it for reading only. On pure v2 a task then needs no migration at all; on
+        # hybrid its v1 hierarchies still do. Off when the build or kernel lacks it (found at the first spawn),
+        # or with TASKSD_CLONE_INTO_CGROUP=0.
+        #
+        # Kernels with the fork/cgroup.kill race fix (6.14, and the stable lines it went back to) read, for
+        # CLONE_INTO_CGROUP, the kill counter of the parent's cgroup instead of the target's, and SIGKILL the new
+        # child at birth whenever the target was ever sent cgroup.kill (6.18 here; see _clone_into_killed_ok).
+        # On those, only a cgroup made by op_cgroup for this very start (never killed) is cloned into; a restart
+        # into a reused one joins by writing.
+        self.v2_prefix = str(layout.v2_mount) + "/" if layout.v2_mount else None
+        self.clone_into = bool(self.c_child and self.v2_prefix and childplan.clone_into_cgroup_built()
+                               and os.environ.get("TASKSD_CLONE_INTO_CGROUP", "1") != "0")
+        self.fresh_v2: set[str] = set()  # v2 dirs op_cgroup made that no spawn went into yet
+        self.killed_clone_ok: bool | None = None  # see _clone_into_killed_ok; None: not probed yet
 
     # ---- setup -------------------------------------------------------------------------------------------
     def listen(self) -> socket.socket:
@@ -335,7 +352,8 @@ class Launcher:
 
     def op_ping(self, req, conn) -> dict:
         return {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "boot_id": self.boot_id,
-                "child": "c" if self.c_child else "python"}
+                "child": "c" if self.c_child else "python", "clone_into_cgroup": self.clone_into,
+                "clone_into_killed_cgroup": self.killed_clone_ok}
 
     def op_list(self, req, conn) -> dict:
         return {
@@ -388,6 +406,10 @@ class Launcher:
             raise LaunchError(str(e), "cgroup", errno.ENOENT) from None
         except (cgroups.CgroupError, OSError) as e:
             raise LaunchError(str(e), "cgroup", getattr(e, "errno", None) or errno.EIO) from None
+        if self.v2_prefix:
+            for p in dirs.values():
+                if p.startswith(self.v2_prefix):
+                    (self.fresh_v2.discard if task.existed else self.fresh_v2.add)(p)
         return {"existed": task.existed}
 
     def op_open_logs(self, req, conn) -> dict:
@@ -779,7 +801,7 @@ class Launcher:
             switched = True
         try:
             if use_c:
-                return childplan.spawn(spec, fds, enter, fd_limit)
+                return self._spawn_c(spec, fds, enter, fd_limit)
             pid = os.fork()
         finally:
             if switched and os.getpid() == _launcher_pid:
@@ -788,6 +810,84 @@ class Launcher:
             fds["enter"] = enter
             child.run(spec, fds)  # never returns
         return pid
+
+    def _spawn_c(self, spec: LaunchSpec, fds: dict, enter: dict | None, fd_limit: int) -> int:
+        born_in = self._cgroup_to_clone_into(spec) if self.clone_into else None
+        if born_in is None:
+            return childplan.spawn(spec, fds, enter, fd_limit)
+        try:
+            return childplan.spawn(spec, fds, enter, fd_limit, born_in)
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.E2BIG):
+                # The clone itself refused the cgroup (gone, or not a leaf): what joining it would have said.
+                raise LaunchError(f"spawn failed at step join cgroup: {e.strerror}: {born_in[0]}", "join cgroup",
+                                  e.errno or errno.EIO) from None
+            self.clone_into = False  # a kernel before 5.7: join by writing cgroup.procs from now on
+            _log(f"launcher: clone3 CLONE_INTO_CGROUP unavailable ({e.strerror}); tasks join their cgroup by pid")
+        finally:
+            os.close(born_in[1])
+        return childplan.spawn(spec, fds, enter, fd_limit)
+
+    def _cgroup_to_clone_into(self, spec: LaunchSpec) -> tuple[str, int] | None:
+        """The task's cgroup.procs in the v2 hierarchy and an O_PATH descriptor of its directory, or None (no v2
+        cgroup in the spec, or it cannot be opened: then the child's write reports what is wrong)."""
+        for procs in spec.cgroup_procs:
+            if procs.startswith(self.v2_prefix):
+                d = os.path.dirname(procs)
+                fresh = d in self.fresh_v2
+                self.fresh_v2.discard(d)  # from now on it may be killed: only op_cgroup makes it fresh again
+                if not fresh and not self._clone_into_killed_ok(os.path.dirname(d)):
+                    return None
+                try:
+                    return procs, os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError:
+                    return None
+        return None
+
+    def _clone_into_killed_ok(self, parent: str) -> bool:
+        """Whether this kernel lets a child cloned into a cgroup that was once sent cgroup.kill live. Found once,
+        in a scratch cgroup below `parent` (the tasks' parent): it is killed, then a child that can only fail its
+        execve is cloned into it; a child the kernel SIGKILLed at birth never got that far."""
+        if self.killed_clone_ok is not None:
+            return self.killed_clone_ok
+        d = f"{parent}/.clone-probe-{os.getpid()}"
+        try:
+            os.mkdir(d)
+        except OSError as e:
+            _log(f"launcher: cannot probe clone3 into a killed cgroup ({e.strerror}); reused cgroups are joined by pid")
+            self.killed_clone_ok = False
+            return False
+        try:
+            with open(f"{d}/cgroup.kill", "w") as f:
+                f.write("1")
+            r, w = os.pipe2(os.O_CLOEXEC)
+            fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                pid = childplan.probe_spawn(w, fd)
+            finally:
+                os.close(w)
+                os.close(fd)
+            os.read(r, 4096)
+            os.close(r)
+            _, status = os.waitpid(pid, 0)
+            self.killed_clone_ok = not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+        except OSError as e:
+            _log(f"launcher: probing clone3 into a killed cgroup failed ({e.strerror}); reused cgroups are joined by pid")
+            self.killed_clone_ok = False
+        finally:
+            deadline = time.monotonic() + 1
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        _log(f"launcher: cannot remove {d}")
+                        break
+                    time.sleep(0.001)
+        return self.killed_clone_ok
 
     # ---- exits and logs ----------------------------------------------------------------------------------
     def _reap(self) -> None:

@@ -145,3 +145,18 @@ def test_spawn_cli_prints_the_table_and_cleans_up():
     left = [p for d in _own_cgroup_dirs() for p in d.glob(f"{prefix}*")]
     assert left == []
     assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(prefix)]
+
+
+@pytest.mark.root
+def test_cgroup_join_cli_prints_both_ways_and_cleans_up():
+    from isolation import childplan
+
+    if not childplan.clone_into_cgroup_built():
+        pytest.skip("isolation._spawn built without clone3 (x86_64 only)")
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "cgroup_join.py"), "--n", "2", "--quiet", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "| child writes its pid into cgroup.procs (a migration) |" in out
+    assert "| cloned into the cgroup (clone3 CLONE_INTO_CGROUP) |" in out
+    assert [p for d in _own_cgroup_dirs() for p in d.glob(f"tasksd-bench-join-{proc.pid}-*")] == []

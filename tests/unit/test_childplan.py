@@ -81,3 +81,13 @@ def test_ids_the_kernel_would_truncate_or_ignore_are_refused():
     op = (childplan._spawn.OP_SETRESUID, 0, b"credentials", -1, 0, 0, None, None, None, None)
     with pytest.raises(ValueError, match="out of range"):
         childplan._spawn.spawn(0, 13, 5, [op], b"/bin/true", [b"/bin/true"], [], None)
+
+
+def test_a_child_born_in_its_v2_cgroup_joins_only_the_others():
+    v2, mem = "/sys/fs/cgroup/unified/p/t/cgroup.procs", "/sys/fs/cgroup/memory/p/t/cgroup.procs"
+    spec = _spec(cgroup_procs=(v2, mem))
+
+    def joins(plan) -> list[str]:
+        return [op[6].decode() for op in plan.ops if op[2] == b"join cgroup"]
+    assert joins(childplan.compile_plan(spec, FDS, None)) == [v2, mem]
+    assert joins(childplan.compile_plan(spec, FDS, None, born_in=v2)) == [mem]
