@@ -160,14 +160,15 @@ class Launcher:
         #
         # Kernels with the fork/cgroup.kill race fix (6.14, and the stable lines it went back to) read, for
         # CLONE_INTO_CGROUP, the kill counter of the parent's cgroup instead of the target's, and SIGKILL the new
-        # child at birth whenever the target was ever sent cgroup.kill (6.18 here; see _clone_into_killed_ok).
+        # child at birth whenever the target was ever sent cgroup.kill (6.18 here; see _probe_clone_into).
         # On those, only a cgroup made by op_cgroup for this very start (never killed) is cloned into; a restart
         # into a reused one joins by writing.
         self.v2_prefix = str(layout.v2_mount) + "/" if layout.v2_mount else None
         self.clone_into = bool(self.c_child and self.v2_prefix and childplan.clone_into_cgroup_built()
                                and os.environ.get("TASKSD_CLONE_INTO_CGROUP", "1") != "0")
         self.fresh_v2: set[str] = set()  # v2 dirs op_cgroup made that no spawn went into yet
-        self.killed_clone_ok: bool | None = None  # see _clone_into_killed_ok; None: not probed yet
+        self.killed_clone_ok: bool | None = None  # see _probe_clone_into; None: not asked yet
+        self.joins = {"clone": 0, "pid": 0}  # how C children got into their v2 cgroup (ping)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def listen(self) -> socket.socket:
@@ -353,7 +354,7 @@ class Launcher:
     def op_ping(self, req, conn) -> dict:
         return {"pid": os.getpid(), "protocol": PROTOCOL_VERSION, "boot_id": self.boot_id,
                 "child": "c" if self.c_child else "python", "clone_into_cgroup": self.clone_into,
-                "clone_into_killed_cgroup": self.killed_clone_ok}
+                "clone_into_killed_cgroup": self.killed_clone_ok, "cgroup_joins": dict(self.joins)}
 
     def op_list(self, req, conn) -> dict:
         return {
@@ -406,10 +407,15 @@ class Launcher:
             raise LaunchError(str(e), "cgroup", errno.ENOENT) from None
         except (cgroups.CgroupError, OSError) as e:
             raise LaunchError(str(e), "cgroup", getattr(e, "errno", None) or errno.EIO) from None
-        if self.v2_prefix:
+        if self.clone_into:
             for p in dirs.values():
                 if p.startswith(self.v2_prefix):
-                    (self.fresh_v2.discard if task.existed else self.fresh_v2.add)(p)
+                    if self.killed_clone_ok is None:
+                        self._probe_clone_into(os.path.dirname(p))
+                    if task.existed:
+                        self.fresh_v2.discard(p)
+                    elif len(self.fresh_v2) < 4096:  # made for starts that never came: bounded
+                        self.fresh_v2.add(p)
         return {"existed": task.existed}
 
     def op_open_logs(self, req, conn) -> dict:
@@ -813,30 +819,34 @@ class Launcher:
 
     def _spawn_c(self, spec: LaunchSpec, fds: dict, enter: dict | None, fd_limit: int) -> int:
         born_in = self._cgroup_to_clone_into(spec) if self.clone_into else None
-        if born_in is None:
-            return childplan.spawn(spec, fds, enter, fd_limit)
-        try:
-            return childplan.spawn(spec, fds, enter, fd_limit, born_in)
-        except OSError as e:
-            if e.errno not in (errno.ENOSYS, errno.E2BIG):
-                # The clone itself refused the cgroup (gone, or not a leaf): what joining it would have said.
-                raise LaunchError(f"spawn failed at step join cgroup: {e.strerror}: {born_in[0]}", "join cgroup",
-                                  e.errno or errno.EIO) from None
-            self.clone_into = False  # a kernel before 5.7: join by writing cgroup.procs from now on
-            _log(f"launcher: clone3 CLONE_INTO_CGROUP unavailable ({e.strerror}); tasks join their cgroup by pid")
-        finally:
-            os.close(born_in[1])
-        return childplan.spawn(spec, fds, enter, fd_limit)
+        if born_in is not None:
+            try:
+                pid = childplan.spawn(spec, fds, enter, fd_limit, born_in)
+                self.joins["clone"] += 1
+                return pid
+            except OSError as e:
+                # No child was made. Whatever the clone into the cgroup refused is tried once the old way, which
+                # reports a cgroup's own problem at its step ("join cgroup") and anything else as before. A build,
+                # kernel or seccomp policy that refuses clone3 itself turns the way off.
+                if e.errno in (errno.ENOSYS, errno.E2BIG, errno.EPERM, errno.EINVAL):
+                    self.clone_into = False
+                    _log(f"launcher: clone3 CLONE_INTO_CGROUP refused ({e.strerror}); tasks join their cgroup by pid")
+            finally:
+                os.close(born_in[1])
+        pid = childplan.spawn(spec, fds, enter, fd_limit)
+        self.joins["pid"] += 1
+        return pid
 
     def _cgroup_to_clone_into(self, spec: LaunchSpec) -> tuple[str, int] | None:
         """The task's cgroup.procs in the v2 hierarchy and an O_PATH descriptor of its directory, or None (no v2
-        cgroup in the spec, or it cannot be opened: then the child's write reports what is wrong)."""
+        cgroup in the spec, a reused cgroup on a kernel that kills children cloned into those, or it cannot be
+        opened: then the child's write reports what is wrong)."""
         for procs in spec.cgroup_procs:
             if procs.startswith(self.v2_prefix):
                 d = os.path.dirname(procs)
                 fresh = d in self.fresh_v2
                 self.fresh_v2.discard(d)  # from now on it may be killed: only op_cgroup makes it fresh again
-                if not fresh and not self._clone_into_killed_ok(os.path.dirname(d)):
+                if not fresh and not self.killed_clone_ok:
                     return None
                 try:
                     return procs, os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -844,35 +854,27 @@ class Launcher:
                     return None
         return None
 
-    def _clone_into_killed_ok(self, parent: str) -> bool:
-        """Whether this kernel lets a child cloned into a cgroup that was once sent cgroup.kill live. Found once,
-        in a scratch cgroup below `parent` (the tasks' parent): it is killed, then a child that can only fail its
-        execve is cloned into it; a child the kernel SIGKILLed at birth never got that far."""
-        if self.killed_clone_ok is not None:
-            return self.killed_clone_ok
+    def _probe_clone_into(self, parent: str) -> None:
+        """Ask the kernel once, in a scratch cgroup below `parent` (the tasks' parent), with a child that can only
+        fail its execve (exit 127): is a child cloned into a new cgroup born alive, and into a cgroup that was
+        once sent cgroup.kill? Run from op_cgroup, in the launcher's own namespaces, before any spawn uses it."""
         d = f"{parent}/.clone-probe-{os.getpid()}"
         try:
             os.mkdir(d)
         except OSError as e:
-            _log(f"launcher: cannot probe clone3 into a killed cgroup ({e.strerror}); reused cgroups are joined by pid")
+            _log(f"launcher: cannot probe clone3 into a cgroup ({e.strerror}); reused cgroups are joined by pid")
             self.killed_clone_ok = False
-            return False
+            return
         try:
+            if not self._born_alive(d):
+                self.clone_into = False
+                _log("launcher: a child cloned into a new cgroup did not live; tasks join their cgroup by pid")
+                return
             with open(f"{d}/cgroup.kill", "w") as f:
                 f.write("1")
-            r, w = os.pipe2(os.O_CLOEXEC)
-            fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                pid = childplan.probe_spawn(w, fd)
-            finally:
-                os.close(w)
-                os.close(fd)
-            os.read(r, 4096)
-            os.close(r)
-            _, status = os.waitpid(pid, 0)
-            self.killed_clone_ok = not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+            self.killed_clone_ok = self._born_alive(d)
         except OSError as e:
-            _log(f"launcher: probing clone3 into a killed cgroup failed ({e.strerror}); reused cgroups are joined by pid")
+            _log(f"launcher: probing clone3 into a cgroup failed ({e.strerror}); reused cgroups are joined by pid")
             self.killed_clone_ok = False
         finally:
             deadline = time.monotonic() + 1
@@ -887,7 +889,23 @@ class Launcher:
                         _log(f"launcher: cannot remove {d}")
                         break
                     time.sleep(0.001)
-        return self.killed_clone_ok
+
+    @staticmethod
+    def _born_alive(d: str) -> bool:
+        fds: list[int] = []
+        try:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            fds += [r, w]
+            fds.append(os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+            pid = childplan.probe_spawn(w, fds[2])
+            os.close(w)
+            fds.remove(w)
+            os.read(r, 4096)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        return not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
 
     # ---- exits and logs ----------------------------------------------------------------------------------
     def _reap(self) -> None:

@@ -13,6 +13,8 @@ import errno
 import os
 import stat
 
+from isolation import sys as ksys
+
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -118,26 +120,44 @@ def _remove_below(parent: int, name: str) -> None:
         stack.append((sub, _names(sub), fd, entry))
 
 
-def remove_owned(root: str | os.PathLike, uid: int, skip: frozenset[tuple[int, int]] = frozenset()) -> int:
-    """Delete every entry below `root` that `uid` owns, each with everything below it, and return how many there
-    were. For a dynamic uid given back to the pool: whatever its task left in a shared directory (/tmp) would
-    otherwise belong to the next task that gets the id. Entries of other owners are kept, and looked into when
-    they are directories on root's filesystem (other mounts below it are not entered); `root` itself is never
-    removed, nor anything whose (st_dev, st_ino) is in `skip` (tasksd's state dir, when it lies below root). Like
-    remove_tree: no symlink is followed, only directories are opened (O_NONBLOCK), no recursion in Python. An
-    owned entry that cannot be removed is left (counted all the same; the caller may check again)."""
+MAX_OWNED_DEPTH = 256  # directory levels remove_owned descends (one descriptor each); deeper is reported as left
+
+
+def remove_owned(root: str | os.PathLike, uid: int, skip: frozenset[tuple[int, int]] = frozenset()) -> tuple[int, int]:
+    """Delete what `uid` owns below `root`; return (entries removed, owned entries left).
+
+    For a dynamic uid given back to the pool: what its task left in a shared directory (/tmp) would otherwise
+    belong to the next task that gets the id. Every directory on root's filesystem is looked into, whoever owns
+    it. An owned file, symlink, socket or FIFO is unlinked; an owned directory is first chowned to root through the
+    descriptor it was verified on (so whatever happens next, it is no longer the uid's), emptied of the uid's
+    entries, and removed when nothing else is in it: other owners' entries, and mounts, are never deleted. Entries
+    on other filesystems and those whose (st_dev, st_ino) is in `skip` (tasksd's state dir) are not touched. No
+    symlink is followed, `root`'s path included; only directories are opened (O_NONBLOCK), each checked to be the
+    inode that was looked at. At most MAX_OWNED_DEPTH levels are held open: a deeper tree counts as left, as does
+    a root that cannot be opened safely, so the caller keeps the uid out of the pool rather than hand it on with
+    files. Names are unlinked by name: in a directory writable by a third party that party could swap one in
+    between, but could unlink it as well, so nothing is removed that it could not remove itself."""
     try:
-        top = open_dir(root)
+        top = ksys.openat2(ksys.AT_FDCWD, os.fspath(root), _SUBDIR_FLAGS, ksys.RESOLVE_NO_SYMLINKS)
+    except FileNotFoundError:
+        return 0, 0
     except OSError:
-        return 0  # missing, or a symlink: nothing of ours to walk
+        return 0, 1  # a symlink on the way, or unreadable: cannot be walked safely
     dev = os.fstat(top).st_dev
-    found = 0
-    stack = [(top, _names(top))]
+    removed = left = 0
+    # Frames: [directory fd, names left in it, parent fd, its name there if it was the uid's, else None].
+    stack: list[list] = [[top, _names(top), -1, None]]
     try:
         while stack:
-            fd, names = stack[-1]
+            fd, names, up, here = stack[-1]
             if not names:
                 stack.pop()
+                if here is not None:  # an owned directory (root's now): gone if nothing else is left in it
+                    try:
+                        os.rmdir(here, dir_fd=up)
+                        removed += 1
+                    except OSError:
+                        pass  # others' entries or a mount remain: it stays, root's
                 os.close(fd)
                 continue
             name = names.pop()
@@ -145,27 +165,46 @@ def remove_owned(root: str | os.PathLike, uid: int, skip: frozenset[tuple[int, i
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) in skip:
+            if st.st_dev != dev or (st.st_dev, st.st_ino) in skip:
                 continue
-            if st.st_uid == uid:
-                found += 1
-                _remove_below(fd, name)
+            owned = st.st_uid == uid
+            if not stat.S_ISDIR(st.st_mode):
+                if owned:
+                    try:
+                        os.unlink(name, dir_fd=fd)
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        left += 1
                 continue
-            if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
+            if len(stack) >= MAX_OWNED_DEPTH:
+                left += 1  # what lies below is not known
                 continue
             try:
                 sub = os.open(name, _SUBDIR_FLAGS, dir_fd=fd)
             except OSError:
+                left += owned
                 continue
             sst = os.fstat(sub)
-            if (sst.st_ino, sst.st_dev) != (st.st_ino, st.st_dev):
-                os.close(sub)  # swapped between the stat and the open: not what was looked at
+            if (sst.st_dev, sst.st_ino) != (st.st_dev, st.st_ino):
+                os.close(sub)  # swapped between the look and the open: not what was looked at
+                left += owned
                 continue
-            stack.append((sub, _names(sub)))
+            if sst.st_uid == uid:
+                try:
+                    os.fchown(sub, 0, 0)
+                except OSError:
+                    os.close(sub)
+                    left += 1
+                    continue
+                stack.append([sub, _names(sub), fd, name])  # removed once empty (it is root's now)
+            else:
+                stack.append([sub, _names(sub), fd, None])  # someone else's: only looked into
     finally:
-        for fd, _ in stack:
-            os.close(fd)
-    return found
+        for frame in stack:
+            os.close(frame[0])
+    return removed, left
 
 
 def _names(fd: int) -> list[str]:

@@ -309,6 +309,7 @@ def malloc_trim() -> bool:
 # a component swapped for a symlink in between; these resolve and attach in one kernel step.
 
 RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 OPEN_TREE_CLONE = 1
 AT_FDCWD = -100

@@ -146,6 +146,15 @@ class DynamicUserPool:
     def roots_of(self, uid: int) -> tuple[str, ...]:
         return self._roots.get(uid, ())
 
+    def rekey(self, uid: int, owner_key: str) -> None:
+        """Hand `uid` (held) to another owner key, its roots with it: a uid being given back is held by
+        "releasing:<uid>" while its files are removed, so the task instance that had it gets a new one if it
+        starts again meanwhile; one whose files could not all be removed stays held as "quarantined:<uid>"."""
+        for owner, held in list(self._owners.items()):
+            if held == uid:
+                del self._owners[owner]
+                self._owners[owner_key] = uid
+
     def owner_of(self, uid: int) -> str | None:
         for owner, held in self._owners.items():
             if held == uid:

@@ -39,6 +39,8 @@ class Exec2Driver(CommonDriver):
         super().__init__(runtime, config)
         self._pool_file = Path(runtime.state_dir) / POOL_FILE
         self._stash = threading.local()
+        self._purge_lock = threading.Lock()
+        self._purges: list[threading.Thread] = []
 
     # ---- dynamic users -----------------------------------------------------------------------------------
     def _with_pool(self, fn: Callable[[DynamicUserPool], T]) -> T:
@@ -90,18 +92,48 @@ class Exec2Driver(CommonDriver):
 
     def release(self, handle: TaskHandle) -> None:
         if handle.dynamic_uid and handle.uid is not None:
-            self._give_back(handle.uid)
+            # Only while this task (or the cgroup it ran in, for a pool rebuilt from cgroups) still holds it: a
+            # stale handle must not take a uid, and its files, from whoever holds it now.
+            if self._begin_give_back(handle.uid, (handle.task_id, f"recovered:{handle.cgroup}")):
+                self._finish_give_back(handle.uid)
 
-    def forget(self, task_id: str) -> None:
-        self._give_back(self._with_pool(lambda pool: pool.allocations().get(task_id)))
-
-    def _give_back(self, uid: int | None) -> None:
-        """Return `uid` to the pool once what it left in shared host directories is gone: a file a task made in
-        /tmp would otherwise belong to whichever task gets the id next (systemd's DynamicUser= avoids this with a
-        private /tmp; exec2 shares the host's). The id stays held until the removal is done, so a crash in
-        between leaves it reserved, never handed out with files still owned."""
-        if uid is None:
+    def forget(self, task_id: str, background: bool = True) -> None:
+        """The instance is gone for good: give its uid back. Called on the controller's loop, so the walk of the
+        shared directories runs on a thread of its own unless `background` is False."""
+        uid = self._with_pool(lambda pool: pool.allocations().get(task_id))
+        if uid is None or not self._begin_give_back(uid, (task_id,)):
             return
+        if not background:
+            self._finish_give_back(uid)
+        else:
+            # Not a daemon thread: tasksd's exit waits for it (cut short, the uid would stay held for good).
+            t = threading.Thread(target=self._finish_give_back, args=(uid,), name=f"exec2-uid-{uid}", daemon=False)
+            with self._purge_lock:
+                self._purges = [p for p in self._purges if p.is_alive()] + [t]
+            t.start()
+
+    def wait_give_backs(self, timeout: float | None = None) -> None:
+        """Wait for uids being given back on threads (forget) to be done: for drains and tests."""
+        with self._purge_lock:
+            pending = list(self._purges)
+        for t in pending:
+            t.join(timeout)
+
+    def _begin_give_back(self, uid: int, owners: tuple[str, ...]) -> bool:
+        """Re-key `uid` to "releasing:<uid>" if one of `owners` holds it. A task instance that starts again
+        meanwhile gets another uid; a crash before _finish_give_back leaves it held, never handed on."""
+        def begin(pool: DynamicUserPool) -> bool:
+            if pool.owner_of(uid) not in owners:
+                return False
+            pool.rekey(uid, f"releasing:{uid}")
+            return True
+        return self._with_pool(begin)
+
+    def _finish_give_back(self, uid: int) -> None:
+        """Remove what `uid` left in shared host directories, then return it to the pool: a file a task made in
+        /tmp would otherwise belong to whichever task gets the id next (systemd's DynamicUser= avoids this with a
+        private /tmp; exec2 shares the host's). If anything it owns could not be removed, it stays held as
+        "quarantined:<uid>" instead."""
         roots = set(self._with_pool(lambda pool: pool.roots_of(uid))) | set(self._creatable_roots(()))
         skip = set()
         try:
@@ -109,15 +141,24 @@ class Exec2Driver(CommonDriver):
             skip.add((st.st_dev, st.st_ino))
         except OSError:
             pass
+        removed = left = 0
         for root in sorted(roots):
-            try:
-                left = safefile.remove_owned(root, uid, frozenset(skip))
-            except OSError as e:
-                log.warning("dynamic uid %d: cannot remove its files below %s: %s", uid, root, e)
-                continue
+            r, n = safefile.remove_owned(root, uid, frozenset(skip))
+            removed, left = removed + r, left + n
+        if removed:
+            log.info("dynamic uid %d: removed %d entries it left in %s", uid, removed, ", ".join(sorted(roots)))
+
+        def finish(pool: DynamicUserPool) -> None:
+            if pool.owner_of(uid) != f"releasing:{uid}":
+                return
             if left:
-                log.info("dynamic uid %d: removed %d entries it left below %s", uid, left, root)
-        self._with_pool(lambda pool: pool.release(uid))
+                pool.rekey(uid, f"quarantined:{uid}")
+            else:
+                pool.release(uid)
+        self._with_pool(finish)
+        if left:
+            log.warning("dynamic uid %d stays out of the pool: %d entries it owns below %s could not be removed",
+                        uid, left, ", ".join(sorted(roots)))
 
     def _creatable_roots(self, requested: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
         """Existing host directories an exec2 task may make entries in ("c"), the defaults' and `requested`,
@@ -176,7 +217,7 @@ class Exec2Driver(CommonDriver):
             return super().start(ctx)
         except BaseException:
             if not held:
-                self.forget(ctx.task_id)
+                self.forget(ctx.task_id, background=False)  # a worker thread already
             raise
         finally:
             self._stash.taken = None

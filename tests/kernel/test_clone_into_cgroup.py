@@ -89,7 +89,10 @@ def test_tasks_land_in_every_cgroup_of_theirs_either_way(monkeypatch, tmp, cgrou
         d = make_drivers(rt, agent_config)["raw_exec"]
         h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000")))
         try:
-            assert rt.client.request("ping")["clone_into_cgroup"] is (clone_into == "1")  # no silent fallback
+            ping = rt.client.request("ping")
+            assert ping["clone_into_cgroup"] is (clone_into == "1")
+            # A new task's cgroup is made for it: cloned into whenever the way is on, never silently not.
+            assert ping["cgroup_joins"] == ({"clone": 1, "pid": 0} if clone_into == "1" else {"clone": 0, "pid": 1})
             assert v2_line(h.pid).endswith("/" + h.cgroup)
             # Every hierarchy the task's cgroup was made in (v2, and on hybrid hosts the v1 ones that limit it).
             made = [p for p in rt.cgroups.open(h.cgroup).procs_files() if os.path.exists(p)]
@@ -137,19 +140,26 @@ def test_a_restart_into_its_killed_cgroup_runs(monkeypatch, tmp, cgroup_parent, 
     rt.open()
     try:
         d = make_drivers(rt, agent_config)["raw_exec"]
-        ctx = make_ctx(agent_config, raw_task("/bin/sleep", "1000"))
+        # The background sleep outlives the main process, so the stop really sends the cgroup cgroup.kill (an
+        # empty cgroup is not sent it).
+        task = raw_task("/bin/sh", "-c", "sleep 1000 & exec sleep 1000")
+        ctx = make_ctx(agent_config, task)
         h = d.start(ctx)
-        d.stop(h, "SIGKILL", 5)  # the cgroup is sent cgroup.kill for what is left
+        wait_for(lambda: len(rt.cgroups.open(h.cgroup).pids()) == 2, what="both sleeps")
+        d.stop(h, "SIGKILL", 5)
         d.destroy(h, keep_identity=True)  # kept for the restart
         if edited:  # new limits: the launcher is asked for the cgroup again, and finds it there
-            ctx = make_ctx(agent_config, raw_task("/bin/sleep", "1000", resources=Resources(memory=64)))
+            ctx = make_ctx(agent_config, raw_task("/bin/sh", "-c", "sleep 1000 & exec sleep 1000",
+                                                  resources=Resources(memory=64)))
         h2 = d.start(ctx)
         try:
             assert d.wait(h2, 0.3) is None  # still running: not killed at birth
             assert v2_line(h2.pid).endswith("/" + h2.cgroup)
             ping = rt.client.request("ping")
             if clone_into == "1":
-                assert ping["clone_into_killed_cgroup"] is born_alive_in_killed_cgroup(v2_cgroup)
+                ok = born_alive_in_killed_cgroup(v2_cgroup)
+                assert ping["clone_into_killed_cgroup"] is ok
+                assert ping["cgroup_joins"] == {"clone": 2, "pid": 0} if ok else {"clone": 1, "pid": 1}
             else:
                 assert ping["clone_into_killed_cgroup"] is None  # never asked
         finally:

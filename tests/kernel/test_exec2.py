@@ -399,7 +399,8 @@ def test_what_a_dynamic_uid_left_in_shared_dirs_goes_when_the_uid_is_given_back(
             d.destroy(h)
         else:
             d.forget(ctx.task_id)
-            d.destroy(h)
+            d.wait_give_backs()
+            d.destroy(h)  # a stale handle now: it must not touch the uid again
         assert not [p for p in left if os.path.lexists(p)]
         assert pool_owners(runtime) == {}
     finally:
@@ -409,3 +410,42 @@ def test_what_a_dynamic_uid_left_in_shared_dirs_goes_when_the_uid_is_given_back(
                 shutil.rmtree(p)
             elif os.path.lexists(p):
                 p.unlink()
+
+
+def test_a_stale_handle_never_gives_back_a_uid_someone_else_holds(exec2, runtime, tmp):
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    os.chmod(scratch, 0o1777)
+    cfg = config(unveil_paths=("r:/proc", f"rwc:{scratch}"))
+    d = exec2(cfg)
+    h = d.start(make_ctx(cfg, exec2_task("/bin/true")))
+    d.wait(h, 30)
+    d.destroy(h)
+    assert pool_owners(runtime) == {}
+    # The uid went to another instance, which made a file; then the old handle is destroyed again (recovery).
+    d._with_pool(lambda pool: pool._owners.__setitem__("j/g/1/t", h.uid))
+    theirs = scratch / "theirs"
+    theirs.write_text("x")
+    os.chown(theirs, h.uid, h.uid)
+    d.release(h)
+    assert theirs.exists()
+    assert pool_owners(runtime) == {"j/g/1/t": h.uid}
+    d._with_pool(lambda pool: pool.release_owner("j/g/1/t"))
+
+
+def test_a_uid_whose_files_cannot_all_be_removed_stays_out_of_the_pool(exec2, runtime, tmp, monkeypatch):
+    from isolation import safefile
+
+    monkeypatch.setattr(safefile, "MAX_OWNED_DEPTH", 2)  # stands for a tree too deep to walk
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    os.chmod(scratch, 0o1777)
+    cfg = config(unveil_paths=("r:/proc", f"rwc:{scratch}"))
+    d = exec2(cfg)
+    h = d.start(make_ctx(cfg, exec2_task("/bin/sh", "-c", f"mkdir -p {scratch}/a/b/c && echo x > {scratch}/a/b/c/f")))
+    res = d.wait(h, 30)
+    assert res is not None and res.exit_code == 0, logs(h)
+    d.destroy(h)
+    assert pool_owners(runtime) == {f"quarantined:{h.uid}": h.uid}
+    assert (scratch / "a/b/c/f").exists()
+    d._with_pool(lambda pool: pool.release(h.uid))

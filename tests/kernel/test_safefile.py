@@ -194,9 +194,15 @@ def test_remove_owned_takes_only_what_the_uid_owns_wherever_it_is(tmp):
     root.mkdir(mode=0o1777)
     (root / "f").write_text("x")
     owned(root / "f")
-    (root / "d/sub").mkdir(parents=True)
-    (root / "d/sub/foreign").write_text("another user's, inside the uid's own directory")
+    (root / "mine/deep").mkdir(parents=True)  # the uid's own tree: goes entirely
+    (root / "mine/deep/x").write_text("x")
+    for p in (root / "mine", root / "mine/deep", root / "mine/deep/x"):
+        owned(p)
+    (root / "d/sub").mkdir(parents=True)  # the uid's directory holding another user's file
+    (root / "d/sub/foreign").write_text("another user's, inside the uid's directory")
+    (root / "d/own").write_text("x")
     owned(root / "d")
+    owned(root / "d/own")
     (root / "link").symlink_to(outside)
     owned(root / "link")
     (root / "foreign-link").symlink_to(outside)  # root's symlink to a dir of owned files: never followed
@@ -214,37 +220,68 @@ def test_remove_owned_takes_only_what_the_uid_owns_wherever_it_is(tmp):
     owned(state / "alloc/data")
 
     st = os.stat(state)
-    assert remove_owned(root, UID, frozenset({(st.st_dev, st.st_ino)})) == 5
-    assert sorted(p.name for p in root.iterdir()) == ["foreign-link", "host", "other", "state"]
+    removed, left = remove_owned(root, UID, frozenset({(st.st_dev, st.st_ino)}))
+    assert (removed, left) == (8, 0)  # f, mine/deep/x, mine/deep, mine, d/own, link, fifo, .X11-unix/sock
+    assert sorted(p.name for p in root.iterdir()) == ["d", "foreign-link", "host", "other", "state"]
+    # The other user's file stays, and its directory is no longer the uid's: root's, with its mode kept.
+    assert (root / "d/sub/foreign").exists() and not (root / "d/own").exists()
+    assert os.stat(root / "d").st_uid == 0 and os.stat(root / "d").st_gid == 0
     assert sorted(p.name for p in (root / "host").rglob("*")) == [".X11-unix", "keep"]
     assert (outside / "keep").read_text() == "host file"
     assert (state / "alloc/data").exists()
     assert root.is_dir()  # the root itself stays, whoever owns it
-    assert remove_owned(root, UID) == 1  # without the skip: the state dir's owned file
-    assert remove_owned(root, UID) == 0
+    assert remove_owned(root, UID) == (1, 0)  # without the skip: the state dir's owned file
+    assert remove_owned(root, UID) == (0, 0)
 
 
-def test_remove_owned_stays_on_the_roots_filesystem_and_never_follows_the_root(tmp):
+def test_remove_owned_never_leaves_its_filesystem_nor_follows_the_root(tmp):
     from isolation import sys as ksys
 
     root = tmp / "shared-tmp"
     (root / "mnt").mkdir(parents=True)
-    ksys.mount("tmpfs", str(root / "mnt"), "tmpfs", 0, "size=1m")
+    (root / "own/mnt").mkdir(parents=True)  # a mount inside one of the uid's directories
+    owned(root / "own")
+    mounts = [root / "mnt", root / "own/mnt"]
+    for m in mounts:
+        ksys.mount("tmpfs", str(m), "tmpfs", 0, "size=1m")
     try:
-        (root / "mnt/f").write_text("on another filesystem")
-        owned(root / "mnt/f")
-        assert remove_owned(root, UID) == 0
-        assert (root / "mnt/f").exists()
+        for m in mounts:
+            (m / "f").write_text("on another filesystem")
+            owned(m / "f")
+        owned(root / "mnt")  # the mount's own root, owned too: still another filesystem
+        assert remove_owned(root, UID) == (0, 0)
+        assert all((m / "f").exists() for m in mounts)
+        assert os.stat(root / "own").st_uid == 0  # not the uid's any more, though it could not go
     finally:
-        ksys.umount2(str(root / "mnt"))
+        for m in mounts:
+            ksys.umount2(str(m))
     target = tmp / "target"
     target.mkdir()
     (target / "x").write_text("x")
     owned(target / "x")
     (tmp / "root-link").symlink_to(target)
-    assert remove_owned(tmp / "root-link", UID) == 0  # a root that is a symlink is not walked
-    assert (target / "x").exists()
-    assert remove_owned(tmp / "missing", UID) == 0
+    assert remove_owned(tmp / "root-link", UID) == (0, 1)  # not walked, and said so
+    (tmp / "real").mkdir()
+    (tmp / "real/x").write_text("x")
+    owned(tmp / "real/x")
+    assert remove_owned(tmp / "root-link" / ".." / "real", UID) == (0, 1)  # a symlink anywhere on the way
+    assert (target / "x").exists() and (tmp / "real/x").exists()
+    assert remove_owned(tmp / "missing", UID) == (0, 0)
+
+
+def test_remove_owned_reports_what_is_too_deep_to_walk(tmp, monkeypatch):
+    from isolation import safefile
+
+    monkeypatch.setattr(safefile, "MAX_OWNED_DEPTH", 3)
+    root = tmp / "shared-tmp"
+    deep = root / "a/b/c/d"
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x")
+    owned(deep / "f")
+    assert remove_owned(root, UID) == (0, 1)
+    assert (deep / "f").exists()
+    monkeypatch.setattr(safefile, "MAX_OWNED_DEPTH", 8)
+    assert remove_owned(root, UID) == (1, 0)
 
 
 _FIFO_FLIPPER = r"""

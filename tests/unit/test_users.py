@@ -182,3 +182,16 @@ def test_a_pool_file_without_roots_still_loads_and_bad_roots_are_refused():
             DynamicUserPool.from_dict({**old, "roots": bad})
     # Roots of an id no owner holds (a hand-edited file) are dropped, not kept forever.
     assert DynamicUserPool.from_dict({**old, "roots": {"105": ["/tmp"]}}).to_dict().get("roots") is None
+
+
+def test_rekey_moves_an_id_and_its_roots_to_another_owner():
+    pool = DynamicUserPool(100, 110)
+    a = pool.allocate("a", account_exists=no_accounts)
+    pool.note_roots(a, ["/tmp"])
+    pool.rekey(a, f"releasing:{a}")
+    assert pool.owner_of(a) == f"releasing:{a}" and pool.roots_of(a) == ("/tmp",)
+    again = pool.allocate("a", account_exists=no_accounts)  # the instance, starting again meanwhile
+    assert again != a
+    pool.rekey(a, f"quarantined:{a}")
+    assert pool.owner_of(a) == f"quarantined:{a}"
+    assert a not in [pool.allocate(f"t{i}", account_exists=no_accounts) for i in range(9)]  # never handed on
