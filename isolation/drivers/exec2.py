@@ -41,6 +41,7 @@ class Exec2Driver(CommonDriver):
         self._stash = threading.local()
         self._purge_lock = threading.Lock()
         self._purges: list[threading.Thread] = []
+        self._resume_give_backs()
 
     # ---- dynamic users -----------------------------------------------------------------------------------
     def _with_pool(self, fn: Callable[[DynamicUserPool], T]) -> T:
@@ -106,11 +107,27 @@ class Exec2Driver(CommonDriver):
         if not background:
             self._finish_give_back(uid)
         else:
-            # Not a daemon thread: tasksd's exit waits for it (cut short, the uid would stay held for good).
-            t = threading.Thread(target=self._finish_give_back, args=(uid,), name=f"exec2-uid-{uid}", daemon=False)
-            with self._purge_lock:
-                self._purges = [p for p in self._purges if p.is_alive()] + [t]
-            t.start()
+            self._give_back_on_thread(uid)
+
+    def _resume_give_backs(self) -> None:
+        """Finish what a tasksd killed in the middle of giving uids back left held as "releasing:<uid>"."""
+        if not self._pool_file.exists():
+            return
+        try:
+            stale = self._with_pool(
+                lambda pool: [uid for owner, uid in pool.allocations().items() if owner.startswith("releasing:")])
+        except OSError as e:
+            log.warning("dynamic user pool unreadable: %s", e)
+            return
+        for uid in stale:
+            self._give_back_on_thread(uid)
+
+    def _give_back_on_thread(self, uid: int) -> None:
+        # Not a daemon thread: tasksd's exit waits for it (cut short, the uid would stay held until the next start).
+        t = threading.Thread(target=self._finish_give_back, args=(uid,), name=f"exec2-uid-{uid}", daemon=False)
+        with self._purge_lock:
+            self._purges = [p for p in self._purges if p.is_alive()] + [t]
+        t.start()
 
     def wait_give_backs(self, timeout: float | None = None) -> None:
         """Wait for uids being given back on threads (forget) to be done: for drains and tests."""
@@ -121,7 +138,8 @@ class Exec2Driver(CommonDriver):
 
     def _begin_give_back(self, uid: int, owners: tuple[str, ...]) -> bool:
         """Re-key `uid` to "releasing:<uid>" if one of `owners` holds it. A task instance that starts again
-        meanwhile gets another uid; a crash before _finish_give_back leaves it held, never handed on."""
+        meanwhile gets another uid; a crash before _finish_give_back leaves it held, never handed on, until the
+        next driver (the next start of tasksd) finishes it."""
         def begin(pool: DynamicUserPool) -> bool:
             if pool.owner_of(uid) not in owners:
                 return False

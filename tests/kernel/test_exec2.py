@@ -449,3 +449,23 @@ def test_a_uid_whose_files_cannot_all_be_removed_stays_out_of_the_pool(exec2, ru
     assert pool_owners(runtime) == {f"quarantined:{h.uid}": h.uid}
     assert (scratch / "a/b/c/f").exists()
     d._with_pool(lambda pool: pool.release(h.uid))
+
+
+def test_a_give_back_cut_short_by_a_crash_is_finished_by_the_next_start(exec2, runtime, tmp):
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    os.chmod(scratch, 0o1777)
+    cfg = config(unveil_paths=("r:/proc", f"rwc:{scratch}"))
+    uid = 86001
+    left = scratch / "left"
+    left.write_text("x")
+    os.chown(left, uid, uid)
+    # What a tasksd killed during the walk leaves: the uid held as "releasing:<uid>", its directories recorded.
+    pool = Path(runtime.state_dir) / "dynamic-users.json"
+    pool.parent.mkdir(parents=True, exist_ok=True)
+    pool.write_text(json.dumps({"min": DYNAMIC_MIN, "max": DYNAMIC_MAX, "next": uid + 1,
+                                "owners": {f"releasing:{uid}": uid}, "roots": {str(uid): [str(scratch)]}}))
+    d = exec2(cfg)
+    d.wait_give_backs()
+    assert not left.exists()
+    assert pool_owners(runtime) == {}
