@@ -6,7 +6,9 @@ launcher stays small and the spec can be logged, persisted and compared. It cros
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing in the launcher
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import re
 import signal
 import socket
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

@@ -12,7 +12,6 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TypeVar
 
 from .layout import UNIFIED, CgroupError
 from .limits import CgroupLimits, CgroupStats
@@ -103,7 +102,11 @@ def rmdir_retrying(path: Path, deadline: float) -> None:
         time.sleep(RETRY_STEP)
 
 
-_P = TypeVar("_P", Path, str)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing in the launcher
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _P = TypeVar("_P", Path, str)
 
 
 def unique_dirs(paths: dict[str, _P]) -> list[_P]:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from isolation.sys import unescape_mountinfo
 
-Mode = Literal["v2", "hybrid", "v1"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing in the launcher
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Mode = Literal["v2", "hybrid", "v1"]
 UNIFIED = "unified"
 
 # v1 controllers tasksd puts tasks into; others (blkio, devices, net_cls...) are mounted but unused.

@@ -185,3 +185,21 @@ def test_reconnecting_to_a_new_launcher_forgets_the_old_call_connection_and_verd
     finally:
         client.close()
         old.close()
+
+
+def test_the_launcher_takes_its_state_dir_and_nothing_else():
+    import subprocess
+    import sys
+
+    from isolation.launcher import _state_dir_arg
+
+    assert _state_dir_arg(["--state-dir", "/var/lib/tasksd"]) == "/var/lib/tasksd"
+    assert _state_dir_arg(["--state-dir=/var/lib/tasksd"]) == "/var/lib/tasksd"
+    for bad in ([], ["--state-dir"], ["--state-dir", ""], ["--state-dir="], ["--state-dir", "a", "b"], ["x"],
+                ["--statedir", "/x"]):
+        assert _state_dir_arg(bad) is None, bad
+    # And the program says how to run it, without starting, and without typing or argparse in its memory.
+    out = subprocess.run([sys.executable, "-c", "import sys, isolation.launcher as L; rc = L.main(['--bogus']); "
+                          "print(rc, [m for m in ('typing', 'argparse') if m in sys.modules])"],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "2 []" and "usage:" in out.stderr
