@@ -24,7 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.spawn import percentile  # noqa: E402
 from isolation import _spawn, cgroups, childplan  # noqa: E402
+from isolation.cgroups.base import rmdir_retrying  # noqa: E402
 
 
 def spawn_once(d: Path, into: bool) -> float:
@@ -72,16 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                 samples[into].append(spawn_once(d, into))
     finally:
         for d in reversed(made):
-            for _ in range(100):  # a reaped child leaves its cgroup a moment later
-                try:
-                    d.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.01)
+            rmdir_retrying(d, time.monotonic() + 1)  # a reaped child leaves its cgroup a moment later
         base.rmdir()
 
     def row(name: str, xs: list[float]) -> str:
-        return (f"| {name} | {statistics.median(xs):.2f} | {sorted(xs)[max(0, int(len(xs) * 0.95) - 1)]:.2f} | "
+        return (f"| {name} | {statistics.median(xs):.2f} | {percentile(xs, 95):.2f} | "
                 f"{statistics.median(xs) / statistics.median(samples[False]):.2f} |")
     print(f"cgroup v2 join of a new /bin/true after {args.quiet} s without migrations ({args.n} samples each, "
           f"cgroup mode here: {layout.mode})\n")

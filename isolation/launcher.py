@@ -32,6 +32,7 @@ from isolation import cgroups, child, childplan
 # Imported here, never lazily in the child: after pivot_root the child can no longer see tasksd's own files.
 from isolation import caps, landlock, mounts  # noqa: F401
 from isolation import sys as ksys
+from isolation.cgroups.base import rmdir_retrying
 from isolation.launcher_proto import PROTOCOL_VERSION, describe_status, socket_path, via_short_path
 from isolation.launcher_proto import encode as _encode
 from isolation.launchspec import LaunchSpec, LogTarget
@@ -154,8 +155,8 @@ class Launcher:
         # of writing its pid into cgroup.procs. A migration takes the kernel's cgroup_threadgroup_rwsem for
         # writing, and the first one after a quiet spell waits a whole RCU grace period for it (5-16 ms here); a
         # clone into the cgroup takes it for reading only. On pure v2 a task then needs no migration at all; on
-        # hybrid its v1 hierarchies still do. Off when the build or kernel lacks it (found at the first spawn),
-        # or with TASKSD_CLONE_INTO_CGROUP=0.
+        # hybrid its v1 hierarchies still do. Off when the build lacks it, when the kernel refuses it (found by
+        # _probe_clone_into or at a spawn), or with TASKSD_CLONE_INTO_CGROUP=0.
         #
         # Kernels with the fork/cgroup.kill race fix (6.14, and the stable lines it went back to) read, for
         # CLONE_INTO_CGROUP, the kill counter of the parent's cgroup instead of the target's, and SIGKILL the new
@@ -876,33 +877,23 @@ class Launcher:
             _log(f"launcher: probing clone3 into a cgroup failed ({e.strerror}); reused cgroups are joined by pid")
             self.killed_clone_ok = False
         finally:
-            deadline = time.monotonic() + 1
-            while True:
-                try:
-                    os.rmdir(d)
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        _log(f"launcher: cannot remove {d}")
-                        break
-                    time.sleep(0.001)
+            try:
+                rmdir_retrying(Path(d), time.monotonic() + 1)
+            except cgroups.CgroupError as e:
+                _log(f"launcher: {e}")
 
     @staticmethod
     def _born_alive(d: str) -> bool:
-        fds: list[int] = []
+        # The child's failure report stays unread in the pipe: its exit status is the answer.
+        r, w = os.pipe2(os.O_CLOEXEC)
+        fd = -1
         try:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            fds += [r, w]
-            fds.append(os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-            pid = childplan.probe_spawn(w, fds[2])
-            os.close(w)
-            fds.remove(w)
-            os.read(r, 4096)
+            fd = os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            pid = childplan.probe_spawn(w, fd)
         finally:
-            for fd in fds:
-                os.close(fd)
+            for x in (r, w, fd):
+                if x >= 0:
+                    os.close(x)
         _, status = os.waitpid(pid, 0)
         return not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
 

@@ -177,7 +177,6 @@ def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(_fs(target), flags), f"umount {target}")
 
 
-_AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
@@ -185,7 +184,7 @@ def rename_noreplace(src: str, dst: str) -> None:
     """rename(2) that fails with EEXIST instead of replacing `dst` (plain rename replaces an empty directory)."""
     if _renameat2 is None:
         raise OSError(errno.ENOSYS, "renameat2: not in this C library")
-    _check(_renameat2(_AT_FDCWD, _fs(src), _AT_FDCWD, _fs(dst), _RENAME_NOREPLACE), f"rename {src} to {dst}")
+    _check(_renameat2(AT_FDCWD, _fs(src), AT_FDCWD, _fs(dst), _RENAME_NOREPLACE), f"rename {src} to {dst}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

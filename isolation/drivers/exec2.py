@@ -95,14 +95,14 @@ class Exec2Driver(CommonDriver):
         if handle.dynamic_uid and handle.uid is not None:
             # Only while this task (or the cgroup it ran in, for a pool rebuilt from cgroups) still holds it: a
             # stale handle must not take a uid, and its files, from whoever holds it now.
-            if self._begin_give_back(handle.uid, (handle.task_id, f"recovered:{handle.cgroup}")):
+            if self._begin_give_back((handle.task_id, f"recovered:{handle.cgroup}"), handle.uid) is not None:
                 self._finish_give_back(handle.uid)
 
     def forget(self, task_id: str, background: bool = True) -> None:
         """The instance is gone for good: give its uid back. Called on the controller's loop, so the walk of the
         shared directories runs on a thread of its own unless `background` is False."""
-        uid = self._with_pool(lambda pool: pool.allocations().get(task_id))
-        if uid is None or not self._begin_give_back(uid, (task_id,)):
+        uid = self._begin_give_back((task_id,))
+        if uid is None:
             return
         if not background:
             self._finish_give_back(uid)
@@ -136,15 +136,17 @@ class Exec2Driver(CommonDriver):
         for t in pending:
             t.join(timeout)
 
-    def _begin_give_back(self, uid: int, owners: tuple[str, ...]) -> bool:
-        """Re-key `uid` to "releasing:<uid>" if one of `owners` holds it. A task instance that starts again
-        meanwhile gets another uid; a crash before _finish_give_back leaves it held, never handed on, until the
-        next driver (the next start of tasksd) finishes it."""
-        def begin(pool: DynamicUserPool) -> bool:
-            if pool.owner_of(uid) not in owners:
-                return False
-            pool.rekey(uid, f"releasing:{uid}")
-            return True
+    def _begin_give_back(self, owners: tuple[str, ...], uid: int | None = None) -> int | None:
+        """Re-key `uid` (by default the one owners[0] holds) to "releasing:<uid>" if one of `owners` holds it, and
+        return it; None when none of them does. A task instance that starts again meanwhile gets another uid; a
+        crash before _finish_give_back leaves it held, never handed on, until the next driver (the next start of
+        tasksd) finishes it."""
+        def begin(pool: DynamicUserPool) -> int | None:
+            held = pool.allocations().get(owners[0]) if uid is None else uid
+            if held is None or pool.owner_of(held) not in owners:
+                return None
+            pool.rekey(held, f"releasing:{held}")
+            return held
         return self._with_pool(begin)
 
     def _finish_give_back(self, uid: int) -> None:

@@ -4,6 +4,7 @@ On this hybrid machine the v2 tree has no controllers, but it is where tasks are
 into it works as on a pure v2 host; only the v1 hierarchies are still joined by writing cgroup.procs."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -36,6 +37,23 @@ def v2_cgroup():
     d.mkdir()
     yield d
     d.rmdir()
+
+
+@contextlib.contextmanager
+def launched(monkeypatch, tmp, cgroup_parent, agent_config, clone_into: str):
+    """A runtime whose launcher starts with TASKSD_CLONE_INTO_CGROUP=clone_into (read when it starts, so the
+    runtime is made after the setenv), and its raw_exec driver; torn down completely after."""
+    from isolation.drivers import make_drivers
+    from isolation.runtime import Runtime
+
+    monkeypatch.setenv("TASKSD_CHILD", "c")
+    monkeypatch.setenv("TASKSD_CLONE_INTO_CGROUP", clone_into)
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    rt.open()
+    try:
+        yield rt, make_drivers(rt, agent_config)["raw_exec"]
+    finally:
+        teardown_runtime(rt)
 
 
 def test_a_child_cloned_into_a_cgroup_is_born_there_without_writing_its_pid(v2_cgroup):
@@ -77,16 +95,7 @@ def test_a_cgroup_that_is_not_v2_is_refused_by_the_clone(tmp):
 
 @pytest.mark.parametrize("clone_into", ["1", "0"])
 def test_tasks_land_in_every_cgroup_of_theirs_either_way(monkeypatch, tmp, cgroup_parent, agent_config, clone_into):
-    # The launcher reads TASKSD_CLONE_INTO_CGROUP when it starts, so the runtime is made here, after the setenv.
-    from isolation.drivers import make_drivers
-    from isolation.runtime import Runtime
-
-    monkeypatch.setenv("TASKSD_CHILD", "c")
-    monkeypatch.setenv("TASKSD_CLONE_INTO_CGROUP", clone_into)
-    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
-    rt.open()
-    try:
-        d = make_drivers(rt, agent_config)["raw_exec"]
+    with launched(monkeypatch, tmp, cgroup_parent, agent_config, clone_into) as (rt, d):
         h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000")))
         try:
             ping = rt.client.request("ping")
@@ -103,8 +112,6 @@ def test_tasks_land_in_every_cgroup_of_theirs_either_way(monkeypatch, tmp, cgrou
             d.stop(h, "SIGKILL", 5)
             d.destroy(h)
         wait_for(lambda: not os.path.exists(f"/proc/{h.pid}"), what="task gone")
-    finally:
-        teardown_runtime(rt)
 
 
 def born_alive_in_killed_cgroup(d) -> bool:
@@ -131,15 +138,7 @@ def test_a_restart_into_its_killed_cgroup_runs(monkeypatch, tmp, cgroup_parent, 
                                                 clone_into, edited):
     # Some kernels (6.18 here) SIGKILL a child cloned into a cgroup that was ever sent cgroup.kill; a stop sends
     # it, and a restart reuses the cgroup. The launcher probes for that once and then joins such a cgroup by pid.
-    from isolation.drivers import make_drivers
-    from isolation.runtime import Runtime
-
-    monkeypatch.setenv("TASKSD_CHILD", "c")
-    monkeypatch.setenv("TASKSD_CLONE_INTO_CGROUP", clone_into)
-    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
-    rt.open()
-    try:
-        d = make_drivers(rt, agent_config)["raw_exec"]
+    with launched(monkeypatch, tmp, cgroup_parent, agent_config, clone_into) as (rt, d):
         # The background sleep outlives the main process, so the stop really sends the cgroup cgroup.kill (an
         # empty cgroup is not sent it).
         task = raw_task("/bin/sh", "-c", "sleep 1000 & exec sleep 1000")
@@ -165,5 +164,3 @@ def test_a_restart_into_its_killed_cgroup_runs(monkeypatch, tmp, cgroup_parent, 
         finally:
             d.stop(h2, "SIGKILL", 5)
             d.destroy(h2)
-    finally:
-        teardown_runtime(rt)

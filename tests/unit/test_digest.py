@@ -22,24 +22,22 @@ def test_same_digests_as_hashlib_and_uuid():
     assert taskdir.alloc_id_for("web", "g", 0) == str(uuid.uuid5(taskdir.ALLOC_NAMESPACE, "web/g/0"))
 
 
-def test_the_daemon_imports_no_openssl_and_no_http_server():
+def loaded_by_the_daemon(names: tuple[str, ...], then: str = "") -> list[str]:
+    """Which of `names` a fresh interpreter has loaded after importing the daemon's modules (and running `then`)."""
     code = ("import sys, controller.daemon_main, controller.controller, controller.api, controller.watcher, "
-            "controller.store, isolation.drivers.raw_exec, isolation.drivers.exec, isolation.drivers.exec2\n"
-            "from isolation import taskdir\n"
-            "taskdir.alloc_id_for('j', 'g', 0)\n"
-            "print(' '.join(sorted(m for m in sys.modules if m in ('_hashlib', '_ssl', 'http.server', "
-            "'http.client', 'email'))))")
+            "controller.store, isolation.runtime, isolation.drivers.raw_exec, isolation.drivers.exec, "
+            f"isolation.drivers.exec2\n{then}\n"
+            f"print(' '.join(sorted(m for m in sys.modules if m in {names!r})))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == []
+    return out.stdout.split()
+
+
+def test_the_daemon_imports_no_openssl_and_no_http_server():
+    then = "from isolation import taskdir\ntaskdir.alloc_id_for('j', 'g', 0)"
+    assert loaded_by_the_daemon(("_hashlib", "_ssl", "http.server", "http.client", "email"), then) == []
 
 
 def test_the_daemon_does_not_load_the_launchers_program():
     # The daemon talks to the launcher through isolation.launcher_proto; the launcher's event loop, child setup
     # and their imports would only take the daemon's memory.
-    code = ("import sys, controller.daemon_main, controller.controller, controller.api, controller.watcher, "
-            "controller.store, isolation.runtime, isolation.drivers.raw_exec, isolation.drivers.exec, "
-            "isolation.drivers.exec2\n"
-            "print(' '.join(sorted(m for m in sys.modules if m in ('isolation.launcher', 'isolation.child', "
-            "'isolation.childplan', 'termios'))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == []
+    assert loaded_by_the_daemon(("isolation.launcher", "isolation.child", "isolation.childplan", "termios")) == []
