@@ -7,6 +7,7 @@ import argparse
 import fcntl
 import logging
 import os
+import select
 import signal
 import sqlite3
 import sys
@@ -70,6 +71,7 @@ class Daemon:
         self.args = args
         self.state_dir = Path(args.state_dir).resolve()
         self.tasks_dir = str(Path(args.tasks_dir).absolute())
+        self.loop_done = threading.Event()
 
     def run(self) -> int:
         from controller import sdnotify
@@ -122,6 +124,12 @@ class Daemon:
         def on_hup(signum, frame):
             threading.Thread(target=self.reload, name="reload", daemon=True).start()
 
+        # A signal sent to the process is taken by whichever thread the kernel picks, and that thread's C handler
+        # only flags it: the Python handler runs on the main thread once it executes bytecode again. A main thread
+        # asleep on a lock would sleep through it (a SIGHUP was lost this way under load), so it sleeps on the
+        # wakeup fd, which that C handler writes to from any thread.
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
@@ -130,7 +138,7 @@ class Daemon:
         except OSError as e:
             log.warning("cannot watch %s (%s); relying on the periodic resync", self.tasks_dir, e)
         api.start()
-        loop = threading.Thread(target=self._loop, args=(ctl,), name="reconcile")
+        loop = threading.Thread(target=self._loop, args=(ctl, wake_w), name="reconcile")
         loop.start()
 
         def ready():
@@ -148,9 +156,17 @@ class Daemon:
                 loop.join(interval)
 
         threading.Thread(target=ready, name="notify", daemon=True).start()
-        # No timeout: a lock wait on the main thread is interrupted by a signal and Python runs the handler, so an
-        # idle daemon has no reason to wake here (it did twice a second).
+        # No timeout: a signal or the loop's end writes to the wakeup fd, so an idle daemon never wakes here.
+        while not self.loop_done.is_set():  # not loop.is_alive(): the thread outlives its last write to the fd
+            select.select([wake_r], [], [])
+            try:
+                os.read(wake_r, 512)
+            except BlockingIOError:
+                pass
         loop.join()
+        signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
         sdnotify.notify("STOPPING=1")
         watcher.stop()
         api.stop()
@@ -168,12 +184,18 @@ class Daemon:
         store.close()
         return 1 if ctl.failure else 0
 
-    def _loop(self, ctl) -> None:
+    def _loop(self, ctl, wake_w: int) -> None:
         try:
             ctl.run()
         except Exception:  # noqa: BLE001
             log.exception("reconcile loop crashed; exiting (tasks keep running)")
             ctl.failure = "the reconcile loop crashed"
+        finally:
+            self.loop_done.set()
+            try:
+                os.write(wake_w, b"\0")  # the main thread waits on this fd
+            except BlockingIOError:
+                pass  # full: the main thread has bytes to wake on already
 
     def reload(self) -> None:
         from manifests.agent_config_load import ConfigError, load_agent_config
