@@ -146,6 +146,8 @@ def families(ctl) -> list[Family]:
     out.append(Family("tasksd_memory_trims", "Freed heap given back to the kernel after a burst of work",
                       "counter").add([], m.get("memory_trims", 0)))
     out.append(Family("tasksd_queue_depth", "Events waiting for the reconcile loop", "gauge").add([], ctl.queue.qsize()))
+    out.append(Family("tasksd_event_followers", "Event streams open now (GET /v1/events?follow=1, tasksctl events -f)",
+                      "gauge").add([], len(ctl.listeners)))
     man = ctl.call(lambda: [m.status for m in ctl.manifests.values()])
     g = Family("tasksd_manifests", "Manifests by status", "gauge", ("status",))
     for status in ("applied", "rejected", "duplicate"):
