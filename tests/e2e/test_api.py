@@ -287,7 +287,8 @@ def test_idle_connections_to_the_metrics_port_cannot_use_up_the_daemon(daemon_wi
 
     try:
         wait_for(lambda: count_closed() >= 40 - 16, timeout=30, what="connections past the cap closed")
-        assert len(os.listdir(f"/proc/{d.proc.pid}/task")) <= threads_before + 16
+        # +4: the daemon's pool and start-up threads come and go meanwhile; without the cap it would be +40
+        assert len(os.listdir(f"/proc/{d.proc.pid}/task")) <= threads_before + 16 + 4
     finally:
         for c in idle:
             c.close()
