@@ -36,7 +36,7 @@ def test_the_daemons_page_parses_with_every_family_and_the_histogram():
         call=lambda fn, timeout=None: fn(), records={"web/g/0/t": rec},
         stats_snapshot=lambda: [{"id": "web/g/0/t", "cpu_usage_ns": 1_500_000_000, "memory_current": 4096,
                                  "memory_peak": 8192, "pids": 3, "oom_kills": 1}],
-        metrics={"watch_events": 7}, queue=queue.Queue(), reconcile_histogram=hist,
+        metrics={"watch_events": 7}, queue=queue.Queue(), reconcile_histogram=hist, listeners=[print, print],
         manifests={"/a.hcl": SimpleNamespace(status="applied"), "/b.hcl": SimpleNamespace(status="rejected")})
     families = parse(render(ctl))
     value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
@@ -52,5 +52,6 @@ def test_the_daemons_page_parses_with_every_family_and_the_histogram():
     assert value[("tasksd_reconcile_duration_seconds_count", ())] == 4
     assert abs(value[("tasksd_reconcile_duration_seconds_sum", ())] - 9.2031) < 1e-9
     assert value[("tasksd_watch_events_total", ())] == 7
+    assert value[("tasksd_event_followers", ())] == 2
     assert value[("tasksd_manifests", (("status", "rejected"),))] == 1
     assert families["tasksd_reconcile_duration_seconds"].type == "histogram"
