@@ -338,22 +338,27 @@ class Api:
         h.send_header("Content-Type", "application/x-ndjson")
         h.end_headers()
         pending: list[dict] = []
-        cv = threading.Condition()
+        # The thread sleeps until an event or its client's socket wakes it, never on a timer: an open
+        # `tasksctl events -f` costs nothing while nothing happens (it woke once a second). The listener runs on
+        # the loop thread and may still be called once after its removal (the loop iterates a copy), so it writes
+        # to the eventfd only under `gate`, before `ended`: never to a closed fd whose number was reused.
+        wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        gate = threading.Lock()
+        ended = False
 
         def listener(ev: dict) -> None:
             if task and ev.get("task_id") != task:
                 return
-            with cv:
+            with gate:
+                if ended:
+                    return
                 pending.append(ev)
-                cv.notify()
+                os.eventfd_write(wake, 1)
 
         # Listen before reading the backlog so nothing falls between the two; ids drop the overlap. On the loop
         # thread, with a commit: an event emitted earlier in the current pass is not in the database yet (the pass
         # commits at its end) and would reach neither the backlog nor the listener.
         # A call that times out (a slow loop) still runs later: it must not then add a listener nobody removes.
-        gate = threading.Lock()
-        ended = False
-
         def listen() -> None:
             with gate:
                 if ended:
@@ -366,22 +371,28 @@ class Api:
             self.ctl.call(listen)
             # Resuming: the whole backlog after the cursor, however many pages (a start with 1000 manifests writes
             # thousands of events before a follower connects). Otherwise the newest `limit`.
-            backlog = self._read_events(after, limit, task, oldest_first=resume, all_pages=resume)
-            while not h.client_gone():
-                with cv:
-                    if not backlog:
-                        cv.wait_for(lambda: pending, timeout=1)
-                    batch, pending[:] = backlog + list(pending), []
-                backlog = []
+            batch = self._read_events(after, limit, task, oldest_first=resume, all_pages=resume)
+            while True:
                 for ev in batch:
                     if ev["id"] and ev["id"] <= last:
                         continue
                     last = ev["id"] or last
                     h.wfile.write((json.dumps(ev, default=str) + "\n").encode())
                 h.wfile.flush()
+                ready = select.select([h.connection, wake], [], [])[0]
+                if h.connection in ready and h.client_gone():
+                    break
+                if wake in ready:
+                    try:
+                        os.eventfd_read(wake)
+                    except BlockingIOError:
+                        pass
+                with gate:
+                    batch, pending[:] = list(pending), []
         finally:
             with gate:
                 ended = True
+                os.close(wake)
                 if listener in self.ctl.listeners:
                     self.ctl.listeners.remove(listener)
             h.close_connection = True

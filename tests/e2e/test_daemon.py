@@ -287,14 +287,25 @@ def _voluntary_switches(pid: int) -> dict[str, int]:
 
 def test_an_idle_daemon_does_not_wake_up(daemon):
     """Event-driven throughout: with nothing to do, no thread of tasksd wakes (the main thread waited for the loop
-    in 0.5 s slices and each API socket polled twice a second: ~12 wake-ups in this window)."""
+    in 0.5 s slices and each API socket polled twice a second: ~12 wake-ups in this window), not even with an
+    event stream open (its thread woke once a second to see whether its client had gone)."""
+    import socket
+
     daemon.start()
     daemon.write("web.hcl", raw_job("web"))
     pid_of(daemon)
-    # Settle: after the watch event that led to the start, the cgroup warmer keeps writing for HOLD seconds.
-    time.sleep(HOLD + 0.5)
-    before = _voluntary_switches(daemon.proc.pid)
-    time.sleep(3)  # an observation window: the absence of wake-ups has no condition to wait on
-    after = _voluntary_switches(daemon.proc.pid)
+    with socket.socket(socket.AF_UNIX) as follower:
+        follower.connect(daemon.socket)
+        follower.sendall(b"GET /v1/events?follow=1&limit=1 HTTP/1.1\r\nHost: tasksd\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = follower.recv(65536)
+            assert chunk, got
+            got += chunk
+        # Settle: after the watch event that led to the start, the cgroup warmer keeps writing for HOLD seconds.
+        time.sleep(HOLD + 0.5)
+        before = _voluntary_switches(daemon.proc.pid)
+        time.sleep(3)  # an observation window: the absence of wake-ups has no condition to wait on
+        after = _voluntary_switches(daemon.proc.pid)
     woke = {tid: after[tid] - n for tid, n in before.items() if tid in after and after[tid] != n}
     assert sum(woke.values()) <= 1, woke
