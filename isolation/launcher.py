@@ -18,6 +18,7 @@ import fcntl
 import gc
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -683,17 +684,38 @@ class Launcher:
     @staticmethod
     def _check_setup_deadline(pending: "Spawning") -> None:
         """A child that took the whole deadline either exec'd just in time or was killed by its timer (stopped by
-        someone, or stuck): the second one never ran the task and must be reported as a failed start."""
+        someone, or stuck): the second one never ran the task and must be reported as a failed start.
+        clone(CLONE_VFORK) returns once the child lets go of its memory, which a killed child does on its way out,
+        before it is a zombie: a dying child is waited for (under load a WNOHANG wait right away missed it, and
+        the killed start was reported as running)."""
+        pidfd = None
         try:
-            pid, status = os.waitpid(pending.pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-            pending.status = status
-            pending.report = json.dumps({
-                "step": "setup", "errno": errno.ETIMEDOUT,
-                "message": f"the child did not reach execve within {childplan.SETUP_DEADLINE_S} s (stopped or "
-                           "stuck; killed)"}).encode()
+            while True:
+                try:
+                    pid, status = os.waitpid(pending.pid, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid:
+                    # Reaped here, so reported from here: a task that exec'd in time and exited already has its
+                    # status in `pending` (the reaper will not see it again).
+                    pending.status = status
+                    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+                        pending.report = json.dumps({
+                            "step": "setup", "errno": errno.ETIMEDOUT,
+                            "message": f"the child did not reach execve within {childplan.SETUP_DEADLINE_S} s "
+                                       "(stopped or stuck; killed)"}).encode()
+                    return
+                if not _exiting(pending.pid):
+                    return  # it exec'd and runs
+                if pidfd is None:
+                    pidfd = os.pidfd_open(pending.pid)
+                # Readable once it is a zombie; bounded, though an exiting process gets there without waiting on
+                # anything but the CPU.
+                if not select.select([pidfd], [], [], 5)[0]:
+                    return
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
     def _spawn_progress(self, pending: "Spawning") -> None:
         try:
@@ -1040,6 +1062,16 @@ def _same_credentials(spec: LaunchSpec) -> bool:
     if spec.gid is not None and not (os.getgid() == os.getegid() == spec.gid):
         return False
     return spec.groups is None or set(spec.groups) == set(os.getgroups())
+
+
+def _exiting(pid: int) -> bool:
+    """The kernel's PF_EXITING flag (/proc/PID/stat, field 9): the process is past the point of no return."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # reaped meanwhile, or a zombie the kernel no longer shows details for: wait says which
+    return bool(int(stat.rsplit(b")", 1)[1].split()[6]) & 0x4)
 
 
 def _safe_key(key: str) -> str:
