@@ -31,6 +31,9 @@ class TaskContext:
     cpuset: str | None = None  # exclusive cores reserved by the controller for resources.cores
     netns: str | None = None  # the group's network namespace path (bridge mode), set by the controller
     key: str | None = None  # the launcher key, chosen (and persisted) by the controller before the spawn
+    # The controller saw this task's cgroup empty after its last run exited, in this daemon's lifetime: nothing
+    # can have entered it since (only a member can fork into it), so the start need not kill leftovers first.
+    cgroup_empty: bool = False
 
     @property
     def task_id(self) -> str:
@@ -117,7 +120,8 @@ class Driver(ABC):
     def stop(self, handle: TaskHandle, signal: str, timeout: float) -> ExitResult: ...
 
     @abstractmethod
-    def destroy(self, handle: TaskHandle, keep_identity: bool = False) -> None: ...
+    def destroy(self, handle: TaskHandle, keep_identity: bool = False, known_empty: bool = False) -> None:
+        """known_empty: left_nothing said so just now, so there is nothing to kill."""
 
     def left_nothing(self, handle: TaskHandle) -> bool:
         """True when no process of the exited task is left (nothing it forked lives on): destroy then kills

@@ -117,7 +117,7 @@ class CommonDriver(Driver):
         except BaseException:
             ticket.discard()
             raise
-        if cg.existed:
+        if cg.existed and not ctx.cgroup_empty:
             cg.kill()  # anything left in the cgroup from an earlier life of this task dies before we launch
         # A cgroup made just now counts from 0; only a reused one (an earlier life of this task) has a past to skip.
         baseline = cg.oom_kills() if cg.existed else 0
@@ -329,7 +329,7 @@ class CommonDriver(Driver):
     def forget(self, task_id: str) -> None:
         """The task instance is gone for good (its manifest is removed): give back what outlives single runs."""
 
-    def destroy(self, handle: TaskHandle, keep_identity: bool = False) -> None:
+    def destroy(self, handle: TaskHandle, keep_identity: bool = False, known_empty: bool = False) -> None:
         """Kill what is left in the task's cgroup and remove it. keep_identity: the task will run again (restart
         policy), so its cgroup, tmpfs mounts and dynamic uid stay for the next run (which starts faster and still
         owns its files); whatever is left is removed with the alloc (GC) or by a later full destroy."""
@@ -337,7 +337,8 @@ class CommonDriver(Driver):
         if not keep_identity:
             self.runtime.cgroups.forget(handle.cgroup)
         if cg is not None:
-            cg.kill()
+            if not known_empty:
+                cg.kill()
             if not keep_identity:
                 cg.remove()
         if not keep_identity:

@@ -224,6 +224,27 @@ def test_sighup_reloads_the_config(daemon):
     assert daemon.task(TID)["pid"] == pid  # a reload restarts nothing
 
 
+def test_a_restart_by_policy_kills_what_the_last_run_left_in_its_cgroup(daemon):
+    """The first run leaves a daemonised grandchild and exits: the restart must not begin with it still in the
+    task's cgroup (the cleanup after an exit kills it; a start skips its own kill only after a clean exit)."""
+    import psutil
+
+    script = ('if [ -e "$NOMAD_ALLOC_DIR/data/once" ]; then exec sleep 1000; fi; touch "$NOMAD_ALLOC_DIR/data/once"; '
+              '(setsid sh -c \'echo $$ > "$NOMAD_ALLOC_DIR/data/grandchild"; exec sleep 1000\' &); '
+              'while [ ! -s "$NOMAD_ALLOC_DIR/data/grandchild" ]; do :; done; exit 3')
+    daemon.start()
+    restart = 'restart {\n        attempts = 3\n        delay = "0s"\n        mode = "fail"\n      }'
+    daemon.write("web.hcl", raw_job("web", command="/bin/sh", args=["-c", script], task_extra=restart))
+    t = wait_for(lambda: (t := daemon.task(TID)) and t["state"] == "running" and t["restarts"] == 1 and t,
+                 timeout=30, what="the second run")
+    grandchild = int((Path(t["alloc_dir"]) / "alloc" / "data" / "grandchild").read_text())
+    assert psutil.pid_exists(t["pid"]) and t["pid"] != grandchild
+    wait_for(lambda: not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie",
+             timeout=10, what="the first run's grandchild gone")
+    exited = [e for e in daemon.client.get("/v1/events") if e["task_id"] == TID and e["type"] == "exited"]
+    assert exited and exited[0]["details"]["exit_code"] == 3
+
+
 def _signal_a_thread_other_than_the_main_one(tgid: int, sig: int) -> int:
     """tgkill to some thread but the main one; threads come and go (the pool's, a reload's), so one that exited
     since the listing is skipped. Returns the thread's id."""

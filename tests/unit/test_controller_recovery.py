@@ -35,15 +35,21 @@ class FakeDriver:
 
     def __init__(self):
         self.destroyed: list[str] = []
+        self.known_empty: list[bool] = []
+        self.empty = True  # what left_nothing answers
+        self.destroy_error: Exception | None = None
 
     def recover(self, handle):
         return ExitResult(exit_code=None, error=UNKNOWN_EXIT)
 
     def left_nothing(self, handle):
-        return True
+        return self.empty
 
-    def destroy(self, handle, keep_identity=False):
+    def destroy(self, handle, keep_identity=False, known_empty=False):
         self.destroyed.append(handle.key)
+        self.known_empty.append(known_empty)
+        if self.destroy_error is not None:
+            raise self.destroy_error
 
 
 def handle(key: str) -> TaskHandle:
@@ -125,4 +131,57 @@ def test_an_exit_while_stopping_is_left_to_the_stop(tmp):
     ctl.records[TID] = rec
     ctl.on_exit(h, ExitResult(exit_code=0, signal=15))
     assert rec.handle is h and not driver.destroyed and not ctl._exits_in_rerender
+    ctl.store.close()
+
+
+def _exit_and_clean_up(ctl) -> None:
+    """Run the exit's cleanup to its end: the inline one, or the pool's and the "done" it queues."""
+    ctl.pool.shutdown(wait=True)
+    while not ctl.queue.empty():
+        ctl.handle(ctl.queue.get_nowait())
+
+
+def test_a_restart_after_a_clean_exit_is_told_the_cgroup_is_empty(tmp):
+    # The usual exit: left_nothing saw the cgroup empty, so destroy kills nothing and the next start skips its
+    # kill of leftovers (each was a read of every hierarchy's member list).
+    ctl, runtime, driver = controller(tmp)
+    h = handle("k1")
+    rec = record(state=TaskState.RUNNING, handle=h)
+    ctl.records[TID] = rec
+    ctl.on_exit(h, ExitResult(exit_code=1))
+    _exit_and_clean_up(ctl)
+    assert driver.known_empty == [True] and rec.handle is None and rec.cgroup_empty
+    ctl.store.close()
+
+
+def test_a_restart_after_an_exit_that_left_processes_is_told_so_only_when_the_kill_worked(tmp):
+    ctl, runtime, driver = controller(tmp)
+    driver.empty = False  # a daemonised grandchild outlived the main process
+    h = handle("k1")
+    rec = record(state=TaskState.RUNNING, handle=h)
+    ctl.records[TID] = rec
+    ctl.on_exit(h, ExitResult(exit_code=1))
+    _exit_and_clean_up(ctl)
+    assert driver.known_empty == [False] and rec.cgroup_empty  # destroy killed it and returned: empty now
+
+    (tmp / "second").mkdir()
+    ctl2, _, driver2 = controller(tmp / "second")
+    driver2.empty, driver2.destroy_error = False, OSError("cgroup still populated")
+    h2 = handle("k2")
+    rec2 = record(state=TaskState.RUNNING, handle=h2)
+    ctl2.records[TID] = rec2
+    ctl2.on_exit(h2, ExitResult(exit_code=1))
+    _exit_and_clean_up(ctl2)
+    assert rec2.handle is None and not rec2.cgroup_empty  # the start must kill what the cleanup could not
+    ctl.store.close()
+    ctl2.store.close()
+
+
+def test_a_record_loaded_from_the_store_never_claims_an_empty_cgroup(tmp):
+    # After a daemon restart nobody knows what ran in the cgroup meanwhile: the start kills leftovers.
+    rec = record(state=TaskState.RESTARTING, next_start_at=1015.0)
+    rec.cgroup_empty = True
+    ctl, _, _ = controller(tmp, [rec])
+    ctl.recover()
+    assert ctl.records[TID].cgroup_empty is False
     ctl.store.close()
