@@ -705,7 +705,7 @@ class Launcher:
                             "message": f"the child did not reach execve within {childplan.SETUP_DEADLINE_S} s "
                                        "(stopped or stuck; killed)"}).encode()
                     return
-                if not _exiting(pending.pid):
+                if not ksys.process_exiting(pending.pid):
                     return  # it exec'd and runs
                 if pidfd is None:
                     pidfd = os.pidfd_open(pending.pid)
@@ -1062,16 +1062,6 @@ def _same_credentials(spec: LaunchSpec) -> bool:
     if spec.gid is not None and not (os.getgid() == os.getegid() == spec.gid):
         return False
     return spec.groups is None or set(spec.groups) == set(os.getgroups())
-
-
-def _exiting(pid: int) -> bool:
-    """The kernel's PF_EXITING flag (/proc/PID/stat, field 9): the process is past the point of no return."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return True  # reaped meanwhile, or a zombie the kernel no longer shows details for: wait says which
-    return bool(int(stat.rsplit(b")", 1)[1].split()[6]) & 0x4)
 
 
 def _safe_key(key: str) -> str:
