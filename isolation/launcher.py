@@ -745,8 +745,9 @@ class Launcher:
                 msg = f"spawn failed at step {step}: {message}"
             except (ValueError, KeyError):
                 msg, step, err = "spawn failed", "unknown", errno.EIO
-            self._reply(pending.conn, {"id": pending.rid, "ok": False, "error": msg, "step": step, "errno": err})
+            # Closed before the caller hears of the failure: once it has, the launcher holds nothing of that start.
             self._close_logs_ahead(pending.spec.key)
+            self._reply(pending.conn, {"id": pending.rid, "ok": False, "error": msg, "step": step, "errno": err})
             return
         self._spawn_succeeded(pending)
 
