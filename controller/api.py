@@ -440,7 +440,7 @@ class Api:
                 start.close()
             raise
         if follow:
-            for chunk in follow_log(logdir, base, h.client_gone, start):
+            for chunk in follow_log(logdir, base, h.client_gone, start, client_fd=h.connection.fileno()):
                 h.wfile.write(chunk)
                 h.wfile.flush()
         h.close_connection = True

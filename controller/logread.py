@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import os
+import select
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from isolation import sys as ksys
 from isolation.logs import read_tail
 from isolation.safefile import open_regular_path
 
-FOLLOW_INTERVAL = 0.1  # only while a client follows: interactive, not part of supervision
+# How often a follower looks at the file when it cannot sleep on inotify (no instance left, or the log directory
+# is gone or not there yet): only while a client follows, interactive, not part of supervision.
+FOLLOW_INTERVAL = 0.1
+# A write, and what a rotation does: the active file renamed away, a new one made.
+_LOG_EVENTS = ksys.IN_MODIFY | ksys.IN_CREATE | ksys.IN_MOVED_FROM | ksys.IN_MOVED_TO | ksys.IN_DELETE
 CHUNK = 65536
 
 
@@ -52,10 +58,54 @@ def read_log(logdir: Path, base: str, tail: int, active_end: int | None = None) 
             yield chunk
 
 
-def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryIO | None = None) -> Iterator[bytes]:
+class _Wakeups:
+    """What a follower sleeps on between reads: inotify events of the log directory, and the client's socket (a
+    hang-up shows there at once)."""
+
+    def __init__(self, logdir: Path, client_fd: int | None) -> None:
+        self.logdir = logdir
+        self.client_fd = client_fd
+        self.inotify: int | None = None
+        self._watch()
+
+    def _watch(self) -> None:
+        try:
+            self.inotify = ksys.inotify_watch_dir(self.logdir, _LOG_EVENTS)
+        except OSError:
+            self.inotify = None  # no instance left, or no directory (yet): by the clock
+
+    def wait(self, missing: bool) -> None:
+        """Sleep until the directory changes or the client is readable. `missing`: the active file is not there
+        (a rotation under way, or the alloc dir was removed and may come back as a new directory that the old
+        watch would never see): then look again after FOLLOW_INTERVAL, with a fresh watch."""
+        if missing or self.inotify is None:
+            self.close()
+            if self.client_fd is None:
+                time.sleep(FOLLOW_INTERVAL)
+            else:
+                select.select([self.client_fd], [], [], FOLLOW_INTERVAL)
+            self._watch()
+            return
+        fds = [self.inotify] + ([self.client_fd] if self.client_fd is not None else [])
+        select.select(fds, [], [])
+        if ksys.inotify_drain(self.inotify) & ksys.IN_IGNORED:
+            self.close()  # the watched directory is gone for good: the next turn goes by the clock
+
+    def close(self) -> None:
+        if self.inotify is not None:
+            os.close(self.inotify)
+            self.inotify = None
+
+
+def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryIO | None = None,
+               client_fd: int | None = None) -> Iterator[bytes]:
     """Yield what is appended to the active file (from `start`, see open_active, else from its end when first
-    seen); when it rotates (new inode), continue in the new one."""
+    seen); when it rotates (new inode), continue in the new one. Between reads it sleeps until the log directory
+    changes or `client_fd` (the client's connection) becomes readable, then asks `stop` whether to end."""
     path = logdir / base
+    # Watched before the first read: a write after that read and before the sleep is then an event already
+    # queued, never one slept through.
+    wakeups = _Wakeups(logdir, client_fd)
     f = start
     ino = os.fstat(f.fileno()).st_ino if f is not None else None
     try:
@@ -63,7 +113,7 @@ def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryI
             if f is None:
                 f = _open(path)
                 if f is None:
-                    time.sleep(FOLLOW_INTERVAL)
+                    wakeups.wait(missing=True)
                     continue
                 ino = os.fstat(f.fileno()).st_ino
                 f.seek(0, os.SEEK_END)
@@ -71,6 +121,7 @@ def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryI
             if chunk:
                 yield chunk
                 continue
+            missing = False
             try:
                 if os.lstat(path).st_ino != ino:
                     rest = f.read()
@@ -82,9 +133,10 @@ def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryI
                         ino = os.fstat(f.fileno()).st_ino
                     continue
             except FileNotFoundError:
-                pass
-            yield b""  # lets the caller notice a gone client between polls
-            time.sleep(FOLLOW_INTERVAL)
+                missing = True
+            yield b""  # lets the caller notice a gone client between waits
+            wakeups.wait(missing)
     finally:
+        wakeups.close()
         if f is not None:
             f.close()

@@ -419,6 +419,55 @@ def pidfd_get_info(pidfd: int) -> int | None:
     return exit_code
 
 
+# ---- inotify (the daemon's file watching goes through watchdog; this is for one directory, briefly) ----------
+
+IN_MODIFY = 0x2
+IN_MOVED_FROM = 0x40
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
+_INOTIFY_EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len (then len bytes of name)
+_libc.inotify_init1.argtypes = [ctypes.c_int]
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, _c_str, ctypes.c_uint32]
+
+
+def inotify_watch_dir(path: str | os.PathLike, mask: int) -> int:
+    """A non-blocking, close-on-exec inotify descriptor watching directory `path` (not followed when it is a
+    symlink) for `mask`. OSError when no inotify instance is left (fs.inotify.max_user_instances) or the
+    directory is not there."""
+    fd = _check(_libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC), "inotify_init1")
+    try:
+        _check(_libc.inotify_add_watch(fd, _fs(path), mask | IN_ONLYDIR | IN_DONT_FOLLOW),
+               f"inotify_add_watch {os.fsdecode(path)}")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def inotify_drain(fd: int) -> int:
+    """Read every queued event of non-blocking inotify descriptor `fd`; returns the OR of their masks (0 when
+    none was queued). IN_IGNORED in it means the watch is gone (its directory was removed)."""
+    masks = 0
+    while True:
+        try:
+            buf = os.read(fd, 65536)
+        except BlockingIOError:
+            return masks
+        if not buf:
+            return masks
+        off = 0
+        while off + _INOTIFY_EVENT.size <= len(buf):
+            _, mask, _, n = _INOTIFY_EVENT.unpack_from(buf, off)
+            masks |= mask
+            off += _INOTIFY_EVENT.size + n
+
+
 # ---- process identity ---------------------------------------------------------------------------------------
 
 

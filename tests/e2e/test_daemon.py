@@ -309,20 +309,27 @@ def _voluntary_switches(pid: int) -> dict[str, int]:
 def test_an_idle_daemon_does_not_wake_up(daemon):
     """Event-driven throughout: with nothing to do, no thread of tasksd wakes (the main thread waited for the loop
     in 0.5 s slices and each API socket polled twice a second: ~12 wake-ups in this window), not even with an
-    event stream open (its thread woke once a second to see whether its client had gone)."""
+    event stream open (its thread woke once a second to see whether its client had gone) or a quiet task's log
+    followed (its thread read the file every 0.1 s: ~30 wake-ups)."""
     import socket
 
     daemon.start()
     daemon.write("web.hcl", raw_job("web"))
     pid_of(daemon)
-    with socket.socket(socket.AF_UNIX) as follower:
-        follower.connect(daemon.socket)
-        follower.sendall(b"GET /v1/events?follow=1&limit=1 HTTP/1.1\r\nHost: tasksd\r\n\r\n")
+
+    def follow(path: str) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(daemon.socket)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: tasksd\r\n\r\n".encode())
         got = b""
         while b"\r\n\r\n" not in got:
-            chunk = follower.recv(65536)
+            chunk = s.recv(65536)
             assert chunk, got
             got += chunk
+        assert got.startswith(b"HTTP/1.1 200"), got
+        return s
+
+    with follow("/v1/events?follow=1&limit=1"), follow(f"/v1/logs/{TID}?stream=stdout&tail=0&follow=1"):
         # Settle: after the watch event that led to the start, the cgroup warmer keeps writing for HOLD seconds.
         time.sleep(HOLD + 0.5)
         before = _voluntary_switches(daemon.proc.pid)

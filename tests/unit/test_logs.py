@@ -373,3 +373,164 @@ def test_a_whole_log_is_read_in_bounded_chunks_up_to_its_size_when_opened(tmp_pa
     rest = list(chunks)
     assert all(len(c) <= logread.CHUNK for c in [first, *rest]) and rest
     assert first + b"".join(rest) == data
+
+
+# ---- following (tasksctl logs -f) -----------------------------------------------------------------------------
+
+
+class _Clock:
+    """Stands in for logread's `time`: records the fallback's sleeps, runs `on_sleep` at each (the test's writer)."""
+
+    def __init__(self, on_sleep=None) -> None:
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        if self.on_sleep is not None:
+            self.on_sleep()
+
+
+def _spy_select(monkeypatch, logread):
+    """Records the timeout of every select the follower makes; `waiting` is set once it sleeps in one."""
+    import select as real
+    import threading
+    from types import SimpleNamespace
+
+    timeouts: list[tuple] = []
+    waiting = threading.Event()
+
+    def spy(r, w, x, *timeout):
+        timeouts.append(timeout)
+        waiting.set()
+        return real.select(r, w, x, *timeout)
+
+    monkeypatch.setattr(logread, "select", SimpleNamespace(select=spy))
+    return timeouts, waiting
+
+
+def test_a_log_follower_sleeps_on_inotify_until_the_task_writes_and_follows_a_rotation(tmp_path, monkeypatch):
+    """No timer between reads: the follower wakes when the log directory changes (a write, a rotation)."""
+    import threading
+
+    from controller import logread
+
+    clock = _Clock()
+    monkeypatch.setattr(logread, "time", clock)
+    timeouts, waiting = _spy_select(monkeypatch, logread)
+    active = tmp_path / "t.stdout"
+    active.write_bytes(b"old\n")
+    chunks = logread.follow_log(tmp_path, "t.stdout", lambda: False, logread.open_active(tmp_path, "t.stdout"))
+
+    def once_waiting(act) -> threading.Thread:
+        waiting.clear()
+        t = threading.Thread(target=lambda: waiting.wait(30) and act())
+        t.start()
+        return t
+
+    def append(data: bytes) -> None:
+        with open(active, "ab") as f:
+            f.write(data)
+
+    def rotate() -> None:  # as RotatingLog does: the active file renamed away, then a new one
+        os.rename(active, tmp_path / "t.stdout.1")
+        active.write_bytes(b"two\n")
+
+    try:
+        assert next(chunks) == b""  # nothing new yet; the next turn sleeps
+        writer = once_waiting(lambda: append(b"one\n"))
+        assert next(chunks) == b"one\n"
+        writer.join()
+        assert timeouts == [()], "the follower's sleep had a timeout"
+        assert clock.sleeps == [], "the follower slept on the clock with inotify available"
+        assert next(chunks) == b""
+        writer = once_waiting(rotate)
+        got = b""
+        while got != b"two\n":  # the rename and the new file may wake it more than once
+            got += next(chunks)
+        writer.join()
+    finally:
+        chunks.close()
+    # A follower that looked between the rename and the new file went by the clock (FOLLOW_INTERVAL) meanwhile.
+    assert all(s == logread.FOLLOW_INTERVAL for s in clock.sleeps), clock.sleeps
+
+
+def test_a_log_follower_ends_when_its_client_hangs_up_without_waiting_for_a_write(tmp_path, monkeypatch):
+    import socket
+
+    from controller import logread
+
+    monkeypatch.setattr(logread, "time", _Clock(on_sleep=lambda: pytest.fail("slept on the clock")))
+    (tmp_path / "t.stdout").write_bytes(b"")
+    ours, client = socket.socketpair()
+    try:
+        def gone() -> bool:
+            try:
+                return ours.recv(16, socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                return False
+
+        chunks = logread.follow_log(tmp_path, "t.stdout", gone, logread.open_active(tmp_path, "t.stdout"),
+                                    client_fd=ours.fileno())
+        assert next(chunks) == b""
+        client.close()
+        assert list(chunks) == []  # the hang-up woke it, and it ended
+    finally:
+        ours.close()
+        client.close()
+
+
+def test_a_log_follower_without_inotify_reads_by_the_clock(tmp_path, monkeypatch):
+    """No inotify instance left (fs.inotify.max_user_instances): it still follows, every FOLLOW_INTERVAL."""
+    from controller import logread
+
+    def refuse(path, mask):
+        raise OSError(errno.EMFILE, "inotify_init1: Too many open files")
+
+    monkeypatch.setattr(logread.ksys, "inotify_watch_dir", refuse)
+    active = tmp_path / "t.stdout"
+    active.write_bytes(b"")
+
+    def write() -> None:
+        with open(active, "ab") as f:
+            f.write(b"late\n")
+
+    clock = _Clock(on_sleep=write)
+    monkeypatch.setattr(logread, "time", clock)
+    chunks = logread.follow_log(tmp_path, "t.stdout", lambda: False, logread.open_active(tmp_path, "t.stdout"))
+    try:
+        assert next(chunks) == b""
+        assert next(chunks) == b"late\n"
+    finally:
+        chunks.close()
+    assert clock.sleeps == [logread.FOLLOW_INTERVAL]
+
+
+def test_a_log_follower_whose_directory_is_removed_keeps_looking_by_the_clock(tmp_path, monkeypatch):
+    """An alloc's log directory removed under a follower (GC): the watch is gone with it; the follower goes on
+    by the clock and picks the stream up again when it comes back."""
+    import shutil
+
+    from controller import logread
+
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    (logdir / "t.stdout").write_bytes(b"")
+
+    def come_back() -> None:
+        if not logdir.exists():
+            logdir.mkdir()
+            (logdir / "t.stdout").write_bytes(b"back\n")
+
+    clock = _Clock(on_sleep=come_back)
+    monkeypatch.setattr(logread, "time", clock)
+    chunks = logread.follow_log(logdir, "t.stdout", lambda: False, logread.open_active(logdir, "t.stdout"))
+    try:
+        assert next(chunks) == b""
+        shutil.rmtree(logdir)
+        got = b""
+        while b"back\n" not in got:
+            got += next(chunks)
+    finally:
+        chunks.close()
+    assert clock.sleeps, "the follower never fell back to the clock"
