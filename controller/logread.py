@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -16,6 +17,11 @@ from isolation.safefile import open_regular_path
 FOLLOW_INTERVAL = 0.1
 # A write, and what a rotation does: the active file renamed away, a new one made.
 _LOG_EVENTS = ksys.IN_MODIFY | ksys.IN_CREATE | ksys.IN_MOVED_FROM | ksys.IN_MOVED_TO | ksys.IN_DELETE
+# Each watching follower holds an inotify instance, and root's are few and shared with the whole host
+# (fs.inotify.max_user_instances, 128 by default; systemd and udev need theirs): followers past this many go by
+# the clock. The API allows 128 connections, every one of which could be a follower.
+MAX_WATCHING_FOLLOWERS = 8
+_watch_slots = threading.BoundedSemaphore(MAX_WATCHING_FOLLOWERS)
 CHUNK = 65536
 
 
@@ -69,10 +75,12 @@ class _Wakeups:
         self._watch()
 
     def _watch(self) -> None:
+        if not _watch_slots.acquire(blocking=False):
+            return  # enough followers hold an instance already: by the clock
         try:
             self.inotify = ksys.inotify_watch_dir(self.logdir, _LOG_EVENTS)
         except OSError:
-            self.inotify = None  # no instance left, or no directory (yet): by the clock
+            _watch_slots.release()  # no instance left, or no directory (yet): by the clock
 
     def wait(self, missing: bool) -> None:
         """Sleep until the directory changes or the client is readable. `missing`: the active file is not there
@@ -95,6 +103,7 @@ class _Wakeups:
         if self.inotify is not None:
             os.close(self.inotify)
             self.inotify = None
+            _watch_slots.release()
 
 
 def follow_log(logdir: Path, base: str, stop: Callable[[], bool], start: BinaryIO | None = None,

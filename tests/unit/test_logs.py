@@ -534,3 +534,39 @@ def test_a_log_follower_whose_directory_is_removed_keeps_looking_by_the_clock(tm
     finally:
         chunks.close()
     assert clock.sleeps, "the follower never fell back to the clock"
+
+
+def _inotify_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+        except FileNotFoundError:
+            pass  # the listing's own descriptor, closed by now
+    return n
+
+
+def test_only_a_few_log_followers_hold_an_inotify_instance_the_rest_go_by_the_clock(tmp_path, monkeypatch):
+    """root's inotify instances are shared with the whole host (systemd, udev): 128 API connections following
+    logs must not take them all. Past MAX_WATCHING_FOLLOWERS a follower reads by the clock, and a slot that
+    frees up is used again."""
+    from controller import logread
+
+    monkeypatch.setattr(logread, "time", _Clock())
+    (tmp_path / "t.stdout").write_bytes(b"")
+    n = logread.MAX_WATCHING_FOLLOWERS
+    before = _inotify_fds()
+    followers = [logread.follow_log(tmp_path, "t.stdout", lambda: False) for _ in range(n + 2)]
+    try:
+        for f in followers:
+            assert next(f) == b""
+        assert _inotify_fds() - before == n
+        followers.pop(0).close()
+        late = logread.follow_log(tmp_path, "t.stdout", lambda: False)
+        followers.append(late)
+        assert next(late) == b""
+        assert _inotify_fds() - before == n
+    finally:
+        for f in followers:
+            f.close()
+    assert _inotify_fds() == before
