@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.spawn import add_state_root_option, apply_state_root, bench_tempdir, compile_tree  # noqa: E402
 from controller.client import Client, ClientError  # noqa: E402
+from isolation.launcher_proto import is_launcher_cmdline  # noqa: E402
 
 
 def manifest(name: str, args: str = "100000") -> str:
@@ -130,7 +131,7 @@ class Bench:
         out = [main]
         for p in psutil.process_iter(["cmdline"]):
             cmd = p.info["cmdline"] or []
-            if "isolation.launcher" in cmd and str(self.state) in cmd:
+            if is_launcher_cmdline(cmd) and str(self.state) in cmd:
                 out.append(p)
         return out
 

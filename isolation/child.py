@@ -18,6 +18,7 @@ import os
 import signal
 import termios  # imported here, not in the step: after entering a chroot the stdlib is out of reach
 
+from isolation.childplan import new_namespace_flags
 from isolation.launchspec import LaunchSpec
 
 
@@ -67,24 +68,6 @@ def _oom_score_adj(spec: LaunchSpec, fds: dict) -> None:
     # Always written: the launcher may run at -1000 (as a systemd service can) and children inherit it.
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write(str(spec.oom_score_adj))
-
-
-def new_namespace_flags(spec: LaunchSpec) -> int:
-    """The CLONE_NEW* flags of the namespaces the task gets fresh, but pid: that one applies to children only, so
-    the launcher makes it around the fork (or the C child's clone)."""
-    ns = spec.namespaces
-    from isolation import sys as ksys
-
-    flags = 0
-    if ns.mount or spec.rootfs or ns.mount_proc:
-        flags |= ksys.CLONE_NEWNS
-    if ns.ipc:
-        flags |= ksys.CLONE_NEWIPC
-    if ns.uts:
-        flags |= ksys.CLONE_NEWUTS
-    if ns.net == "new":
-        flags |= ksys.CLONE_NEWNET
-    return flags
 
 
 def _namespaces(spec: LaunchSpec, fds: dict) -> None:

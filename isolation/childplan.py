@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 
 from isolation import caps as capslib
-from isolation import child, landlock
+from isolation import landlock
 from isolation import sys as ksys
 from isolation.launchspec import LaunchSpec, RootFS
 from isolation.mounts import DEVICES, resolv_conf_bind
@@ -57,26 +57,46 @@ class Plan:
 
 
 class _Ops(list):
+    """Ops as (code, flags, step, i0, i1, i2, s0, s1, s2, s3), strings as str (os.fsdecode's): spawn() encodes them
+    for the extension, and the C launcher's requests carry them as JSON."""
+
     def add(self, code: str, step: str, *ints: int, s: tuple = (), flags: int = 0) -> None:
         i = (list(ints) + [0, 0, 0])[:3]
-        strs = [None if x is None else os.fsencode(x) for x in s] + [None] * (4 - len(s))
-        self.append((getattr(_spawn, code), flags, step.encode(), *i, *strs))
+        self.append((getattr(_spawn, code), flags, step, *i, *s, *[None] * (4 - len(s))))
 
 
-def compile_plan(spec: LaunchSpec, fds: dict, enter: dict | None, born_in: str | None = None) -> Plan:
+def new_namespace_flags(spec: LaunchSpec) -> int:
+    """The CLONE_NEW* flags of the namespaces the task gets fresh, but pid: that one applies to children only, so
+    the launcher makes it around the fork (or the C child's clone)."""
+    ns = spec.namespaces
+    flags = 0
+    if ns.mount or spec.rootfs or ns.mount_proc:
+        flags |= ksys.CLONE_NEWNS
+    if ns.ipc:
+        flags |= ksys.CLONE_NEWIPC
+    if ns.uts:
+        flags |= ksys.CLONE_NEWUTS
+    if ns.net == "new":
+        flags |= ksys.CLONE_NEWNET
+    return flags
+
+
+def compile_plan(spec: LaunchSpec, fds: dict, enter: dict | None, born_in: str | None = None,
+                 may_be_born_in: str | None = None) -> Plan:
     """`fds`: stdin, stdout, stderr and errpipe as the launcher opened them; `enter`: the namespace and root fds
     of a running task (exec into it), whose pid namespace the caller enters around the clone; `born_in`: the one
-    cgroup.procs of spec.cgroup_procs the child is cloned into (CLONE_INTO_CGROUP), which it need not join."""
+    cgroup.procs of spec.cgroup_procs the child is cloned into (CLONE_INTO_CGROUP), which it need not join;
+    `may_be_born_in`: one the C launcher may clone it into (its join is flagged F_BORN_IN, dropped if so)."""
     ops = _Ops()
     ns = spec.namespaces
     flags = 0
     if enter is None:
-        flags = child.new_namespace_flags(spec) | (ksys.CLONE_NEWPID if ns.pid else 0)
+        flags = new_namespace_flags(spec) | (ksys.CLONE_NEWPID if ns.pid else 0)
     if spec.setsid:
         ops.add("OP_SETSID", "new session")
     for procs in spec.cgroup_procs:
         if procs != born_in:
-            ops.add("OP_WRITE", "join cgroup", s=(procs, "0"))
+            ops.add("OP_WRITE", "join cgroup", s=(procs, "0"), flags=_spawn.F_BORN_IN if procs == may_be_born_in else 0)
     if enter:
         for name, nstype in (("ipc", ksys.CLONE_NEWIPC), ("uts", ksys.CLONE_NEWUTS), ("net", ksys.CLONE_NEWNET),
                              ("mnt", ksys.CLONE_NEWNS)):
@@ -243,6 +263,46 @@ def spawn(spec: LaunchSpec, fds: dict, enter: dict | None, fd_limit: int = 0,
         if not k or "=" in k:
             raise ValueError(f"illegal environment variable name {k!r}")
     env = [os.fsencode(f"{k}={v}") for k, v in spec.env]
-    return _spawn.spawn(plan.clone_flags, fds["errpipe"], SETUP_DEADLINE_S, plan.ops, os.fsencode(spec.path),
+    ops = [(code, flags, step.encode(), i0, i1, i2, *(None if x is None else os.fsencode(x) for x in strs))
+           for code, flags, step, i0, i1, i2, *strs in plan.ops]
+    return _spawn.spawn(plan.clone_flags, fds["errpipe"], SETUP_DEADLINE_S, ops, os.fsencode(spec.path),
                         [os.fsencode(a) for a in spec.argv], env, plan.groups, fd_limit,
                         born_in[1] if born_in else -1)
+
+
+# ---- requests to the C launcher (isolation/launcher.c) -------------------------------------------------------
+
+NS_TO_ENTER = ("ipc", "uts", "net", "mnt", "pid")  # the namespaces an exec into a task enters
+
+
+def namespaces_to_enter(pid: int) -> list[str]:
+    """Which of the task's namespaces differ from ours (the launcher's: it runs in the daemon's)."""
+    return [n for n in NS_TO_ENTER if os.stat(f"/proc/{pid}/ns/{n}").st_ino != os.stat(f"/proc/self/ns/{n}").st_ino]
+
+
+def c_launcher_request(op: str, spec: LaunchSpec, slots: dict, v2_prefix: str | None = None, fresh: bool = False,
+                       enter: list[str] | None = None, **extra) -> dict:
+    """The spawn or exec request of the C launcher: the plan compiled here with the launcher's descriptor slots
+    (its ping says which), so the launcher itself never reads a LaunchSpec. clone_into: the task's cgroup v2
+    directory, which the launcher may clone the child into; fresh: that cgroup was made for this start (never
+    killed, see launcher.py on CLONE_INTO_CGROUP). enter (exec): the task's namespaces to join."""
+    for k, _ in spec.env:
+        if not k or "=" in k:
+            raise ValueError(f"illegal environment variable name {k!r}")
+    fds = {k: slots[k] for k in ("stdin", "stdout", "stderr", "errpipe")}
+    enter_fds = None
+    if enter is not None:
+        enter_fds = {n: slots[n] for n in enter if n != "pid"}
+        enter_fds["root"] = slots["root"]
+    v2 = next((p for p in spec.cgroup_procs if v2_prefix and p.startswith(v2_prefix)), None) if enter is None else None
+    plan = compile_plan(spec, fds, enter_fds, may_be_born_in=v2)
+    req = {"op": op, "key": spec.key,
+           "plan": {"clone_flags": plan.clone_flags, "ops": plan.ops, "groups": plan.groups},
+           "path": spec.path, "argv": list(spec.argv), "env": [f"{k}={v}" for k, v in spec.env],
+           "logs": [None if t is None else [t.dir, t.base, t.max_files, t.max_file_size]
+                    for t in (spec.stdout, spec.stderr)],
+           "clone_into": os.path.dirname(v2) if v2 else None, "fresh": fresh, **extra}
+    if enter is not None:
+        req["enter"] = [*enter_fds]
+        req["pidns"] = "pid" in enter
+    return req

@@ -332,7 +332,7 @@ class Launcher:
         try:
             req = json.loads(line)
             rid, op = req.get("id"), req["op"]
-        except (ValueError, KeyError, AttributeError):
+        except (ValueError, KeyError, AttributeError, RecursionError):  # RecursionError: "[[[[..." nested deep
             self._send(conn, {"id": None, "ok": False, "error": "malformed request"})
             return
         if conn.ahead is not None and op != "spawn":

@@ -35,6 +35,10 @@ class LauncherClient:
         self._reader: threading.Thread | None = None
         self.launcher_pid: int | None = None
         self.child: str | None = None  # "c" or "python": how the launcher sets tasks up (its ping says)
+        # "c" (isolation/launcher.c: spawn and exec requests carry a compiled plan, see childplan.c_launcher_request)
+        # or "python" (isolation/launcher.py: they carry the LaunchSpec); slots: the C launcher's descriptor slots.
+        self.launcher: str | None = None
+        self.slots: dict[str, int] = {}
         # The call connection: requests whose caller reads the reply itself, without the reader thread. On this
         # VM a reply handed over by the reader thread took 110 us back to back and 350 us after 3 ms idle,
         # against 40 and 160 us read directly (a thread wake-up, the GIL, and a second wake-up). One caller at a
@@ -60,6 +64,8 @@ class LauncherClient:
         pong = self.request("ping")
         self.launcher_pid = pong["pid"]
         self.child = pong.get("child", "python")  # a launcher from before the C child answers without it
+        self.launcher = pong.get("launcher", "python")
+        self.slots = dict(pong.get("fds") or {})
 
     def _open(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -81,7 +87,7 @@ class LauncherClient:
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         with open(run / "launcher.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "isolation.launcher", "--state-dir", str(self.state_dir)],
+                [*launcher_command(), "--state-dir", str(self.state_dir)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env, cwd="/",
                 start_new_session=True, close_fds=True,
             )
@@ -280,6 +286,26 @@ class LauncherClient:
             self.on_event({"event": "disconnected"})
         except Exception:  # noqa: BLE001
             pass
+
+
+def c_launcher_path() -> Path | None:
+    """The C launcher (isolation/tasksd-launcher, built with isolation._spawn), or None: not built, or not wanted
+    (TASKSD_LAUNCHER=python, or TASKSD_CHILD=python, whose Python child only the Python launcher runs)."""
+    if os.environ.get("TASKSD_LAUNCHER", "c") == "python" or os.environ.get("TASKSD_CHILD", "c") == "python":
+        return None
+    path = Path(__file__).resolve().parent / "tasksd-launcher"
+    if not os.access(path, os.X_OK):
+        return None
+    try:  # the daemon compiles the C launcher's plans with the extension's op codes
+        from isolation import _spawn  # noqa: F401
+    except ImportError:
+        return None
+    return path
+
+
+def launcher_command() -> list[str]:
+    path = c_launcher_path()
+    return [str(path)] if path else [sys.executable, "-m", "isolation.launcher"]
 
 
 class Pending:

@@ -35,3 +35,8 @@ def via_short_path(op, path: str) -> None:
         op(f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
     finally:
         os.close(dfd)
+
+
+def is_launcher_cmdline(cmdline: list[str]) -> bool:
+    """A process's argv is a tasksd launcher's: the Python one (python -m isolation.launcher) or the C one."""
+    return "isolation.launcher" in cmdline or (bool(cmdline) and cmdline[0].endswith("/tasksd-launcher"))

@@ -6,6 +6,7 @@ polling anywhere.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -21,7 +22,7 @@ from isolation.cgroups.warm import MigrationWarmer, own_procs_file
 from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
 from isolation.launcher_proto import describe_status
 from isolation.launcher_client import CallPending, LauncherClient, LauncherError
-from isolation.launchspec import LogTarget
+from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.spares import SparePool
 
 log = logging.getLogger("tasksd.runtime")
@@ -128,6 +129,32 @@ class Runtime:
         the task's log files); result() collects it, or makes it here when it was never sent. A sent ticket must
         be collected, result() or discard(), on every path: it holds the launcher's call connection until then."""
         return CgroupTicket(self, name, limits)
+
+    def spawn_body(self, spec: "LaunchSpec", spec_dict: dict, fresh: bool) -> bytes:
+        """The spawn request for whichever launcher serves us. fresh: the task's cgroup was made for this start."""
+        if self.client.launcher == "c":
+            from isolation import childplan
+
+            v2 = f"{self.layout.v2_mount}/" if self.layout.v2_mount else None
+            req = childplan.c_launcher_request("spawn", spec, self.client.slots, v2, fresh)
+            return self.client.encode(req.pop("op"), **req)
+        return self.client.encode("spawn", spec=spec_dict)
+
+    def exec_in(self, spec: "LaunchSpec", pid: int, start_time: int | None, fds: list[int]) -> None:
+        """Start spec's process in the namespaces of running task `pid` (tasksctl exec), with `fds` as its stdio."""
+        if self.client.launcher == "c":
+            from isolation import childplan
+
+            try:
+                enter = childplan.namespaces_to_enter(pid)
+            except OSError:
+                raise LauncherError(f"the task's process {pid} has exited", "exec", errno.ESRCH) from None
+            req = childplan.c_launcher_request("exec", spec, self.client.slots, enter=enter, target_pid=pid,
+                                               target_start_time=start_time, nfds=len(fds))
+            self.client.request(req.pop("op"), body=self.client.encode("exec", **req), fds=fds)
+            return
+        self.client.request("exec", spec=spec.to_dict(), target_pid=pid, target_start_time=start_time, fds=fds,
+                            nfds=len(fds))
 
     def expect_start(self) -> None:
         """A task start is likely within tens of ms (a manifest changed, a task exited): see cgroups.warm."""
@@ -343,8 +370,8 @@ class CgroupTicket:
         """Ask the launcher now, unless this manager made the cgroup with these limits already (a restart): then
         it is four mkdirs that find it there, cheaper here than a round trip, and result() does them."""
         rewrite = self.mgr.needs_limits(self.name, self.limits)
-        if not rewrite:
-            return
+        if not rewrite or self.runtime.client.launcher == "c":
+            return  # the C launcher makes no cgroups: result() makes it here
         self.mgr.forget(self.name)  # unknown until the launcher says it wrote them
         try:
             self.pending = self.runtime.client.submit(

@@ -122,6 +122,8 @@ class CommonDriver(Driver):
         # A cgroup made just now counts from 0; only a reused one (an earlier life of this task) has a past to skip.
         baseline = cg.oom_kills() if cg.existed else 0
         try:
+            if body is None:  # the C launcher's request names the cgroup's freshness (known only now)
+                body = self.runtime.spawn_body(spec, spec_dict, fresh=not cg.existed)
             reply = self.runtime.client.request("spawn", body=body)
         except Exception as e:
             # The request may have failed after the launcher forked (a reply that timed out): whatever runs in
@@ -142,7 +144,7 @@ class CommonDriver(Driver):
         return handle
 
     def _prepare(self, ctx: TaskContext, ident: Identity, ticket: CgroupTicket,
-                 key: str) -> tuple[taskdir.TaskDir, LaunchSpec, dict, bytes]:
+                 key: str) -> tuple[taskdir.TaskDir, LaunchSpec, dict, bytes | None]:
         """Everything a start needs before the spawn request: the task dir, environment, command, the launch
         spec and the encoded request, all while the launcher makes the cgroup (its directories are known up
         front, so nothing here waits for its reply); the launcher opens the log files as soon as their directory
@@ -189,6 +191,8 @@ class CommonDriver(Driver):
         )
         spec = self.isolate(ctx, td, ident, spec)
         spec_dict = spec.to_dict()
+        if self.runtime.client.launcher == "c":
+            return td, spec, spec_dict, None  # encoded by start() once the cgroup is made
         return td, spec, spec_dict, self.runtime.client.encode("spawn", spec=spec_dict)
 
     # ---- prestart: artifacts and templates ---------------------------------------------------------------
@@ -386,8 +390,7 @@ class CommonDriver(Driver):
                        namespaces=replace(base.namespaces, mount=False, pid=False, ipc=False, uts=False,
                                           net="host", mount_proc=False),
                        stdout=None, stderr=None, setsid=True, ctty=tty)
-        self.runtime.client.request("exec", spec=spec.to_dict(), target_pid=handle.pid,
-                                    target_start_time=handle.start_time, fds=fds, nfds=len(fds))
+        self.runtime.exec_in(spec, handle.pid, handle.start_time, fds)
         return key
 
     def exec_path(self, handle: TaskHandle, base: LaunchSpec, command: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.client import Client, ClientError
+from isolation.launcher_proto import is_launcher_cmdline
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +145,7 @@ def teardown_daemon(d: Daemon, cgroup_parent: str) -> None:
         import psutil
 
         for p in psutil.process_iter(["cmdline"]):
-            if "isolation.launcher" in (p.info["cmdline"] or []) and str(d.state_dir) in p.info["cmdline"]:
+            if is_launcher_cmdline(p.info["cmdline"] or []) and str(d.state_dir) in p.info["cmdline"]:
                 p.kill()
                 p.wait(10)
         for name in mgr.names():

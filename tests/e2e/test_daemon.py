@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from isolation.cgroups.warm import HOLD
+from isolation.launcher_proto import is_launcher_cmdline
 from tests.e2e.conftest import raw_job
 from tests.helpers import wait_for
 
@@ -150,7 +151,7 @@ def test_a_lost_launcher_makes_tasksd_exit_nonzero_and_the_restart_readopts_its_
     daemon.write("web.hcl", raw_job("web", task_extra='restart {\n attempts = 3\n delay = "1s"\n mode = "fail"\n }'))
     pid = pid_of(daemon)
     [launcher] = [p for p in psutil.process_iter(["cmdline"])
-                  if "isolation.launcher" in (p.info["cmdline"] or []) and str(daemon.state_dir) in p.info["cmdline"]]
+                  if is_launcher_cmdline(p.info["cmdline"] or []) and str(daemon.state_dir) in p.info["cmdline"]]
     launcher.kill()
     # Without a launcher nothing could be spawned or heard of: tasksd exits non-zero for systemd to restart it.
     assert daemon.proc.wait(60) == 1, daemon.log()[-2000:]

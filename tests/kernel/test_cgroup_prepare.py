@@ -4,6 +4,9 @@ Real launcher, real cgroups on this hybrid host. What must hold: the cgroup and 
 manager would have made itself, the daemon falls back to making it when the launcher cannot (an older launcher,
 a removed parent), the launcher refuses directories outside the host's cgroup mounts, and a start that fails
 before its spawn leaves no cgroup behind.
+
+Only the Python launcher (isolation/launcher.py) makes cgroups; the C launcher leaves them to the daemon (see
+test_the_c_launcher_leaves_cgroups_to_the_daemon), so this module runs against the Python one.
 """
 from __future__ import annotations
 
@@ -22,6 +25,26 @@ from tests.kernel.conftest import make_ctx, raw_task
 pytestmark = pytest.mark.root
 
 MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def python_launcher(request, monkeypatch):
+    if request.node.name != "test_the_c_launcher_leaves_cgroups_to_the_daemon":
+        monkeypatch.setenv("TASKSD_LAUNCHER", "python")
+
+
+def test_the_c_launcher_leaves_cgroups_to_the_daemon(runtime):
+    from isolation.launcher_client import c_launcher_path
+
+    if c_launcher_path() is None:
+        pytest.skip("the C launcher is not built")
+    assert runtime.client.launcher == "c"
+    ticket = runtime.prepare_cgroup("a.c", limits_for(memory_mb=64, memory_max_mb=None, cpu_mhz=100, pids_limit=None))
+    ticket.send()
+    assert ticket.pending is None  # nothing was asked of the launcher
+    cg = ticket.result()
+    assert not cg.existed and all(os.path.isdir(d) for d in cg.dirs().values())
+    cg.remove()
 
 
 def _read(path) -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import json
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from isolation.drivers.base import StartError
 from isolation.launchspec import LaunchSpec
 from manifests.model import ExecConfig, Task
 from tests.helpers import wait_for
-from tests.kernel.conftest import make_ctx
+from tests.kernel.conftest import exec_line, make_ctx, spawn_line
 
 pytestmark = pytest.mark.root
 
@@ -198,8 +197,7 @@ def test_an_exec_into_a_process_that_is_gone_fails_without_leaking_launcher_fds(
     try:
         for _ in range(5):
             with pytest.raises(Exception, match="No such file|not found|exited"):
-                runtime.client.request("exec", spec=spec.to_dict(), target_pid=gone.pid, fds=[devnull] * 3,
-                                       nfds=3)
+                runtime.exec_in(spec, gone.pid, None, [devnull] * 3)
     finally:
         os.close(devnull)
     wait_for(lambda: len(os.listdir(fds_dir)) <= before, timeout=10,
@@ -212,8 +210,7 @@ def test_an_exec_whose_target_pid_now_names_another_process_is_refused(runtime):
     devnull = os.open("/dev/null", os.O_RDWR)
     try:
         with pytest.raises(Exception, match="has exited"):
-            runtime.client.request("exec", spec=spec.to_dict(), target_pid=os.getpid(), target_start_time=1,
-                                   fds=[devnull] * 3, nfds=3)
+            runtime.exec_in(spec, os.getpid(), 1, [devnull] * 3)
     finally:
         os.close(devnull)
 
@@ -346,8 +343,7 @@ def test_requests_queued_behind_a_connection_that_closed_are_dropped(runtime, tm
     marker = tmp / "spawned"
     first = LaunchSpec(key="j.t.exec.q1", path="/bin/true", argv=("true",), env=(), cwd="/")
     second = LaunchSpec(key="j.t.q2", path="/bin/touch", argv=("touch", str(marker)), env=(), cwd="/")
-    lines = [json.dumps({"id": 1, "op": "exec", "spec": first.to_dict(), "target_pid": gone.pid, "nfds": 3}),
-             json.dumps({"id": 2, "op": "spawn", "spec": second.to_dict()})]
+    lines = [exec_line(runtime, first, gone.pid, 1, 3), spawn_line(runtime, second, 2)]
     launcher = runtime.client.launcher_pid
     fds_dir = f"/proc/{launcher}/fd"
     before = len(os.listdir(fds_dir))
@@ -376,19 +372,25 @@ def test_descriptors_of_a_malformed_request_are_not_left_for_the_next_one(runtim
     devnull = os.open("/dev/null", os.O_RDWR)
     try:
         for op in ("exec", "spawn"):
-            with pytest.raises(Exception, match="KeyError|TypeError|malformed"):
+            # Both launchers' forms: a spec (the Python launcher's) and a plan (the C launcher's), both broken.
+            with pytest.raises(Exception, match="KeyError|TypeError|malformed|compiled spawn requests only"):
                 runtime.client.request(op, spec={"no": "such"}, target_pid=1, fds=[devnull] * 3, nfds=3)
+            with pytest.raises(Exception, match="KeyError|plan.ops"):
+                runtime.client.request(op, key="j.t.bad", plan={"ops": 5}, target_pid=1, fds=[devnull] * 3, nfds=3)
     finally:
         os.close(devnull)
     wait_for(lambda: len(os.listdir(fds_dir)) <= before, timeout=10,
              what=f"the launcher's fds back to {before} (now {len(os.listdir(fds_dir))})")
 
 
-def test_the_launcher_uses_the_child_it_was_asked_for(runtime, child_impl):
-    """`make test` builds the C child in place; a launcher that silently fell back to Python would leave the C
-    one untested by everything in this module."""
-    assert runtime.client.request("ping")["child"] == child_impl
-
+def test_the_launcher_uses_the_child_it_was_asked_for(runtime, child_impl, request):
+    """`make test` builds the C launcher and child in place; a launcher that silently fell back to Python would
+    leave the C one untested by everything in this module."""
+    pong = runtime.client.request("ping")
+    assert pong["child"] == child_impl
+    want = "c" if request.node.callspec.params["child_impl"] == "c" else "python"
+    assert pong.get("launcher", "python") == want
+    assert runtime.client.launcher == want
 
 
 def test_the_runtime_says_when_tasks_start_through_the_python_child(tmp, cgroup_parent, child_impl):

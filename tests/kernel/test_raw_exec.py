@@ -13,7 +13,7 @@ from isolation.runtime import Runtime
 from manifests.agent_config import AgentConfig
 from manifests.model import Resources
 from tests.helpers import wait_for
-from tests.kernel.conftest import make_ctx, raw_task
+from tests.kernel.conftest import make_ctx, raw_task, spawn_spec
 
 pytestmark = pytest.mark.root
 
@@ -396,7 +396,7 @@ def test_an_exit_no_handle_claims_is_swept_from_the_launcher(runtime):
     from isolation.launchspec import LaunchSpec
 
     spec = LaunchSpec(key="orphan.t.1", path="/bin/true", argv=("true",), env=(), cwd="/")
-    runtime.client.request("spawn", spec=spec.to_dict())
+    spawn_spec(runtime, spec)
     wait_for(lambda: "orphan.t.1" in runtime._raw_exits, timeout=30, what="the exit event")
     assert runtime.sweep_unclaimed_exits() == []  # fresh: a start reply may still be on its way
     assert runtime.sweep_unclaimed_exits(now=time.time() + 3600) == ["orphan.t.1"]
@@ -409,8 +409,6 @@ def test_a_child_stuck_before_execve_is_killed_at_the_deadline_and_the_launcher_
     """The launcher waits for the C child's execve (CLONE_VFORK). A child that cannot get there (here: its cgroup
     join opens a FIFO nobody reads; in real life a hung mount source, or a SIGSTOP from the task it joins) is
     killed by its own timer, the start fails with that reason, and the launcher serves the next request."""
-    import json
-
     from isolation import childplan
     from isolation.launchspec import LaunchSpec
 
@@ -421,8 +419,7 @@ def test_a_child_stuck_before_execve_is_killed_at_the_deadline_and_the_launcher_
     spec = LaunchSpec(key="stuck.t.1", path="/bin/true", argv=("/bin/true",), env=(), cwd="/",
                       cgroup_procs=(str(fifo),))
     with pytest.raises(Exception, match=rf"within {childplan.SETUP_DEADLINE_S} s"):
-        runtime.client.request("spawn", spec=json.loads(json.dumps(spec.to_dict())),
-                               timeout=childplan.SETUP_DEADLINE_S + 20)
+        spawn_spec(runtime, spec, timeout=childplan.SETUP_DEADLINE_S + 20)
     assert runtime.client.request("ping")["pid"] == runtime.client.launcher_pid
     assert all(t["key"] != "stuck.t.1" for t in runtime.client.request("list")["tasks"])
 

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from isolation import cgroups
+from isolation.launcher_proto import is_launcher_cmdline
 from tests.e2e.conftest import Daemon, teardown_daemon
 
 LONG = os.environ.get("TASKSD_TORTURE_LONG") == "1"
@@ -81,6 +82,6 @@ def launcher_pids(d: Daemon) -> list[int]:
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cl = p.info["cmdline"] or []
-        if "isolation.launcher" in cl and str(d.state_dir) in " ".join(cl):
+        if is_launcher_cmdline(cl) and str(d.state_dir) in " ".join(cl):
             out.append(p.pid)
     return out

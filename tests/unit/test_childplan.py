@@ -3,6 +3,8 @@
 Pure: compiles plans, runs nothing. Needs the extension built (`make install-test` does it in place)."""
 from __future__ import annotations
 
+import pytest
+
 from isolation import child, childplan
 from isolation import sys as ksys
 from isolation.launchspec import BindMount, LaunchSpec, Namespaces, RootFS
@@ -21,7 +23,7 @@ def _steps(plan) -> list[str]:
     """The plan's steps, each named once, in order (an op's step may carry a detail after ': ')."""
     out: list[str] = []
     for op in plan.ops:
-        name = op[2].decode().split(":")[0]
+        name = op[2].split(":")[0]
         if not out or out[-1] != name:
             out.append(name)
     return out
@@ -88,6 +90,36 @@ def test_a_child_born_in_its_v2_cgroup_joins_only_the_others():
     spec = _spec(cgroup_procs=(v2, mem))
 
     def joins(plan) -> list[str]:
-        return [op[6].decode() for op in plan.ops if op[2] == b"join cgroup"]
+        return [op[6] for op in plan.ops if op[2] == "join cgroup"]
     assert joins(childplan.compile_plan(spec, FDS, None)) == [v2, mem]
     assert joins(childplan.compile_plan(spec, FDS, None, born_in=v2)) == [mem]
+
+
+SLOTS = {"stdin": 3, "stdout": 4, "stderr": 5, "errpipe": 6, "ipc": 7, "uts": 8, "net": 9, "mnt": 10, "root": 11}
+
+
+def test_the_c_launchers_request_carries_the_plan_with_its_slots_and_the_v2_join_flagged():
+    import json
+
+    v2, mem = "/sys/fs/cgroup/unified/p/t/cgroup.procs", "/sys/fs/cgroup/memory/p/t/cgroup.procs"
+    spec = _spec(cgroup_procs=(v2, mem), env=(("A", "1"), ("B", "x=y")))
+    req = childplan.c_launcher_request("spawn", spec, SLOTS, "/sys/fs/cgroup/unified/", fresh=True)
+    assert req["clone_into"] == "/sys/fs/cgroup/unified/p/t" and req["fresh"] is True
+    assert req["env"] == ["A=1", "B=x=y"] and "enter" not in req
+    ops = req["plan"]["ops"]
+    joins = {op[6]: op[1] for op in ops if op[2] == "join cgroup"}
+    assert joins == {v2: childplan._spawn.F_BORN_IN, mem: 0}  # only the v2 join may be dropped by the launcher
+    stdio = next(op for op in ops if op[2] == "stdio")
+    assert stdio[3:6] == (3, 4, 5)
+    assert json.loads(json.dumps(req))["plan"]["ops"][0][0] == ops[0][0]  # plain JSON all through
+
+    execd = childplan.c_launcher_request("exec", spec, SLOTS, enter=["net", "mnt", "pid"], target_pid=7)
+    assert execd["enter"] == ["net", "mnt", "root"] and execd["pidns"] is True and execd["clone_into"] is None
+    setns = [op[3] for op in execd["plan"]["ops"] if op[2] == "enter task"]
+    assert setns == [9, 10, 11]  # net, mnt, then the root
+    assert execd["plan"]["clone_flags"] == 0
+
+
+def test_the_c_launchers_request_refuses_an_illegal_environment_name():
+    with pytest.raises(ValueError, match="illegal environment variable name"):
+        childplan.c_launcher_request("spawn", _spec(env=(("A=B", "1"),)), SLOTS)
