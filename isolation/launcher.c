@@ -213,7 +213,7 @@ static int jstring(jparser *P, jv *v) {
         unsigned char c = (unsigned char)*r;
         if (c < 0x20) { P->err = "control character in string"; return -1; }
         if (c != '\\') { *w++ = *r++; continue; }
-        if (r + 1 >= P->end) break;
+        if (r + 1 >= P->end) { P->err = "unterminated string"; return -1; }
         char e = r[1];
         r += 2;
         switch (e) {
@@ -311,9 +311,23 @@ static int jvalue(jparser *P, jv *v, int depth) {
             u = u * 10 + (unsigned)(*q++ - '0');
             digits++;
         }
-        if (!digits || u > (unsigned long long)(~0ULL >> 1)) { P->err = "bad number"; return -1; }
-        while (q < P->end && (*q == '.' || *q == 'e' || *q == 'E' || *q == '+' || *q == '-' ||
-                              (*q >= '0' && *q <= '9'))) q++; /* a fraction (finished_at): its integer part */
+        if (!digits || u > (unsigned long long)(~0ULL >> 1) || (digits > 1 && P->p[neg] == '0')) {
+            P->err = "bad number";
+            return -1;
+        }
+        /* a fraction or exponent (finished_at): read over, the value is its integer part */
+        if (q < P->end && *q == '.') {
+            char *f = ++q;
+            while (q < P->end && *q >= '0' && *q <= '9') q++;
+            if (q == f) { P->err = "bad number"; return -1; }
+        }
+        if (q < P->end && (*q == 'e' || *q == 'E')) {
+            q++;
+            if (q < P->end && (*q == '+' || *q == '-')) q++;
+            char *f = q;
+            while (q < P->end && *q >= '0' && *q <= '9') q++;
+            if (q == f) { P->err = "bad number"; return -1; }
+        }
         v->num = neg ? -(long long)u : (long long)u;
         P->p = q;
     } else {
@@ -486,7 +500,7 @@ static int rlog_open(rlog *l, int prune_beyond) {
 
 static rlog *rlog_new(const char *dir, const char *base, long long max_files, long long max_size, const char **err) {
     if (max_files < 1 || max_files > 100000) { *err = "max_files out of range"; return NULL; }
-    if (max_size < 1) { *err = "max_file_size must be >= 1 byte"; return NULL; }
+    if (max_size < 1 || max_size > (1LL << 50)) { *err = "max_file_size out of range"; return NULL; }
     if (!*base || strchr(base, '/') || !strcmp(base, ".") || !strcmp(base, "..") || strlen(base) > 255) {
         *err = "log base name must be a plain file name";
         return NULL;
@@ -553,17 +567,20 @@ static int rlog_rotate(rlog *l) {
     } else {
         size_t n;
         int *idx = rotated_indexes(d, l->base, &n);
-        for (size_t k = n; k-- > 0;)
+        for (size_t k = n; k-- > 0 && ok;)
             if (idx[k] < keep) {
                 char a[512], b[512];
                 rotated_name(a, sizeof(a), l->base, idx[k]);
                 rotated_name(b, sizeof(b), l->base, idx[k] + 1);
-                renameat(d, a, d, b); /* a file gone meanwhile is not an error */
+                /* a file gone meanwhile is not an error; any other failure stops the rotation, which would
+                 * otherwise rename the active file over a rotated one that could not move on */
+                if (renameat(d, a, d, b) < 0 && errno != ENOENT) { l->last_errno = errno; ok = 0; }
             }
         free(idx);
         char one[512];
         rotated_name(one, sizeof(one), l->base, 1);
-        if (renameat(d, l->base, d, one) < 0 && errno != ENOENT) { l->last_errno = errno; ok = 0; }
+        /* the active file removed meanwhile: a fresh one is what we want anyway */
+        if (ok && renameat(d, l->base, d, one) < 0 && errno != ENOENT) { l->last_errno = errno; ok = 0; }
     }
     close(d);
     if (!ok) return 0;
@@ -708,8 +725,9 @@ static void safe_key(char *out, size_t cap, const char *key) {
     size_t k = 0;
     for (; key[k] && k + 1 < cap; k++) {
         unsigned char c = (unsigned char)key[k];
+        /* non-ASCII bytes are kept (Python's isalnum keeps the letters among them): fewer keys share a file */
         int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-                 c == '.';
+                 c == '.' || c >= 0x80;
         out[k] = ok ? (char)c : '_';
     }
     out[k] = 0;
@@ -762,7 +780,11 @@ static void conn_flush(conn_t *c) {
         if (n <= 0) { conn_close(c); return; }
         c->out_off += (size_t)n;
     }
-    if (c->out_off == c->out.len) { c->out.len = 0; c->out_off = 0; }
+    if (c->out_off == c->out.len) {
+        c->out_off = 0;
+        if (c->out.cap > (1 << 20)) sb_free(&c->out); /* a large list reply: not kept for the connection's life */
+        c->out.len = 0;
+    }
     int want = c->out.len > 0;
     if (want != c->writing) {
         c->writing = want;
@@ -876,7 +898,7 @@ static void pump(int fd, int final) {
 }
 
 static void persist_exit(const char *key, const char *rec, char **file_out) {
-    char safe[1024], path[8192], tmp[8200];
+    char safe[241], path[8192], tmp[8200]; /* a file name has at most 255 bytes; keys are ~180 */
     safe_key(safe, sizeof(safe), key);
     snprintf(path, sizeof(path), "%s/%s.json", L.exits_dir, safe);
     snprintf(tmp, sizeof(tmp), "%s/%s.tmp", L.exits_dir, safe);
@@ -985,14 +1007,16 @@ static void load_exits(void) {
         ssize_t len = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
         if (fd >= 0) close(fd);
         if (len <= 0 || len >= (ssize_t)sizeof(buf) - 1) { unlink(path); continue; }
+        /* kept as written, but on one line: a record is replayed inside a reply, one JSON object per line (a raw
+         * newline can only be whitespace between tokens, as JSON strings cannot hold one) */
         char copy[65536];
-        memcpy(copy, buf, (size_t)len);
-        copy[len] = 0;
+        size_t m = 0;
+        for (ssize_t k = 0; k < len; k++) if (buf[k] != '\n' && buf[k] != '\r') copy[m++] = buf[k];
+        copy[m] = 0;
         jv *root = jparse(&L.jp, buf, (size_t)len, 0);
         const char *key = root ? jgets(root, "key") : NULL;
         if (!key || root->type != J_OBJ) { unlink(path); continue; }
-        /* kept as written: a record made by the Python launcher has spaces after its separators, still JSON */
-        exit_add(key, xstrdup(path), xstrdup(copy));
+        exit_add(key, xstrdup(path), xstrdup(copy)); /* the Python launcher's has spaces after separators */
     }
     closedir(d);
 }
@@ -1024,8 +1048,10 @@ static int born_alive(const char *dir) {
     close(p[0]);
     close(p[1]);
     if (pid < 0) { errno = (int)-pid; return -1; }
-    int status;
-    while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR) {}
+    int status = 0;
+    pid_t w;
+    while ((w = waitpid((pid_t)pid, &status, 0)) < 0 && errno == EINTR) {}
+    if (w < 0) return -1;
     return !(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 }
 
@@ -1073,7 +1099,8 @@ static const char *check_setup_deadline(pid_t pid, int *status, int *reaped) {
             break;
         }
         unsigned long flags = 0;
-        if (process_start_time(pid, &flags) < 0 || !(flags & 0x4 /* PF_EXITING */)) break; /* it exec'd and runs */
+        /* it exec'd and runs, unless it is exiting (or gone from /proc already: then wait for its status too) */
+        if (process_start_time(pid, &flags) >= 0 && !(flags & 0x4 /* PF_EXITING */)) break;
         if (pidfd < 0) pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
         if (pidfd < 0) break;
         struct pollfd pfd = { pidfd, POLLIN, 0 };
@@ -1385,7 +1412,9 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
     close(errp[0]);
     errp[0] = -1;
     int status = 0, reaped = 0;
-    if (!report.len && t1.tv_sec - t0.tv_sec >= SETUP_DEADLINE_S) {
+    long long start_time = process_start_time((pid_t)pid, NULL); /* before anything here may reap it */
+    long long elapsed_ms = (t1.tv_sec - t0.tv_sec) * 1000LL + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    if (!report.len && elapsed_ms >= SETUP_DEADLINE_S * 1000LL) {
         const char *late = check_setup_deadline((pid_t)pid, &status, &reaped);
         if (late) sb_s(&report, late);
     }
@@ -1403,7 +1432,7 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
         L.tasks = xrealloc(L.tasks, L.cap_tasks * sizeof(task_t));
     }
     task_t *t = &L.tasks[L.ntasks++];
-    *t = (task_t){ xstrdup(key), (pid_t)pid, process_start_time((pid_t)pid, NULL), { -1, -1 } };
+    *t = (task_t){ xstrdup(key), (pid_t)pid, start_time, { -1, -1 } };
     /* replied only once the files exist: once the caller hears "running", tail -F and tasksctl logs find them */
     for (int j = 0; j < 2; j++) if (rd[j] >= 0) log_attach(t, j, rd[j], targets[j]);
     sbuf b = {0};
@@ -1461,8 +1490,12 @@ static void handle(conn_t *c, char *line, size_t len) {
     if (nfds > 0) {
         /* taken first, whatever happens next: left queued on the connection they would become the next request's */
         if (nfds > c->nfds || nfds > MAX_PASSED_FDS) {
-            char m[96];
-            snprintf(m, sizeof(m), "expected %lld file descriptors, got %d", nfds, c->nfds);
+            int have = c->nfds, take = nfds < c->nfds ? (int)nfds : c->nfds;
+            for (int k = 0; k < take; k++) close(c->fds[k]);
+            memmove(c->fds, c->fds + take, sizeof(int) * (size_t)(c->nfds - take));
+            c->nfds -= take;
+            char m[120];
+            snprintf(m, sizeof(m), "expected %lld file descriptors, got %d (at most %d)", nfds, have, MAX_PASSED_FDS);
             reply_error(c, id, m, "request", EINVAL);
             return;
         }
@@ -1569,6 +1602,7 @@ static void conn_read(conn_t *c) {
     struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
     ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n < 0) { conn_close(c); return; } /* (ECONNRESET: a daemon gone with events unread) cbuf was not filled */
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
         if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
         size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -1591,7 +1625,13 @@ static void conn_read(conn_t *c) {
     if (c->closed) return;
     memmove(c->in.p, c->in.p + start, c->in.len - start);
     c->in.len -= start;
-    if (c->in.len > MAX_LINE) conn_close(c);
+    if (c->in.len > MAX_LINE) { conn_close(c); return; }
+    /* a large request (a long environment) must not leave its buffers behind: memory is what this program is for */
+    if (c->in.cap > (1 << 20) && c->in.len < 65536) {
+        c->in.p = xrealloc(c->in.p, 1 << 17);
+        c->in.cap = 1 << 17;
+    }
+    if (L.jp.cap > 65536) { free(L.jp.nodes); L.jp.nodes = NULL; L.jp.cap = 0; }
 }
 
 static void accept_conn(void) {
@@ -1689,11 +1729,12 @@ int main(int argc, char **argv) {
     /* not dumpable: a child shares our memory until its execve, and a root task could otherwise ptrace it or
      * write /proc/<child>/mem, i.e. write into the launcher (execve resets the flag for tasks) */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    /* whatever our parent ignored goes back to default; SIGPIPE stays ignored for us (sends use MSG_NOSIGNAL
-     * anyway), and every child resets all dispositions before its execve */
+    /* whatever our parent ignored goes back to default; SIGPIPE and SIGXFSZ stay ignored for us, as in the
+     * Python launcher, and every child resets all dispositions before its execve */
     struct sigaction dfl = { .sa_handler = SIG_DFL };
     for (int sig = 1; sig < 65; sig++) if (sig != SIGKILL && sig != SIGSTOP) sigaction(sig, &dfl, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a log file at RLIMIT_FSIZE: the write fails (EFBIG, bytes dropped), we live on */
     /* our signals are read from a signalfd; a ^C meant for a foreground tasksd is read and ignored. The child
      * unblocks everything before its execve. */
     sigset_t set;
@@ -1705,6 +1746,7 @@ int main(int argc, char **argv) {
     sigprocmask(SIG_SETMASK, &set, NULL);
     L.sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     L.own_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+    if (L.own_pidns < 0) { fprintf(stderr, "launcher: /proc/self/ns/pid: %s\n", strerror(errno)); return 1; }
     read_boot_id();
     const char *ci = getenv("TASKSD_CLONE_INTO_CGROUP");
     L.clone_into = HAVE_CLONE3_VM && !(ci && !strcmp(ci, "0"));

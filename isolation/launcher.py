@@ -502,7 +502,11 @@ class Launcher:
 
     def _take_fds(self, conn: Conn, n: int) -> list[int]:
         if n > len(conn.fds):
-            raise LaunchError(f"expected {n} file descriptors, got {len(conn.fds)}", "request", errno.EINVAL)
+            # Taken and closed all the same: left queued, they would become the next request's (an exec's stdio).
+            have, conn.fds = conn.fds, []
+            for fd in have:
+                os.close(fd)
+            raise LaunchError(f"expected {n} file descriptors, got {len(have)}", "request", errno.EINVAL)
         taken, conn.fds = conn.fds[:n], conn.fds[n:]
         return taken
 

@@ -393,9 +393,9 @@ def test_the_launcher_uses_the_child_it_was_asked_for(runtime, child_impl, reque
     assert runtime.client.launcher == want
 
 
-def test_the_runtime_says_when_tasks_start_through_the_python_child(tmp, cgroup_parent, child_impl):
+def test_the_runtime_says_when_tasks_start_through_the_python_child(tmp, cgroup_parent, child_impl, request):
     """The daemon logs what Runtime.open returns: an operator whose install lacks the C extension hears why
-    starts are slower."""
+    starts are slower, and one whose launcher is the Python one why it takes more memory."""
     from isolation.runtime import Runtime
     from tests.kernel.conftest import teardown_runtime
 
@@ -405,3 +405,5 @@ def test_the_runtime_says_when_tasks_start_through_the_python_child(tmp, cgroup_
     finally:
         teardown_runtime(rt)
     assert any("Python child" in n for n in notes) == (child_impl == "python")
+    python_launcher_note = any("launcher is the Python one" in n for n in notes)
+    assert python_launcher_note == (request.node.callspec.params["child_impl"] == "py-launcher")

@@ -20,7 +20,7 @@ from isolation.launcher_proto import socket_path
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.runtime import Runtime
 from tests.helpers import wait_for
-from tests.kernel.conftest import spawn_spec
+from tests.kernel.conftest import spawn_spec, teardown_runtime
 
 pytestmark = pytest.mark.root
 
@@ -168,3 +168,63 @@ def test_an_unacked_exit_survives_a_launcher_restart_and_ack_removes_it(runtime)
     runtime.client.request("ack", key=spec.key)
     assert not list(exits_dir.glob("*.json"))
     assert all(e["key"] != spec.key for e in runtime.client.request("list")["exits"])
+
+
+def test_a_request_with_fewer_descriptors_than_it_names_leaves_none_queued(runtime):
+    fds_dir = f"/proc/{runtime.client.launcher_pid}/fd"
+    before = len(os.listdir(fds_dir))
+    devnull = os.open("/dev/null", os.O_RDWR)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(socket_path(runtime.state_dir)))
+            s.settimeout(30)
+            socket.send_fds(s, [b'{"id": 1, "op": "exec", "nfds": 5}\n'], [devnull] * 3)
+            reply = json.loads(s.recv(65536).split(b"\n")[0])
+            assert not reply["ok"] and "expected 5 file descriptors, got 3" in reply["error"]
+            # the three are not left for the connection's next request
+            wait_for(lambda: len(os.listdir(fds_dir)) <= before + 1, timeout=10,
+                     what=f"the launcher's fds back to {before} and the connection (now {len(os.listdir(fds_dir))})")
+    finally:
+        os.close(devnull)
+
+
+def test_an_exit_record_written_on_several_lines_is_listed_on_one(runtime):
+    """A record file a person pretty-printed (or an editor touched) must not break the list reply's framing."""
+    exits_dir = Path(runtime.state_dir) / "run" / "exits"
+    rec = {"key": "hand.t.1", "pid": 4242, "start_time": 1, "finished_at": 1.5, "exit_code": 3, "signal": None}
+    (exits_dir / "hand.t.1.json").write_text(json.dumps(rec, indent=2) + "\n")
+    _restart_launcher(runtime)
+    listed = {e["key"]: e for e in runtime.client.request("list")["exits"]}
+    assert listed["hand.t.1"]["exit_code"] == 3
+    runtime.client.request("ack", key="hand.t.1")
+    assert not (exits_dir / "hand.t.1.json").exists()
+
+
+def test_a_log_file_at_the_file_size_limit_drops_output_and_the_launcher_lives(tmp, cgroup_parent):
+    """RLIMIT_FSIZE (inherited from whatever started tasksd) stops a log file's growth: the write fails with EFBIG
+    and the bytes are dropped, where SIGXFSZ at its default would kill the launcher and every task's logging."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    try:
+        try:
+            rt.open()  # the launcher starts here, with the limit
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        logs = tmp / "logs"
+        logs.mkdir()
+        spec = LaunchSpec(key="big.t.1", path="/bin/sh", argv=("sh", "-c", "head -c 300000 /dev/zero; echo done >&2"),
+                          env=(), cwd="/", stdout=LogTarget(str(logs), "t.stdout", 2, 10 * 1024 * 1024),
+                          stderr=LogTarget(str(logs), "t.stderr", 2, 1024))
+        pid = rt.client.launcher_pid
+        spawn_spec(rt, spec)
+        assert _exit_of(rt, spec.key)["exit_code"] == 0
+        assert rt.client.request("ping")["pid"] == pid
+        wait_for(lambda: (logs / "t.stderr").exists() and (logs / "t.stderr").read_bytes() == b"done\n", timeout=10,
+                 what="the task's stderr")
+        assert (logs / "t.stdout").stat().st_size == 64 * 1024
+        _ack(rt, spec.key)
+    finally:
+        teardown_runtime(rt)
