@@ -663,13 +663,11 @@ typedef struct conn {
 typedef struct {
     rlog *log;   /* NULL: drained to nowhere (a bad log target) */
     int open;    /* in epoll and in use */
-    size_t task; /* index hint; the task may be gone */
 } logpipe_t;
 
 enum { K_LISTEN = 1, K_SIGNAL, K_CONN, K_LOG };
 
 static struct {
-    const char *state_dir;
     char run_dir[3100], exits_dir[3200];
     int ep, srv, sigfd, null_rw, null_ro, own_pidns;
     int running;
@@ -843,7 +841,7 @@ static void reply_end(conn_t *c, sbuf *b) {
 static void log_used(rlog *l) {
     l->used = ++L.tick;
     if (l->fd < 0) return;
-    /* counted by scanning: a file was opened if it is open now and was not before (see pump) */
+    /* over the limit: close the least recently written file (L.open_logs is kept by pump, log_attach, pipe_close) */
     while (L.open_logs > MAX_OPEN_LOG_FILES) {
         rlog *oldest = NULL;
         for (size_t fd = 0; fd < L.nslots; fd++) {
@@ -1112,6 +1110,7 @@ static const char *check_setup_deadline(pid_t pid, int *status, int *reaped) {
 
 typedef struct {
     plan_t pl;
+    unsigned long clone_flags;
     op_t *ops;
     char **argv, **envp;
     gid_t *groups;
@@ -1204,6 +1203,7 @@ static int cplan_read(cplan_t *c, const jv *req, const char **err) {
         *err = "plan.clone_flags: only namespace flags";
         return -1;
     }
+    c->clone_flags = (unsigned long)flags;
     return 0;
 }
 
@@ -1259,11 +1259,23 @@ static void log_attach(task_t *t, int j, int rd, const jv *target) {
     if (!l) logmsg("launcher: logs of %s: %s", t->key, err); /* the pipe is kept drained, never blocked */
     ensure_slots(rd);
     fcntl(rd, F_SETFL, O_NONBLOCK);
-    L.pipes[rd] = (logpipe_t){ l, 1, 0 };
+    L.pipes[rd] = (logpipe_t){ l, 1 };
     if (l && l->fd >= 0) L.open_logs++;
     if (l) log_used(l);
     ep_add(rd, K_LOG, EPOLLIN);
     t->logs[j] = rd;
+}
+
+/* A start's success reply: the task's pid and start time (and "existing" for a spawn of a key already running). */
+static void reply_started(conn_t *c, const char *id, const task_t *t, int existing) {
+    sbuf b = {0};
+    reply_begin(&b, id);
+    sb_s(&b, ",\"pid\":");
+    sb_i(&b, t->pid);
+    sb_s(&b, ",\"start_time\":");
+    sb_i(&b, t->start_time);
+    if (existing) sb_s(&b, ",\"existing\":true");
+    reply_end(c, &b);
 }
 
 /* spawn and exec: clone the child with its plan, answer once it has exec'd or failed. */
@@ -1272,14 +1284,7 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
     if (!key) { reply_error(c, id, "key: a string expected", "request", EINVAL); return; }
     task_t *running = task_by_key(key);
     if (running && !is_exec) {
-        sbuf b = {0};
-        reply_begin(&b, id);
-        sb_s(&b, ",\"pid\":");
-        sb_i(&b, running->pid);
-        sb_s(&b, ",\"start_time\":");
-        sb_i(&b, running->start_time);
-        sb_s(&b, ",\"existing\":true");
-        reply_end(c, &b);
+        reply_started(c, id, running, 1);
         return;
     }
     if (running) { reply_error(c, id, "an exec with this key is running", "exec", EALREADY); return; }
@@ -1290,8 +1295,6 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
         reply_error(c, id, err, "request", EINVAL);
         return;
     }
-    long long clone_flags = 0;
-    jgeti(jget(req, "plan"), "clone_flags", &clone_flags);
     const jv *logs = jget(req, "logs");
     const jv *targets[2] = { NULL, NULL };
     if (logs && logs->type == J_ARR && logs->kid) { targets[0] = logs->kid; targets[1] = logs->kid->next; }
@@ -1377,7 +1380,7 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
         plan_t pl2 = cp.pl;
         pl2.ops = kept;
         pl2.nops = n;
-        pid = spawn_clone(&pl2, (unsigned long)clone_flags, cgfd);
+        pid = spawn_clone(&pl2, cp.clone_flags, cgfd);
         free(kept);
         close(cgfd);
         if (pid >= 0) L.joins_clone++;
@@ -1388,7 +1391,7 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
     }
     if (pid < 0) {
         /* no child was made: the old way, which reports a cgroup's own problem at its step */
-        pid = spawn_clone(&cp.pl, (unsigned long)clone_flags, -1);
+        pid = spawn_clone(&cp.pl, cp.clone_flags, -1);
         if (pid >= 0) L.joins_pid++;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -1435,13 +1438,7 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
     *t = (task_t){ xstrdup(key), (pid_t)pid, start_time, { -1, -1 } };
     /* replied only once the files exist: once the caller hears "running", tail -F and tasksctl logs find them */
     for (int j = 0; j < 2; j++) if (rd[j] >= 0) log_attach(t, j, rd[j], targets[j]);
-    sbuf b = {0};
-    reply_begin(&b, id);
-    sb_s(&b, ",\"pid\":");
-    sb_i(&b, t->pid);
-    sb_s(&b, ",\"start_time\":");
-    sb_i(&b, t->start_time);
-    reply_end(c, &b);
+    reply_started(c, id, t, 0);
     cplan_free(&cp);
     if (reaped) record_exit(t, status); /* it already ran to completion */
     return;
@@ -1714,7 +1711,6 @@ int main(int argc, char **argv) {
     L.null_ro = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
     if (strlen(state) > 3000) { fprintf(stderr, "launcher: state dir path too long\n"); return 2; }
-    L.state_dir = state;
     snprintf(L.run_dir, sizeof(L.run_dir), "%s/run", state);
     snprintf(L.exits_dir, sizeof(L.exits_dir), "%s/exits", L.run_dir);
     if (mkdirs(L.run_dir, 0700) < 0) { fprintf(stderr, "launcher: %s: %s\n", L.run_dir, strerror(errno)); return 1; }

@@ -1017,17 +1017,11 @@ class LaunchError(Exception):
         self.step, self.errno = step, err
 
 
-NS_ORDER = ("ipc", "uts", "net", "mnt", "pid")  # the namespaces `exec into a task` enters (child._enter_task)
-
-
 def _open_ns_fds(pid: int) -> dict[str, int]:
     fds: dict[str, int] = {}
     try:
-        own = {n: os.stat(f"/proc/self/ns/{n}").st_ino for n in NS_ORDER}
-        for n in NS_ORDER:
-            st = os.stat(f"/proc/{pid}/ns/{n}")
-            if st.st_ino != own[n]:
-                fds[n] = os.open(f"/proc/{pid}/ns/{n}", os.O_RDONLY | os.O_CLOEXEC)
+        for n in childplan.namespaces_to_enter(pid):
+            fds[n] = os.open(f"/proc/{pid}/ns/{n}", os.O_RDONLY | os.O_CLOEXEC)
         # The root directory matters for chroot'ed tasks: keep a handle to it to chroot after setns(mnt).
         fds["root"] = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except BaseException:

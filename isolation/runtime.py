@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from isolation import cgroups
+from isolation import cgroups, childplan
 from isolation import sys as ksys
 from isolation.cgroups.warm import MigrationWarmer, own_procs_file
 from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
@@ -137,8 +137,6 @@ class Runtime:
     def spawn_body(self, spec: "LaunchSpec", spec_dict: dict, fresh: bool) -> bytes:
         """The spawn request for whichever launcher serves us. fresh: the task's cgroup was made for this start."""
         if self.client.launcher == "c":
-            from isolation import childplan
-
             v2 = f"{self.layout.v2_mount}/" if self.layout.v2_mount else None
             req = childplan.c_launcher_request("spawn", spec, self.client.slots, v2, fresh)
             return self.client.encode(req.pop("op"), **req)
@@ -147,8 +145,6 @@ class Runtime:
     def exec_in(self, spec: "LaunchSpec", pid: int, start_time: int | None, fds: list[int]) -> None:
         """Start spec's process in the namespaces of running task `pid` (tasksctl exec), with `fds` as its stdio."""
         if self.client.launcher == "c":
-            from isolation import childplan
-
             try:
                 enter = childplan.namespaces_to_enter(pid)
             except OSError:
