@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import stat
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -28,12 +27,12 @@ from manifests.digest import uuid5
 if TYPE_CHECKING:
     from isolation.spares import SparePool
 
-ALLOC_NAMESPACE = uuid.UUID("6f1d2a4e-4a7c-4c55-9d47-7a8f4f5c2b10")
+ALLOC_NAMESPACE = "6f1d2a4e-4a7c-4c55-9d47-7a8f4f5c2b10"
 
 
 def alloc_id_for(job: str, group: str, index: int) -> str:
     """Stable per (job, group, index): alloc/data survives restarts and manifest edits."""
-    return str(uuid5(ALLOC_NAMESPACE, f"{job}/{group}/{index}"))
+    return uuid5(ALLOC_NAMESPACE, f"{job}/{group}/{index}")
 
 
 def logs_dir(alloc_root: Path, alloc_id: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import functools
 import os
-import platform
 import re
 import socket
 import time
@@ -34,7 +33,7 @@ _host_facts: tuple[float, dict[str, str]] | None = None
 
 
 def _fingerprint() -> dict[str, str]:
-    u = platform.uname()
+    u = os.uname()  # platform.uname() gives the same three fields here, for 0.05 MB of module
     try:
         machine_id = open("/etc/machine-id").read().strip()
     except OSError:
@@ -47,7 +46,7 @@ def _fingerprint() -> dict[str, str]:
         "node.region": "global",
         "node.class": "",
         "node.pool": "default",
-        "attr.kernel.name": u.system.lower(),
+        "attr.kernel.name": u.sysname.lower(),
         "attr.kernel.version": u.release,
         "attr.cpu.arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(u.machine, u.machine),
         "attr.unique.hostname": socket.gethostname(),

@@ -1,12 +1,11 @@
-"""SHA-256 for content hashes (manifests, specs) and SHA-1 for alloc ids (uuid5), without loading OpenSSL.
+"""SHA-256 for content hashes (manifests, specs) and SHA-1 for alloc ids (uuid5), without loading OpenSSL or uuid.
 
 `hashlib` loads OpenSSL's libcrypto at import, 2-3 MB of mapped memory in the daemon, which hashes nothing else:
 CPython's own SHA-1 and SHA-256 give the same digests. Artifacts and templates, which need md5/sha1/sha512 by
-name, still use hashlib, imported only when a task has them.
+name, still use hashlib, imported only when a task has them. The uuid module (and the platform module it
+imports) would cost the daemon 0.1 MB to format one kind of string.
 """
 from __future__ import annotations
-
-import uuid
 
 try:
     from _sha1 import sha1
@@ -25,6 +24,10 @@ def sha256_hex(data: bytes) -> str:
     return sha256(data).hexdigest()
 
 
-def uuid5(namespace: uuid.UUID, name: str) -> uuid.UUID:
-    """uuid.uuid5, whose hashlib import would load OpenSSL (see above)."""
-    return uuid.UUID(bytes=sha1(namespace.bytes + name.encode()).digest()[:16], version=5)
+def uuid5(namespace: str, name: str) -> str:
+    """str(uuid.uuid5(uuid.UUID(namespace), name)): RFC 4122 name-based UUID, version 5, in the canonical form."""
+    b = bytearray(sha1(bytes.fromhex(namespace.replace("-", "")) + name.encode()).digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x50  # version 5
+    b[8] = (b[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

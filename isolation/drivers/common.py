@@ -10,12 +10,11 @@ import os
 import shutil
 import signal as _signal
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from isolation import artifacts, cgroups, netns, taskdir, taskenv, templates
+from isolation import cgroups, netns, taskdir, taskenv
 from isolation.drivers.base import UNKNOWN_EXIT, Driver, ExitResult, Health, StartError, TaskContext, TaskHandle
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.runtime import CgroupTicket, Runtime
@@ -59,7 +58,7 @@ def task_cgroup(alloc_id: str, task: str) -> str:
 
 
 def new_key(alloc_id: str, task: str) -> str:
-    return f"{alloc_id}.{task}.{uuid.uuid4().hex[:8]}"
+    return f"{alloc_id}.{task}.{os.urandom(4).hex()}"
 
 
 class CommonDriver(Driver):
@@ -201,6 +200,9 @@ class CommonDriver(Driver):
         """Fetch artifacts, then render templates (a template may read an artifact), as Nomad's task runner does
         before the driver starts the task. Returns what `env = true` templates add to the environment; like
         Nomad, those override the task's own `env`."""
+        # Imported here: only tasks with artifacts or templates pay for these modules (0.4 MB with theirs).
+        from isolation import artifacts, templates
+
         task = ctx.task
         try:
             artifacts.fetch_all(
@@ -229,6 +231,8 @@ class CommonDriver(Driver):
         """Render `to_render` (the caller's choice: templates whose change_mode applies them to a running task)
         again with the environment the task was started with; write only those whose output changed, owned by
         the task's user. Returns the changed templates."""
+        from isolation import artifacts
+
         spec = handle.exec_env.get("spec") or {}
         env = {k: v for k, v in spec.get("env", ())}
         variables = {**taskenv.node_attributes(dict(self.config.meta)), **env}
@@ -252,6 +256,8 @@ class CommonDriver(Driver):
     def _render_template(t: Any, alloc_dir: Path, task_name: str, env: dict[str, str],
                          variables: dict[str, str]) -> tuple[str, str]:
         """(destination, rendered text) of one template; a `source` is read beneath the task's directory."""
+        from isolation import artifacts, templates
+
         if t.source is not None:
             src = taskenv.interpolate(t.source, variables, os.environ)
             text = artifacts.read_beneath(alloc_dir, task_name, src).decode()
@@ -384,7 +390,7 @@ class CommonDriver(Driver):
             raise StartError("the task's exec environment is not known (its start was not fully recorded); "
                              "restart the task to exec into it")
         base = LaunchSpec.from_dict(handle.exec_env["spec"])
-        key = f"{handle.key}.exec.{uuid.uuid4().hex[:8]}"
+        key = f"{handle.key}.exec.{os.urandom(4).hex()}"
         path = self.exec_path(handle, base, argv[0])
         spec = replace(base, key=key, path=path, argv=tuple(argv), rootfs=None,
                        namespaces=replace(base.namespaces, mount=False, pid=False, ipc=False, uts=False,
