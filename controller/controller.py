@@ -58,7 +58,6 @@ class TaskRecord:
     manifest: str | None
     state: TaskState = TaskState.PENDING
     spec_hash: str | None = None
-    task_json: str | None = None
     handle: TaskHandle | None = None
     pending_key: str | None = None
     restart_state: dict | None = None
@@ -68,9 +67,10 @@ class TaskRecord:
     last_error: str | None = None
     started_at: float | None = None
     busy: bool = False  # not persisted: an action is in flight
-    template_hash: str | None = None  # not persisted: derived from task_json (live templates of the process)
-    # Not persisted: the parsed Task that task_json was made from. A restart of an unchanged manifest's task
-    # gets the same object back from the desired state, and its JSON need not be made again.
+    template_hash: str | None = None  # not persisted: derived from the Task (live templates of the process)
+    # The Task this record runs, the desired state's own object (so it costs nothing here). Persisted as the row's
+    # task_json when it changes (Controller._dirty_specs), not held as JSON: 0.6 KB per task. None for a record
+    # recovered from the store and not started since: Controller.task_spec reads the stored one then.
     task_obj: Any = field(default=None, repr=False, compare=False)
     # Not persisted: the cleanup after the last exit found (or made) the cgroup empty, in this daemon's lifetime.
     # The next start skips its kill of leftovers (three reads of every hierarchy's member list per restart were
@@ -81,7 +81,7 @@ class TaskRecord:
         return {
             "task_id": self.task_id, "job": self.job, "grp": self.grp, "idx": self.idx, "task": self.task,
             "driver": self.driver, "manifest": self.manifest, "state": self.state.value,
-            "spec_hash": self.spec_hash, "task_json": self.task_json,
+            "spec_hash": self.spec_hash,
             "handle": json.dumps(self.handle.to_dict()) if self.handle else None,
             "pending_key": self.pending_key,
             "restart_state": json.dumps(self.restart_state) if self.restart_state is not None else None,
@@ -94,7 +94,7 @@ class TaskRecord:
     def from_row(cls, r: dict) -> "TaskRecord":
         return cls(
             task_id=r["task_id"], job=r["job"], grp=r["grp"], idx=r["idx"], task=r["task"], driver=r["driver"],
-            manifest=r["manifest"], state=TaskState(r["state"]), spec_hash=r["spec_hash"], task_json=r["task_json"],
+            manifest=r["manifest"], state=TaskState(r["state"]), spec_hash=r["spec_hash"],
             handle=TaskHandle.from_dict(json.loads(r["handle"])) if r["handle"] else None,
             pending_key=r["pending_key"],
             restart_state=json.loads(r["restart_state"]) if r["restart_state"] else None,
@@ -121,14 +121,14 @@ class ManifestInfo:
     path: str
     content_hash: str
     status: str  # applied | rejected
-    jobs: list[str]
+    jobs: tuple[str, ...]
     errors: list[dict]
     warnings: list[dict]
     good_hash: str | None  # content hash of the last valid version; None if the file never was valid
     first_seen: float
     # What runs from this file right now: the last valid version's jobs. Kept once, as Jobs; the store's JSON
     # copy is made when the record is written (a decoded dict copy per manifest cost MBs at 1000 files).
-    effective: list[Job] = field(default_factory=list)
+    effective: tuple[Job, ...] = ()
 
     def good_jobs(self) -> list[dict] | None:
         return [j.to_dict() for j in self.effective] if self.good_hash is not None else None
@@ -177,6 +177,7 @@ class Controller:
         self._exits_in_rerender: dict[str, tuple[TaskHandle, ExitResult]] = {}
         self._loaded_stored = False
         self._dirty_tasks: set[str] = set()
+        self._dirty_specs: set[str] = set()  # records whose task_obj the store has not taken yet
         self._pending_exec_envs: dict[str, tuple[str, dict]] = {}  # task id -> (handle key, exec_env) to store
         self._missing_since: dict[str, float] = {}
         self._rescan_at: float | None = None
@@ -253,7 +254,7 @@ class Controller:
         dir is full or read-only, tasks keep running on the in-memory state and each later pass retries (nothing
         is marked written before its commit succeeded), so nothing is lost once the disk takes writes again (a
         restart after that re-adopts instead of starting duplicates)."""
-        envs, tasks = dict(self._pending_exec_envs), set(self._dirty_tasks)
+        envs, tasks, specs = dict(self._pending_exec_envs), set(self._dirty_tasks), set(self._dirty_specs)
         manifests, allocs = set(self._dirty_manifests), set(self._dirty_allocs)
         try:
             # Before the task rows: a row naming a handle whose exec environment is not stored yet would make a
@@ -266,6 +267,10 @@ class Controller:
                     self.store.delete_task(tid)
                 else:
                     self.store.put_task(rec.row())
+            for tid in sorted(specs):
+                rec = self.records.get(tid)
+                if rec is not None and rec.task_obj is not None:
+                    self.store.put_task_json(tid, json.dumps(rec.task_obj.to_dict()))
             for alloc in sorted(allocs):
                 a = self.allocs.get(alloc)
                 if a is None:
@@ -289,6 +294,7 @@ class Controller:
             if self._pending_exec_envs.get(tid) is entry:
                 del self._pending_exec_envs[tid]
         self._dirty_tasks -= tasks
+        self._dirty_specs -= specs
         self._dirty_allocs -= allocs
         self._dirty_manifests -= manifests
         if self.store_error:
@@ -487,7 +493,7 @@ class Controller:
             self._dirty_manifests.add(path)
             self._desired_stale = True
             self._stale_paths.add(path)
-            self.event("manifest_removed", f"removed; its jobs {info.jobs} will stop", manifest=path)
+            self.event("manifest_removed", f"removed; its jobs ({', '.join(info.jobs)}) will stop", manifest=path)
         if self._desired_stale:
             self.recompute_desired()
 
@@ -501,11 +507,12 @@ class Controller:
         down still keep the last good version."""
         self._loaded_stored = True
         for path, r in self.store.manifests().items():
-            info = ManifestInfo(path, r["content_hash"], r["status"], json.loads(r["jobs"]),
+            info = ManifestInfo(path, r["content_hash"], r["status"], tuple(json.loads(r["jobs"])),
                                 json.loads(r["errors"]), json.loads(r["warnings"]),
                                 r["good_hash"] if r["good_jobs"] else None, r["first_seen"])
             try:
-                info.effective = [Job.from_dict(j) for j in (json.loads(r["good_jobs"]) if r["good_jobs"] else [])]
+                good = json.loads(r["good_jobs"]) if r["good_jobs"] else []
+                info.effective = tuple(Job.from_dict(j) for j in good)
             except Exception as e:  # noqa: BLE001 - a cache from an older tasksd: parse the file again
                 log.warning("cached jobs of %s unreadable (%s); re-parsing", path, e)
                 info.content_hash = ""
@@ -518,19 +525,20 @@ class Controller:
         if fs.result is None:
             errors = [{"message": fs.refused, "line": None, "column": None, "where": ""}]
             warnings: list[dict] = []
-            names: list[str] = list(info.jobs) if info else []
+            names: tuple[str, ...] = tuple(info.jobs) if info else ()
             valid_jobs = None
         else:
             errors = [p.to_dict() for p in fs.result.errors]
             warnings = [p.to_dict() for p in fs.result.warnings]
-            names = list(fs.result.names)
-            valid_jobs = list(fs.result.jobs) if fs.result.valid else None
+            # The load result's own tuples, not copies: held for as long as the file stays.
+            names = fs.result.names
+            valid_jobs = fs.result.jobs if fs.result.valid else None
         if valid_jobs is not None:
             new = ManifestInfo(path, digest, "applied", names, [], warnings, digest, first_seen, valid_jobs)
             self.event("manifest_applied", f"applied (jobs: {', '.join(names)})", manifest=path,
                        warnings=[w["message"] for w in warnings] or None)
         else:
-            keep = list(info.effective) if info and good_hash is not None else []
+            keep = info.effective if info and good_hash is not None else ()
             new = ManifestInfo(path, digest, "rejected", names, errors, warnings, good_hash, first_seen, keep)
             first = errors[0]["message"] if errors else "invalid"
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -782,8 +790,9 @@ class Controller:
             if rec.spec_hash is not None and rec.spec_hash != d.spec_hash:
                 rec.restarts = 0
         rec.manifest, rec.driver = d.manifest, d.driver
-        if rec.task_obj is not task or rec.task_json is None:
-            rec.task_json, rec.task_obj = json.dumps(task.to_dict()), task
+        if rec.task_obj is not task:
+            rec.task_obj = task
+            self._dirty_specs.add(tid)
         rec.spec_hash = d.spec_hash
         rec.template_hash = d.template_hash
         try:
@@ -821,7 +830,8 @@ class Controller:
             return
         if handle.exec_env:
             self._pending_exec_envs[tid] = (handle.key, handle.exec_env)
-        rec.handle, rec.pending_key, rec.busy = handle.without_exec_env(), None, False
+        rec.handle = self.runtime.registered(handle.key) or handle.without_exec_env()
+        rec.pending_key, rec.busy = None, False
         rec.state, rec.started_at, rec.last_error = TaskState.RUNNING, handle.started_at, None
         self.persist(rec)
         self.event("started", f"started (pid {handle.pid})", tid, pid=handle.pid)
@@ -959,7 +969,7 @@ class Controller:
             rec.state, rec.next_start_at = TaskState.STOPPED, None
             self.persist(rec)
             return
-        task = Task.from_dict(json.loads(rec.task_json)) if rec.task_json else None
+        task = self.task_spec(rec)
         sig = task.kill_signal if task else "SIGINT"
         timeout = task.kill_timeout if task else 5.0
         rec.state, rec.busy = TaskState.STOPPING, True
@@ -1000,7 +1010,7 @@ class Controller:
         rec = self.records[tid]
         job, group, task = self.specs[tid]
         d = self.desired[tid]
-        old = Task.from_dict(json.loads(rec.task_json)) if rec.task_json else None
+        old = self.task_spec(rec)
         old_live = {(t.destination, t.data, t.source, t.perms) for t in old.templates} if old else set()
         to_render = [t for t in task.templates if is_live_template(t)
                      and (t.destination, t.data, t.source, t.perms) not in old_live]
@@ -1034,7 +1044,8 @@ class Controller:
             rec.template_hash = d.template_hash  # do not retry in a loop; the next manifest change tries again
             self.event("template_failed", rec.last_error, tid)
         else:
-            rec.task_json, rec.task_obj, rec.template_hash = json.dumps(task.to_dict()), task, d.template_hash
+            rec.task_obj, rec.template_hash = task, d.template_hash
+            self._dirty_specs.add(tid)
             what = ", ".join(f"{t.destination} ({t.change_mode}{' ' + t.change_signal if t.change_signal else ''})"
                              for t in changed) or "no output changed"
             self.event("template_rendered", f"re-rendered without a restart: {what}", tid)
@@ -1128,9 +1139,9 @@ class Controller:
                 self._pending_exec_envs[rec.task_id] = (rec.handle.key, rec.handle.exec_env)
                 rec.handle = rec.handle.without_exec_env()
                 self._dirty_tasks.add(rec.task_id)
-            if rec.task_json:
+            if row["task_json"]:
                 try:
-                    t = Task.from_dict(json.loads(rec.task_json))
+                    t = Task.from_dict(json.loads(row["task_json"]))
                     rec.template_hash = template_hash(t)
                     if t.resources.cores and rec.handle:
                         cpus = rec.handle.cpuset
@@ -1240,9 +1251,30 @@ class Controller:
         self.recompute_desired()
         return {"draining": True, "tasks": len(self.records)}
 
+    def task_spec(self, rec: TaskRecord) -> Task | None:
+        """The Task `rec` runs: its own object, or for a record recovered from the store and not started since,
+        the stored spec (rarely needed: a stop after its manifest is gone, a template diff, `tasksctl plan`)."""
+        if rec.task_obj is not None:
+            return rec.task_obj
+        try:
+            stored = self.store.task_json(rec.task_id)
+            return Task.from_dict(json.loads(stored)) if stored else None
+        except Exception:  # noqa: BLE001 - a damaged row: the caller falls back to defaults, as for no spec
+            log.warning("%s: the stored task spec cannot be read", rec.task_id)
+            return None
+
+    def _task_dict(self, rec: TaskRecord) -> dict | None:
+        if rec.task_obj is not None:
+            return rec.task_obj.to_dict()
+        try:
+            stored = self.store.task_json(rec.task_id)
+            return json.loads(stored) if stored else None
+        except Exception:  # noqa: BLE001
+            return None
+
     def spec_snapshot(self) -> dict[str, Any]:
         """What runs now, per task, for `tasksctl plan` to diff a directory against (client-side planning)."""
         return {"tasks_dir": self.tasks_dir, "draining": self.draining,
                 "tasks": {tid: {"state": r.state.value, "spec_hash": r.spec_hash, "manifest": r.manifest,
-                                "task": json.loads(r.task_json) if r.task_json else None}
+                                "task": self._task_dict(r)}
                           for tid, r in sorted(self.records.items())}}

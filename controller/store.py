@@ -177,10 +177,21 @@ class Store:
         return {r["task_id"]: dict(r) for r in self.db.execute("SELECT * FROM tasks")}
 
     def put_task(self, rec: dict) -> None:
+        """Insert or update a task's row from the columns in `rec`; columns it lacks (task_json) keep their value."""
         rec = dict(rec, updated_at=time.time())
         cols = ",".join(rec)
         marks = ",".join("?" * len(rec))
-        self._write(f"INSERT OR REPLACE INTO tasks ({cols}) VALUES ({marks})", rec.values())
+        sets = ",".join(f"{c}=excluded.{c}" for c in rec if c != "task_id")
+        self._write(f"INSERT INTO tasks ({cols}) VALUES ({marks}) ON CONFLICT(task_id) DO UPDATE SET {sets}",
+                    rec.values())
+
+    def put_task_json(self, task_id: str, task_json: str) -> None:
+        """The Task spec a task's record runs: written when it changes, not with every row (put_task)."""
+        self._write("UPDATE tasks SET task_json=? WHERE task_id=?", (task_json, task_id))
+
+    def task_json(self, task_id: str) -> str | None:
+        row = self.db.execute("SELECT task_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        return row["task_json"] if row else None
 
     def delete_task(self, task_id: str) -> None:
         self._write("DELETE FROM tasks WHERE task_id=?", (task_id,))

@@ -126,6 +126,11 @@ class Runtime:
         if raw is not None:
             self._finish(handle, raw)
 
+    def registered(self, key: str) -> TaskHandle | None:
+        """The handle (without exec_env) kept for `key`'s exit, so a caller holds that one instead of a copy."""
+        with self._cv:
+            return self._handles.get(key)
+
     # ---- task cgroups -------------------------------------------------------------------------------------
     def prepare_cgroup(self, name: str, limits: "cgroups.CgroupLimits") -> "CgroupTicket":
         """A ticket for task cgroup `name`: send() has the launcher make it and write its limits while the caller

@@ -6,6 +6,7 @@ field was written on.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -200,7 +201,7 @@ class _Reader:
                 out[k] = str(value)
             else:
                 self.error(f"{name}.{k}", f"{name}.{k} must be a string, got {_kind(value)}")
-        return FrozenDict(out)
+        return shared(FrozenDict(out))
 
     def block(self, name: str) -> RawBlock | None:
         found = self.raw.blocks_of(name)
@@ -332,7 +333,8 @@ def _group(r: _Reader, job_type: str) -> Group | None:
         task = _task(tr, job_type, group_restart_fields, tname)
         if task is not None:
             tasks.append(task)
-    group = Group(name=name, count=count, meta=meta, network=network, restart=group_restart, tasks=tuple(tasks))
+    group = Group(name=name, count=count, meta=meta, network=shared(network), restart=group_restart,
+                  tasks=tuple(tasks))
     if not r.blocks("task"):
         # Checked on the blocks, not the built tasks: when task blocks exist but none built, their own errors
         # say why and "needs a task" would only be noise.
@@ -356,12 +358,42 @@ def _restart_fields(r: _Reader) -> dict[str, Any]:
     return fields
 
 
+# Equal spec values share one object. Most manifests leave restart, logs, resources, network and meta at a few
+# common values, and 1000 tasks held 1000 copies of each (0.7 KB per task). They are frozen, so sharing is safe.
+# Keyed with the type of every field too, so 1800 and 1800.0 (equal, yet different JSON and so a different spec
+# hash) never stand in for each other. Bounded: cleared when full, so a stream of distinct values cannot grow it.
+_SHARED: dict[tuple, Any] = {}
+_SHARED_MAX = 1024
+
+
+def shared(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, FrozenDict):
+        parts = tuple(value.items())
+        types = tuple(type(v) for _, v in parts)
+    else:
+        parts = tuple(getattr(value, f.name) for f in dataclasses.fields(value))
+        types = tuple(map(type, parts))
+    try:
+        key = (type(value), parts, types)
+        found = _SHARED.get(key)
+    except TypeError:  # an unhashable field: not shared
+        return value
+    if found is not None:
+        return found
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    _SHARED[key] = value
+    return value
+
+
 def _merge_restart(job_type: str, *layers: dict[str, Any] | None) -> RestartPolicy:
     merged: dict[str, Any] = dict(RestartPolicy.DEFAULTS[job_type])
     for layer in layers:
         if layer:
             merged.update(layer)
-    return RestartPolicy(**merged)
+    return shared(RestartPolicy(**merged))
 
 
 def _task(r: _Reader, job_type: str, group_restart: dict[str, Any] | None, name: str) -> Task | None:
@@ -408,13 +440,13 @@ def _task(r: _Reader, job_type: str, group_restart: dict[str, Any] | None, name:
         except ValueError as e:
             r.error("kill_signal", str(e))
 
-    logs = LogConfig()
+    logs = shared(LogConfig())
     if (b := r.block("logs")) is not None:
         lr = r.child(b, schema.LOGS)
         disabled = lr.bool("disabled", False)
         if lr.has("enabled"):
             disabled = not lr.bool("enabled", True)
-        logs = LogConfig(lr.int("max_files", 10), lr.int("max_file_size", 10), disabled)
+        logs = shared(LogConfig(lr.int("max_files", 10), lr.int("max_file_size", 10), disabled))
         lr.report(validate.check_logs(logs))
 
     artifacts = tuple(_artifact(r.child(b, schema.ARTIFACT, f"artifact[{i}]")) for i, b in
@@ -515,7 +547,7 @@ def _resources(r: _Reader) -> Resources:
         secrets=r.int("secrets"),
     )
     r.report(validate.check_resources(res))
-    return res
+    return shared(res)
 
 
 def _artifact(r: _Reader) -> Artifact:

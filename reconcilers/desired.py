@@ -3,6 +3,7 @@ changes, means the running process must be replaced."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ class DesiredTask:
 
 
 def task_id(job: str, group: str, index: int, task: str) -> str:
-    return f"{job}/{group}/{index}/{task}"
+    return sys.intern(f"{job}/{group}/{index}/{task}")  # one copy, however many maps key on it
 
 
 LIVE_CHANGE_MODES = ("noop", "signal")

@@ -6,6 +6,7 @@ is harmless because a task with an action in flight (`busy`) gets no new action.
 """
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -68,7 +69,9 @@ Action = Start | Stop | Rerender | Forget | MarkAllocGone | CollectAlloc
 
 
 def alloc_of(task_id: str) -> str:
-    return task_id.rsplit("/", 1)[0]
+    # Interned: the alloc name is kept as a key in several maps (records by alloc, allocs, timers), one copy each
+    # otherwise (0.2 KB per task).
+    return sys.intern(task_id.rsplit("/", 1)[0])
 
 
 def _may_start(d: DesiredTask, siblings: list[DesiredTask], observed: dict[str, ObservedTask]) -> bool:

@@ -127,6 +127,25 @@ def test_kill9_and_restart_readopts_the_same_processes(daemon):
     assert daemon.task(TID)["restarts"] == 0
 
 
+def test_a_readopted_task_whose_manifest_went_while_tasksd_was_down_stops_with_its_own_kill_signal(daemon):
+    # The record keeps no JSON of its spec in memory; a re-adopted one reads it back from the store.
+    marker = daemon.root / "got-usr1"
+    script = f"trap 'echo usr1 > {marker}; exit 0' USR1; echo ready; while :; do sleep 0.1; done"
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web", "/bin/sh", ["-c", script], task_extra='kill_signal = "SIGUSR1"'))
+    pid = pid_of(daemon)
+    daemon.terminate()
+    daemon.start()
+    assert daemon.task(TID)["pid"] == pid
+    spec = daemon.client.get("/v1/specs")["tasks"][TID]["task"]
+    assert spec["kill_signal"] == "SIGUSR1" and spec["config"]["command"] == "/bin/sh"
+    daemon.terminate()
+    (daemon.tasks_dir / "web.hcl").unlink()
+    daemon.start()
+    wait_for(lambda: TID not in daemon.tasks(), timeout=30, what="the stop after the restart")
+    assert marker.read_text() == "usr1\n"
+
+
 def test_task_that_dies_while_tasksd_is_down_is_restarted_by_policy(daemon):
     daemon.start()
     daemon.write("web.hcl", raw_job("web", extra='group "g" { restart { delay = "0s" } }' * 0,

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from controller import scan
 from controller.controller import REMOVAL_GRACE, Controller
 from controller.store import Store
 from manifests.agent_config import AgentConfig
@@ -75,8 +76,7 @@ def test_the_full_resync_rereads_files_whose_stat_signature_did_not_change(tmp):
     assert ctl.specs["web/g/0/t"][2].config.args == ("1",)
     path.write_text(JOB.replace('args = ["1"]', 'args = ["2"]'))
     st = os.stat(path)
-    ctl.scanner._cache[str(path)].signature = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                               st.st_mode, st.st_uid)
+    ctl.scanner._cache[str(path)].signature = scan.signature(st)
     ctl.rescan()
     assert ctl.specs["web/g/0/t"][2].config.args == ("1",)  # the signature said "unchanged"
     ctl.rescan(reread=True)

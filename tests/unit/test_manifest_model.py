@@ -155,3 +155,43 @@ def test_frozendict_is_a_hashable_sorted_mapping():
     assert a == b and hash(a) == hash(b) and list(a) == ["a", "b"]
     assert a == {"a": "1", "b": "2"} and a.to_dict() == {"a": "1", "b": "2"}
     assert {a: 1}[b] == 1
+
+
+def test_equal_spec_values_from_different_manifests_are_one_object():
+    a, ga = task_of(group='restart { delay = "0s" }\n meta { team = "x" }', task="resources { memory = 64 }")
+    b, gb = task_of(group='restart { delay = "0s" }\n meta { team = "x" }', task="resources { memory = 64 }")
+    assert a.restart is b.restart and a.resources is b.resources and a.logs is b.logs
+    assert ga.meta is gb.meta and ga.network is gb.network
+    c, _ = task_of(task="resources { memory = 65 }")
+    assert c.resources is not a.resources and c.resources.memory == 65
+
+
+def test_values_that_are_equal_but_typed_differently_are_not_shared():
+    from manifests import build
+
+    one, other = RestartPolicy(2, 1800, 15.0, "fail"), RestartPolicy(2, 1800.0, 15.0, "fail")
+    assert one == other  # as dataclasses; their JSON (and so the spec hash) differs
+    a, b = build.shared(one), build.shared(other)
+    assert a is not b and type(a.interval) is int and type(b.interval) is float
+
+
+def test_the_sharing_table_stays_bounded():
+    from manifests import build
+
+    for i in range(build._SHARED_MAX * 3):
+        build.shared(FrozenDict(k=str(i)))
+    assert 0 < len(build._SHARED) <= build._SHARED_MAX
+
+
+def test_task_json_is_written_when_the_spec_changes_and_kept_by_row_updates(tmp_path):
+    from controller.store import Store
+
+    s = Store(tmp_path)
+    row = {"task_id": "j/g/0/t", "job": "j", "grp": "g", "idx": 0, "task": "t", "driver": "raw_exec",
+           "manifest": "m.hcl", "state": "running"}
+    s.put_task(row)
+    s.put_task_json("j/g/0/t", '{"name": "t"}')
+    s.put_task(dict(row, state="restarting"))  # the row without task_json leaves it as it was
+    s.commit()
+    assert s.task_json("j/g/0/t") == '{"name": "t"}' and s.tasks()["j/g/0/t"]["state"] == "restarting"
+    s.close()
