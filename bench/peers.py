@@ -4,7 +4,8 @@
                                          [--no-install]
 
 Per N and per supervisor: time until all N run (each supervisor is started with the N programs already
-configured), memory of the supervisor itself (RSS and PSS; per task = PSS / N), idle CPU, restart latency after
+configured), idle CPU, memory of the supervisor itself at rest (RSS and PSS read after the idle window, so a
+burst's garbage that an allocator gives back has been given back; per task = PSS / N), restart latency after
 SIGKILL of one program (median), latency to pick up a newly added program. Then the isolated start rows (tasksd
 exec/exec2 vs bwrap, unshare(1) and a plain spawn) from bench/spawn.py's measure(). One markdown table.
 
@@ -206,10 +207,10 @@ def run_tasksd(n: int, opts: Options) -> Result:
         if running < n:
             raise RuntimeError(f"every tasksd task started, yet {n - running} are not running")
 
+        values["idle_cpu_pct"] = idle_cpu(b.procs, opts.idle)
         values["rss_mb"], values["pss_mb"] = b.memory()
         values["per_task_kb"] = values["pss_mb"] * 1024 / n
         values["rss_per_task_kb"] = values["rss_mb"] * 1024 / n
-        values["idle_cpu_pct"] = idle_cpu(b.procs, opts.idle)
 
         tasks = {t["id"]: t for t in b.client.get("/v1/tasks")["tasks"]}
         lat = []
@@ -333,10 +334,10 @@ def run_supervisord(n: int, opts: Options, why_not: str) -> Result:
         deadline_wait(lambda: s.running() >= n, 600, f"{n} supervisord programs running", 0.02)
         values["all_running_s"] = time.perf_counter() - t0
 
+        values["idle_cpu_pct"] = idle_cpu(s.procs, opts.idle)
         values["rss_mb"], values["pss_mb"] = memory(s.procs())
         values["per_task_kb"] = values["pss_mb"] * 1024 / n
         values["rss_per_task_kb"] = values["rss_mb"] * 1024 / n
-        values["idle_cpu_pct"] = idle_cpu(s.procs, opts.idle)
 
         server = s.rpc()
         lat = []
@@ -470,10 +471,10 @@ def run_runit(n: int, opts: Options, bins: dict[str, str], why_not: str) -> Resu
         if best and best_t is not None:
             values["all_running_s"] = best_t
 
+        values["idle_cpu_pct"] = idle_cpu(r.procs, opts.idle)
         values["rss_mb"], values["pss_mb"] = memory(r.procs())
         values["per_task_kb"] = values["pss_mb"] * 1024 / max(best, 1)
         values["rss_per_task_kb"] = values["rss_mb"] * 1024 / max(best, 1)
-        values["idle_cpu_pct"] = idle_cpu(r.procs, opts.idle)
 
         lat = []
         live = [nm for nm in names if r.pid(nm)]

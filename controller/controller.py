@@ -16,6 +16,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -122,8 +123,8 @@ class ManifestInfo:
     content_hash: str
     status: str  # applied | rejected
     jobs: tuple[str, ...]
-    errors: list[dict]
-    warnings: list[dict]
+    errors: Sequence[dict]
+    warnings: Sequence[dict]
     good_hash: str | None  # content hash of the last valid version; None if the file never was valid
     first_seen: float
     # What runs from this file right now: the last valid version's jobs. Kept once, as Jobs; the store's JSON
@@ -524,17 +525,17 @@ class Controller:
         good_hash = info.good_hash if info else None
         if fs.result is None:
             errors = [{"message": fs.refused, "line": None, "column": None, "where": ""}]
-            warnings: list[dict] = []
+            warnings: Sequence[dict] = ()
             names: tuple[str, ...] = tuple(info.jobs) if info else ()
             valid_jobs = None
         else:
             errors = [p.to_dict() for p in fs.result.errors]
-            warnings = [p.to_dict() for p in fs.result.warnings]
+            warnings = [p.to_dict() for p in fs.result.warnings] or ()  # held per file: most have none
             # The load result's own tuples, not copies: held for as long as the file stays.
             names = fs.result.names
             valid_jobs = fs.result.jobs if fs.result.valid else None
         if valid_jobs is not None:
-            new = ManifestInfo(path, digest, "applied", names, [], warnings, digest, first_seen, valid_jobs)
+            new = ManifestInfo(path, digest, "applied", names, (), warnings, digest, first_seen, valid_jobs)
             self.event("manifest_applied", f"applied (jobs: {', '.join(names)})", manifest=path,
                        warnings=[w["message"] for w in warnings] or None)
         else:
@@ -621,9 +622,9 @@ class Controller:
             return
         old_desired = self.desired
         self.desired, self.specs = ByAlloc(), {}
-        for _, desired, specs in entries.values():
-            self.desired.update(desired)
-            self.specs.update(specs)
+        for _, rows in entries.values():
+            for tid, d, spec in rows:
+                self.desired[tid], self.specs[tid] = d, spec
         self._desired_cache = entries
         self._desired_stale = False
         self._add_departing(old_desired)
@@ -633,14 +634,17 @@ class Controller:
             if old_desired.get(tid, d) != d:
                 self.touch(tid)
 
-    def _desired_entry(self, path: str, jobs: list[Job]) -> tuple:
-        """(key, desired tasks, specs) of one file: the cached entry while the file's version is unchanged."""
+    def _desired_entry(self, path: str, jobs: Sequence[Job]) -> tuple:
+        """(key, rows) of one file, rows being (task id, DesiredTask, (job, group, task)) per task instance: the
+        cached entry while the file's version is unchanged. Tuples, not two dicts per file: most files hold one
+        task, and two one-entry dicts cost 0.2 KB more per task."""
         key = (self.manifests[path].good_hash, id(jobs))
         cached = self._desired_cache.get(path)
         if cached is not None and cached[0] == key:
             return cached
-        specs = {tid: (job, group, t) for tid, job, group, _, t in task_instances(jobs)}
-        return (key, desired_tasks({path: jobs}), specs)
+        desired = desired_tasks({path: jobs})
+        rows = tuple((tid, desired[tid], (job, group, t)) for tid, job, group, _, t in task_instances(jobs))
+        return (key, rows)
 
     def _recompute_changed(self) -> bool:
         """recompute_desired for the usual case, one file among a thousand changed: only the changed files are
@@ -679,7 +683,7 @@ class Controller:
         old = self._desired_cache
         changed = [p for p, entry in entries.items() if old.get(p) is not entry]
         gone = [p for p in old if p not in entries]
-        leaving = [(tid, d) for p in changed + gone if p in old for tid, d in old[p][1].items()]
+        leaving = [(tid, d) for p in changed + gone if p in old for tid, d, _ in old[p][1]]
         if any(d.hook == "poststop" for _, d in leaving):
             return False
         before = {tid: self.desired.get(tid) for tid, _ in leaving}
@@ -687,10 +691,9 @@ class Controller:
             self.desired.pop(tid, None)
             self.specs.pop(tid, None)
         for p in changed:
-            _, desired, specs = entries[p]
-            self.desired.update(desired)
-            self.specs.update(specs)
-            before.update((tid, before.get(tid)) for tid in desired)
+            for tid, d, spec in entries[p][1]:
+                self.desired[tid], self.specs[tid] = d, spec
+                before.setdefault(tid, None)
         self._desired_cache = entries
         self._desired_stale = False
         self._last_specs = self.specs  # the rebuild replaces self.specs, so this keeps what it needs
