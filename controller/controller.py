@@ -61,7 +61,7 @@ class TaskRecord:
     spec_hash: str | None = None
     handle: TaskHandle | None = None
     pending_key: str | None = None
-    restart_state: dict | None = None
+    restart_state: restart_policy.RestartTracker | None = None
     restarts: int = 0
     next_start_at: float | None = None
     exit: dict | None = None
@@ -85,7 +85,8 @@ class TaskRecord:
             "spec_hash": self.spec_hash,
             "handle": json.dumps(self.handle.to_dict()) if self.handle else None,
             "pending_key": self.pending_key,
-            "restart_state": json.dumps(self.restart_state) if self.restart_state is not None else None,
+            "restart_state": (json.dumps(dataclasses.asdict(self.restart_state)) if self.restart_state is not None
+                              else None),
             "restarts": self.restarts, "next_start_at": self.next_start_at,
             "exit": json.dumps(self.exit) if self.exit is not None else None,
             "last_error": self.last_error, "started_at": self.started_at,
@@ -98,7 +99,7 @@ class TaskRecord:
             manifest=r["manifest"], state=TaskState(r["state"]), spec_hash=r["spec_hash"],
             handle=TaskHandle.from_dict(json.loads(r["handle"])) if r["handle"] else None,
             pending_key=r["pending_key"],
-            restart_state=json.loads(r["restart_state"]) if r["restart_state"] else None,
+            restart_state=_tracker(json.loads(r["restart_state"])) if r["restart_state"] else None,
             restarts=r["restarts"], next_start_at=r["next_start_at"],
             exit=json.loads(r["exit"]) if r["exit"] else None, last_error=r["last_error"],
             started_at=r["started_at"])
@@ -115,6 +116,12 @@ class TaskRecord:
             "task_dir": self.handle.task_dir if self.handle else None,
             "last_error": self.last_error, "next_start_at": self.next_start_at,
         }
+
+
+def _tracker(d: dict) -> restart_policy.RestartTracker:
+    """A stored restart tracker; fields it does not know (a newer version's) are left out."""
+    known = restart_policy.RestartTracker.__dataclass_fields__
+    return restart_policy.RestartTracker(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(slots=True)
@@ -789,7 +796,7 @@ class Controller:
             self.records[tid] = rec
         if rec.spec_hash != d.spec_hash or rec.restart_state is None:
             # A new spec gets a fresh restart budget; the interval starts at the first start, as in Nomad.
-            rec.restart_state = dataclasses.asdict(restart_policy.RestartTracker.begin(self.clock()))
+            rec.restart_state = restart_policy.RestartTracker.begin(self.clock())
             if rec.spec_hash is not None and rec.spec_hash != d.spec_hash:
                 rec.restarts = 0
         rec.manifest, rec.driver = d.manifest, d.driver
@@ -932,8 +939,7 @@ class Controller:
         job, _, task = spec
         now = self.clock()
         d = self.desired[rec.task_id]
-        tracker = (restart_policy.RestartTracker(**rec.restart_state) if rec.restart_state
-                   else restart_policy.RestartTracker.begin(now))
+        tracker = rec.restart_state or restart_policy.RestartTracker.begin(now)
         if start_failure or result is None:
             tracker, decision = restart_policy.on_start_failure(
                 tracker, task.restart, now=now, rand=self._rand.random(), recoverable=recoverable)
@@ -942,7 +948,7 @@ class Controller:
                 tracker, task.restart, job.type, exit_code=result.exit_code if result.exit_code is not None else -1,
                 signal=result.signal or 0, oom_killed=result.oom_killed, now=now, rand=self._rand.random(),
                 hook=d.hook, sidecar=d.sidecar)
-        rec.restart_state = dataclasses.asdict(tracker)
+        rec.restart_state = tracker
         if decision.kind == restart_policy.DecisionKind.RESTART:
             rec.restarts += 1
             rec.state = TaskState.RESTARTING

@@ -5,6 +5,7 @@ back to `recover`. Identity is boot id + pid + process start time + cgroup membe
 """
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -37,7 +38,8 @@ class TaskContext:
 
     @property
     def task_id(self) -> str:
-        return f"{self.job.name}/{self.group.name}/{self.index}/{self.task.name}"
+        # Interned: the handle keeps it, and the controller's maps key on the same string.
+        return sys.intern(f"{self.job.name}/{self.group.name}/{self.index}/{self.task.name}")
 
 
 @dataclass(frozen=True, slots=True)
