@@ -343,7 +343,8 @@ class CommonDriver(Driver):
         """Kill what is left in the task's cgroup and remove it. keep_identity: the task will run again (restart
         policy), so its cgroup, tmpfs mounts and dynamic uid stay for the next run (which starts faster and still
         owns its files); whatever is left is removed with the alloc (GC) or by a later full destroy."""
-        cg = self.runtime.cgroups.open(handle.cgroup)
+        # Kept and known empty (the usual restart): nothing to kill or remove, so not even looked up.
+        cg = None if keep_identity and known_empty else self.runtime.cgroups.open(handle.cgroup)
         if not keep_identity:
             self.runtime.cgroups.forget(handle.cgroup)
         if cg is not None:

@@ -118,6 +118,7 @@ def test_an_exit_during_a_template_rerender_is_handled_when_the_rerender_is_done
     assert rec.handle is h and rec.state == TaskState.RUNNING  # not yet: the re-render is in flight
     d = SimpleNamespace(template_hash="t1")
     ctl._rerendered(TID, h, SimpleNamespace(to_dict=lambda: {}), d, [], None)
+    ctl.flush_store()  # the end of the pass
     assert rec.handle is None and rec.exit["signal"] == 1 and driver.destroyed == ["k1"]
     assert rec.state == TaskState.STOPPED  # not desired in this test; a desired task would be restarted
     assert not ctl._exits_in_rerender and not ctl._rerendering
@@ -139,6 +140,7 @@ def _exit_and_clean_up(ctl) -> None:
     ctl.pool.shutdown(wait=True)
     while not ctl.queue.empty():
         ctl.handle(ctl.queue.get_nowait())
+    ctl.flush_store()  # the end of the pass
 
 
 def test_a_restart_after_a_clean_exit_is_told_the_cgroup_is_empty(tmp):
@@ -184,4 +186,20 @@ def test_a_record_loaded_from_the_store_never_claims_an_empty_cgroup(tmp):
     ctl, _, _ = controller(tmp, [rec])
     ctl.recover()
     assert ctl.records[TID].cgroup_empty is False
+    ctl.store.close()
+
+
+def test_the_launcher_forgets_an_exit_only_after_the_commit_that_records_it(tmp):
+    # The ack of a clean exit rides on the next commit (the restart's own) instead of a commit of its own, and
+    # never before it: a crash in between must find the exit still in the launcher.
+    ctl, runtime, driver = controller(tmp)
+    h = handle("k1")
+    ctl.records[TID] = record(state=TaskState.RUNNING, handle=h)
+    ctl.on_exit(h, ExitResult(exit_code=1))
+    assert driver.destroyed == [] and ctl.records[TID].exit["exit_code"] == 1
+    ctl.flush_store()
+    assert driver.destroyed == ["k1"]
+    reader = Store(tmp / "state", readonly=True)
+    assert reader.tasks()[TID]["exit"] is not None
+    reader.close()
     ctl.store.close()
