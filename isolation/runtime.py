@@ -6,6 +6,7 @@ polling anywhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -381,7 +382,7 @@ class CgroupTicket:
         try:
             self.pending = self.runtime.client.submit(
                 "cgroup", name=self.name, mode=self.runtime.layout.mode, paths=self.task.dirs(),
-                limits=dict(self.limits.__dict__), rewrite=rewrite)
+                limits=dataclasses.asdict(self.limits), rewrite=rewrite)
         except (LauncherError, OSError):
             self.pending = None  # result() makes it here instead
 
