@@ -914,7 +914,12 @@ class Controller:
             # The usual exit: nothing to kill, so the cleanup is an ack and cannot block the loop. Done here it
             # saves two thread hand-offs (~1 ms) on the way to the restart. The ack (the launcher forgets the
             # exit) waits for the commit that makes the exit durable: the restart's own, one commit instead of two.
-            self._after_flush.append(lambda: cleanup(known_empty=True))
+            # While the store fails, acks go out at once, as before: they must not pile up behind a disk that
+            # stays full (the launcher's exit records would pile up with them).
+            if self.store_error:
+                cleanup(known_empty=True)
+            else:
+                self._after_flush.append(lambda: cleanup(known_empty=True))
             self._exited(rec.task_id, handle, result, cgroup_empty=True)
             return
 

@@ -203,3 +203,13 @@ def test_the_launcher_forgets_an_exit_only_after_the_commit_that_records_it(tmp)
     assert reader.tasks()[TID]["exit"] is not None
     reader.close()
     ctl.store.close()
+
+
+def test_while_the_store_fails_an_exit_is_acked_at_once_so_acks_do_not_pile_up(tmp):
+    ctl, runtime, driver = controller(tmp)
+    h = handle("k1")
+    ctl.records[TID] = record(state=TaskState.RUNNING, handle=h)
+    ctl.store_error = "cannot write state: disk full"  # what a failed flush_store leaves
+    ctl.on_exit(h, ExitResult(exit_code=1))
+    assert driver.destroyed == ["k1"] and not ctl._after_flush
+    ctl.store.close()
