@@ -1275,20 +1275,23 @@ class Controller:
         the stored spec (rarely needed: a stop after its manifest is gone, a template diff, `tasksctl plan`)."""
         if rec.task_obj is not None:
             return rec.task_obj
+        stored = self._stored_spec(rec.task_id)
         try:
-            stored = self.store.task_json(rec.task_id)
-            return Task.from_dict(json.loads(stored)) if stored else None
+            return Task.from_dict(stored) if stored is not None else None
         except Exception:  # noqa: BLE001 - a damaged row: the caller falls back to defaults, as for no spec
             log.warning("%s: the stored task spec cannot be read", rec.task_id)
             return None
 
     def _task_dict(self, rec: TaskRecord) -> dict | None:
-        if rec.task_obj is not None:
-            return rec.task_obj.to_dict()
+        return rec.task_obj.to_dict() if rec.task_obj is not None else self._stored_spec(rec.task_id)
+
+    def _stored_spec(self, tid: str) -> dict | None:
+        """The task's spec as the store holds it (JSON decoded); None when there is none or it is unreadable."""
         try:
-            stored = self.store.task_json(rec.task_id)
+            stored = self.store.task_json(tid)
             return json.loads(stored) if stored else None
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a damaged row: the caller falls back to defaults, as for no spec
+            log.warning("%s: the stored task spec cannot be read", tid)
             return None
 
     def spec_snapshot(self) -> dict[str, Any]:
