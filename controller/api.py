@@ -97,7 +97,9 @@ class Handler(http1.RequestHandler):
 
     # ---- plumbing ----------------------------------------------------------------------------------------
     def _send_json(self, status: int, obj: Any) -> None:
-        body = (json.dumps(obj, default=str) + "\n").encode()
+        self._send_body(status, (json.dumps(obj, default=str) + "\n").encode())
+
+    def _send_body(self, status: int, body: bytes | bytearray) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -298,7 +300,7 @@ class Api:
 
     # ---- endpoints ---------------------------------------------------------------------------------------
     def list_tasks(self, h: Handler, q: dict) -> None:
-        h._send_json(200, self.ctl.call(self.ctl.status_snapshot))
+        h._send_body(200, self.ctl.call(self.ctl.status_body))
 
     def get_task(self, h: Handler, q: dict, ident: str) -> None:
         def one():
@@ -308,7 +310,7 @@ class Api:
         h._send_json(200, self.ctl.call(one))
 
     def list_manifests(self, h: Handler, q: dict) -> None:
-        h._send_json(200, self.ctl.call(self.ctl.manifest_snapshot))
+        h._send_body(200, self.ctl.call(self.ctl.manifest_body))
 
     def health(self, h: Handler, q: dict) -> None:
         h._send_json(200, self.ctl.call(self.ctl.health_snapshot))
@@ -317,7 +319,7 @@ class Api:
         h._send_json(200, self.ctl.stats_snapshot())
 
     def specs(self, h: Handler, q: dict) -> None:
-        h._send_json(200, self.ctl.call(self.ctl.spec_snapshot))
+        h._send_body(200, self.ctl.call(self.ctl.spec_body))
 
     def events(self, h: Handler, q: dict) -> None:
         # With `after`, a cursor: every event after that id, oldest first (a reader resuming where it stopped

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from controller.scan import Scanner
+from controller import jsonbody
 from controller.byalloc import ByAlloc
 from controller.memtrim import TrimSchedule
 from controller.store import Store, StoreError
@@ -1196,16 +1197,21 @@ class Controller:
                 self.queue.put(("exit", rec.handle, result))
 
     # ---- API support (these run on the loop thread via `call`, except where noted) -----------------------
-    def status_snapshot(self) -> dict[str, Any]:
+    def status_body(self) -> bytearray:
+        """GET /v1/tasks as JSON, encoded one task at a time (see controller.jsonbody)."""
         rejected = [{"path": m.path, "status": m.status, "errors": m.errors} for m in self.manifests.values()
                     if m.status != "applied"]
-        return {"tasks": [r.status() for _, r in sorted(self.records.items())], "rejected_manifests": rejected,
-                "tasks_dir_error": self.dir_error, "store_error": self.store_error}
+        return jsonbody.listing({"rejected_manifests": rejected, "tasks_dir_error": self.dir_error,
+                                 "store_error": self.store_error},
+                                "tasks", [r for _, r in sorted(self.records.items())], TaskRecord.status)
 
-    def manifest_snapshot(self) -> list[dict[str, Any]]:
-        return [{"path": m.path, "status": m.status, "jobs": m.jobs, "errors": m.errors, "warnings": m.warnings,
-                 "content_hash": m.content_hash, "running_version": m.good_hash}
-                for m in sorted(self.manifests.values(), key=lambda m: m.path)]
+    def manifest_body(self) -> bytearray:
+        """GET /v1/manifests as JSON, encoded one manifest at a time (see controller.jsonbody)."""
+        def entry(m: ManifestInfo) -> dict[str, Any]:
+            return {"path": m.path, "status": m.status, "jobs": m.jobs, "errors": m.errors, "warnings": m.warnings,
+                    "content_hash": m.content_hash, "running_version": m.good_hash}
+
+        return jsonbody.array(sorted(self.manifests.values(), key=lambda m: m.path), entry)
 
     def health_snapshot(self) -> dict[str, Any]:
         return {"ready": self.ready.is_set(), "drivers": {n: vars(d.fingerprint()) for n, d in self.drivers.items()},
@@ -1294,9 +1300,12 @@ class Controller:
             log.warning("%s: the stored task spec cannot be read", tid)
             return None
 
-    def spec_snapshot(self) -> dict[str, Any]:
-        """What runs now, per task, for `tasksctl plan` to diff a directory against (client-side planning)."""
-        return {"tasks_dir": self.tasks_dir, "draining": self.draining,
-                "tasks": {tid: {"state": r.state.value, "spec_hash": r.spec_hash, "manifest": r.manifest,
-                                "task": self._task_dict(r)}
-                          for tid, r in sorted(self.records.items())}}
+    def spec_body(self) -> bytearray:
+        """What runs now, per task, for `tasksctl plan` to diff a directory against (client-side planning); JSON
+        encoded one task at a time (see controller.jsonbody)."""
+        def entry(r: TaskRecord) -> dict[str, Any]:
+            return {"state": r.state.value, "spec_hash": r.spec_hash, "manifest": r.manifest,
+                    "task": self._task_dict(r)}
+
+        return jsonbody.listing({"tasks_dir": self.tasks_dir, "draining": self.draining}, "tasks",
+                                sorted(self.records.items()), entry, as_object=True)

@@ -68,12 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A blocked mask is inherited from whoever started us (a CI runner here blocked nearly everything): SIGTERM
     # and SIGHUP must reach our handlers. Before any thread exists, so every thread starts with this mask.
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    from isolation.sys import limit_malloc_arenas
+    from isolation.sys import fix_mmap_threshold, limit_malloc_arenas
 
     # Before any thread exists (a thread picks its arena at its first malloc). Two, not one: sqlite and file I/O
     # allocate with the GIL released, so two threads can be in malloc at once, and two arenas kept nearly all of
     # the saving of one (bench/converge.py, 1000 tasks: PSS 57 MB with either, 60-80 MB uncapped).
     limit_malloc_arenas(2)
+    fix_mmap_threshold()
     from controller import logsetup
 
     logsetup.setup(args.log_format, getattr(logging, args.log_level.upper()))

@@ -294,6 +294,18 @@ def limit_malloc_arenas(n: int) -> bool:
     return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(n)))
 
 
+def fix_mmap_threshold(size: int = 128 * 1024) -> bool:
+    """Serve every malloc of `size` bytes or more with its own mapping, returned to the kernel when freed
+    (mallopt M_MMAP_THRESHOLD). glibc's default starts there but raises the threshold to the size of each mapped
+    block that is freed, so after one large response buffer the next ones come from the heap, where their pages
+    stay after the free. Setting it fixes it. False where the libc has no mallopt (musl)."""
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is None:
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(size)))
+
+
 def malloc_trim() -> bool:
     """Give the free pages inside every malloc arena back to the kernel (glibc malloc_trim(0)); True if any
     were. False where the libc has no malloc_trim (musl returns freed memory by itself)."""
