@@ -197,8 +197,9 @@ class Store:
         self._write("DELETE FROM tasks WHERE task_id=?", (task_id,))
         self._write("DELETE FROM exec_envs WHERE task_id=?", (task_id,))
 
-    def put_exec_env(self, task_id: str, key: str, env: dict) -> None:
-        self._write("INSERT OR REPLACE INTO exec_envs VALUES (?,?,?)", (task_id, key, json.dumps(env)))
+    def put_exec_env(self, task_id: str, key: str, env_json: str) -> None:
+        """`env_json`: the handle's exec_env as JSON (the controller holds it encoded until it is written)."""
+        self._write("INSERT OR REPLACE INTO exec_envs VALUES (?,?,?)", (task_id, key, env_json))
 
     def exec_env(self, task_id: str, key: str) -> dict | None:
         """The exec environment of the handle `key`; None when none was stored for it (e.g. the write failed)."""

@@ -3,6 +3,7 @@ tested here (an exit racing a template re-render, a kill -9 between acking an ex
 decision) cannot be produced on demand with real processes, so the driver and runtime are fakes that record calls."""
 from __future__ import annotations
 
+import json
 import os
 from types import SimpleNamespace
 
@@ -212,4 +213,20 @@ def test_while_the_store_fails_an_exit_is_acked_at_once_so_acks_do_not_pile_up(t
     ctl.store_error = "cannot write state: disk full"  # what a failed flush_store leaves
     ctl.on_exit(h, ExitResult(exit_code=1))
     assert driver.destroyed == ["k1"] and not ctl._after_flush
+    ctl.store.close()
+
+
+def test_a_started_handles_exec_env_is_held_encoded_and_read_back_before_and_after_the_flush(tmp):
+    env = {"spec": {"path": "/bin/sleep", "argv": ["sleep", "9"], "env": [["A", "é"]], "stdout": None}}
+    ctl, runtime, _ = controller(tmp)
+    runtime.registered = runtime.result = lambda key: None  # no exit kept for it
+    rec = record(state=TaskState.STARTING, pending_key="k1", busy=True)
+    ctl.records[TID] = rec
+    ctl._started(TID, "k1", handle("k1"), json.dumps(env))
+    assert rec.handle.exec_env == {} and rec.state == TaskState.RUNNING
+    assert ctl._pending_exec_envs[TID] == ("k1", json.dumps(env))  # a string until it is stored
+    assert ctl.full_handle(rec).exec_env == env
+    ctl.flush_store()
+    assert ctl._pending_exec_envs == {}
+    assert ctl.full_handle(rec).exec_env == env  # now from the store
     ctl.store.close()

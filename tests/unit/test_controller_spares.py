@@ -71,8 +71,8 @@ def test_no_spare_while_side_effects_run_or_events_wait(tmp):
     clock.now += 10
     ctl._tend_spares()
     assert pool.steps == 0 and ctl._spare_due is None
-    ctl.handle(("effect_done",))
-    ctl.handle(("effect_done",))
+    ctl.handle(("effect_done", False))
+    ctl.handle(("effect_done", False))
     assert ctl._running == 0
     ctl._tend_spares()
     clock.now = ctl._spare_due
@@ -107,6 +107,6 @@ def test_a_submitted_side_effect_counts_until_its_end_is_handled(tmp):
     ctl._submit(lambda: ran.append(1))
     ctl.pool.shutdown(wait=True)
     assert ran == [1] and ctl._running == 1 and ctl._side_effects == 1
-    assert ctl.queue.get_nowait() == ("effect_done",)
-    ctl.handle(("effect_done",))
+    assert ctl.queue.get_nowait() == ("effect_done", False)  # not a start
+    ctl.handle(("effect_done", False))
     assert ctl._running == 0
