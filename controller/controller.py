@@ -798,6 +798,8 @@ class Controller:
                         continue
                     if self._starting >= MAX_STARTS_IN_FLIGHT:
                         self._deferred[alloc] = None
+                        if a.task_id not in self.records:  # listed as pending meanwhile, as kubelet lists a pod
+                            self.persist(self._new_record(a.task_id))
                         continue
                     self._deferred.pop(alloc, None)
                     self.start(a.task_id, a.reason)
@@ -843,13 +845,15 @@ class Controller:
         self.cores_in_use[tid] = free[:n]
         return ",".join(map(str, free[:n]))
 
+    def _new_record(self, tid: str) -> TaskRecord:
+        d = self.desired[tid]
+        rec = self.records[tid] = TaskRecord(tid, d.job, d.group, d.index, d.task, d.driver, d.manifest)
+        return rec
+
     def start(self, tid: str, reason: str) -> None:
         d = self.desired[tid]
         job, group, task = self.specs[tid]
-        rec = self.records.get(tid)
-        if rec is None:
-            rec = TaskRecord(tid, d.job, d.group, d.index, d.task, d.driver, d.manifest)
-            self.records[tid] = rec
+        rec = self.records.get(tid) or self._new_record(tid)
         if rec.spec_hash != d.spec_hash or rec.restart_state is None:
             # A new spec gets a fresh restart budget; the interval starts at the first start, as in Nomad.
             rec.restart_state = restart_policy.RestartTracker.begin(self.clock())

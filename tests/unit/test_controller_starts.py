@@ -96,7 +96,12 @@ def test_starts_past_the_cap_wait_for_a_slot_and_all_run(tmp):
         ctl.reconcile(full=True)
         assert ctl._starting == MAX_STARTS_IN_FLIGHT
         assert len(ctl._deferred) == N - MAX_STARTS_IN_FLIGHT
-        assert len(ctl.records) == MAX_STARTS_IN_FLIGHT  # the deferred ones are not even planned yet
+        states = [r.state for r in ctl.records.values()]
+        assert len(states) == N  # the deferred ones are listed, as pending (stored too: status works offline)
+        assert states.count(TaskState.STARTING) == MAX_STARTS_IN_FLIGHT
+        assert states.count(TaskState.PENDING) == N - MAX_STARTS_IN_FLIGHT
+        ctl.flush_store()
+        assert sum(r["state"] == "pending" for r in ctl.store.tasks().values()) == N - MAX_STARTS_IN_FLIGHT
         driver.gate.set()
         pump_until(ctl, lambda: len(running(ctl)) == N and ctl._starting == 0)
         assert sorted(driver.started) == sorted(ctl.desired.keys()) and len(driver.started) == N  # once each
@@ -124,6 +129,7 @@ def test_a_deferred_start_is_planned_again_so_a_job_removed_meanwhile_never_star
         driver.gate.set()
         pump_until(ctl, lambda: len(running(ctl)) == N - len(gone) and ctl._starting == 0)
         assert not {t for t in driver.started if t.split("/")[0] in gone}
+        assert not {t for t in ctl.records if t.split("/")[0] in gone}  # their pending records are dropped
         assert not ctl._deferred
     finally:
         driver.gate.set()
