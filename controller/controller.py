@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import random
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -100,9 +101,11 @@ class TaskRecord:
 
     @classmethod
     def from_row(cls, r: dict) -> "TaskRecord":
+        # Interned as in a record made from desired state, which shares these strings with it.
         return cls(
-            task_id=r["task_id"], job=r["job"], grp=r["grp"], idx=r["idx"], task=r["task"], driver=r["driver"],
-            manifest=r["manifest"], state=TaskState(r["state"]), spec_hash=r["spec_hash"],
+            task_id=sys.intern(r["task_id"]), job=sys.intern(r["job"]), grp=sys.intern(r["grp"]), idx=r["idx"],
+            task=sys.intern(r["task"]), driver=sys.intern(r["driver"]), manifest=sys.intern(r["manifest"]),
+            state=TaskState(r["state"]), spec_hash=r["spec_hash"],
             handle=TaskHandle.from_dict(json.loads(r["handle"])) if r["handle"] else None,
             pending_key=r["pending_key"],
             restart_state=_tracker(json.loads(r["restart_state"])) if r["restart_state"] else None,
@@ -553,9 +556,10 @@ class Controller:
         """What the last run applied, so unchanged files need no parsing and invalid edits made while tasksd was
         down still keep the last good version."""
         self._loaded_stored = True
-        for path, r in self.store.manifests().items():
+        for r in self.store.iter_manifests():
+            path = r["path"]
             info = ManifestInfo(path, r["content_hash"], r["status"], tuple(json.loads(r["jobs"])),
-                                json.loads(r["errors"]), json.loads(r["warnings"]),
+                                json.loads(r["errors"]) or (), json.loads(r["warnings"]) or (),  # most: none
                                 r["good_hash"] if r["good_jobs"] else None, r["first_seen"])
             try:
                 good = json.loads(r["good_jobs"]) if r["good_jobs"] else []
@@ -1211,7 +1215,7 @@ class Controller:
             log.warning("%s: cannot kill the processes of a lost start: %s", rec.task_id, e)
 
     def _recover_tasks(self) -> None:
-        for row in self.store.tasks().values():
+        for row in self.store.iter_tasks():
             rec = TaskRecord.from_row(row)
             self.records[rec.task_id] = rec
             if rec.handle is not None and rec.handle.exec_env:

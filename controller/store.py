@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifests (
@@ -175,6 +175,29 @@ class Store:
     # ---- tasks -------------------------------------------------------------------------------------------
     def tasks(self) -> dict[str, dict]:
         return {r["task_id"]: dict(r) for r in self.db.execute("SELECT * FROM tasks")}
+
+    def iter_tasks(self) -> Iterator[dict]:
+        """Every task row, a few at a time (see `_pages`)."""
+        return self._pages("tasks", "task_id")
+
+    def iter_manifests(self) -> Iterator[dict]:
+        """Every manifest row, a few at a time (see `_pages`)."""
+        return self._pages("manifests", "path")
+
+    def _pages(self, table: str, key: str, size: int = 64) -> Iterator[dict]:
+        """The rows of `table` in `key` order, `size` at a time. For a re-adopting daemon: all 1000 rows of a table
+        read at once (with their JSON) lived just as long as building the records from them took, and left
+        CPython's pools fragmented for good (~2-3 MB of PSS). Paged by key, not through one open cursor, so the
+        caller may write (events) and commit while it reads."""
+        last = ""
+        while True:
+            rows = self.db.execute(f"SELECT * FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",  # noqa: S608
+                                   (last, size)).fetchall()
+            for r in rows:
+                yield dict(r)
+            if len(rows) < size:
+                return
+            last = rows[-1][key]
 
     def put_task(self, rec: dict) -> None:
         """Insert or update a task's row from the columns in `rec`; columns it lacks (task_json) keep their value."""

@@ -6,7 +6,6 @@ field was written on.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +30,7 @@ from manifests.model import (
 )
 from manifests.problems import ERROR, WARNING, Problem
 from manifests.raw import RawAttr, RawBlock, block_where, join_where
+from manifests.sharing import shared
 from manifests.signals import normalize_signal
 
 _MISSING = object()
@@ -356,36 +356,6 @@ def _restart_fields(r: _Reader) -> dict[str, Any]:
     if r.has("render_templates"):
         fields["render_templates"] = r.bool("render_templates")
     return fields
-
-
-# Equal spec values share one object. Most manifests leave restart, logs, resources, network and meta at a few
-# common values, and 1000 tasks held 1000 copies of each (0.7 KB per task). They are frozen, so sharing is safe.
-# Keyed with the type of every field too, so 1800 and 1800.0 (equal, yet different JSON and so a different spec
-# hash) never stand in for each other. Bounded: cleared when full, so a stream of distinct values cannot grow it.
-_SHARED: dict[tuple, Any] = {}
-_SHARED_MAX = 1024
-
-
-def shared(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, FrozenDict):
-        parts = tuple(value.items())
-        types = tuple(type(v) for _, v in parts)
-    else:
-        parts = tuple(getattr(value, f.name) for f in dataclasses.fields(value))
-        types = tuple(map(type, parts))
-    try:
-        key = (type(value), parts, types)
-        found = _SHARED.get(key)
-    except TypeError:  # an unhashable field: not shared
-        return value
-    if found is not None:
-        return found
-    if len(_SHARED) >= _SHARED_MAX:
-        _SHARED.clear()
-    _SHARED[key] = value
-    return value
 
 
 def _merge_restart(job_type: str, *layers: dict[str, Any] | None) -> RestartPolicy:

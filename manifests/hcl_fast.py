@@ -11,10 +11,10 @@ python-hcl2's results on generated and mutated documents: whenever it answers, i
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 from manifests.raw import RawAttr, RawBlock
+from manifests.sharing import short
 
 _TOKEN = re.compile(
     r"""
@@ -30,12 +30,6 @@ _TOKEN = re.compile(
 )
 _CONSTANTS = {"true": True, "false": False, "null": None}
 _EOF = ("eof", "", 0, 0)
-
-
-def _short(text: str) -> str:
-    """Short strings (drivers, commands, group names, durations) repeat across manifests: one copy of each, kept
-    in the specs of every task that names it."""
-    return sys.intern(text) if len(text) <= 64 else text
 
 
 class _GiveUp(Exception):
@@ -132,7 +126,7 @@ class _Parser:
             if kind == "str":
                 if "${" in text:
                     raise _GiveUp
-                labels.append(_short(text[1:-1]))
+                labels.append(short(text[1:-1]))
             else:
                 labels.append(text)
         self.take("{")
@@ -164,7 +158,7 @@ class _Parser:
         kind, text, _, _ = self.peek()
         self.i += 1
         if kind == "str":
-            return _short(text[1:-1])
+            return short(text[1:-1])
         if kind == "num":
             return float(text) if "." in text else int(text)
         if kind == "ident":

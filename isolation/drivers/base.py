@@ -80,6 +80,9 @@ class TaskHandle:
             # Written by a version that kept these only inside exec_env.
             d["pid_ns"] = bool(((env.get("spec") or {}).get("namespaces") or {}).get("pid"))
             d["cpuset"] = env.get("cpuset")
+        for k in ("task_id", "driver", "boot_id"):  # shared with the record, or by every handle (the boot id)
+            if type(d.get(k)) is str:
+                d[k] = sys.intern(d[k])
         return cls(**d)
 
 

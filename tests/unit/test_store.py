@@ -84,3 +84,24 @@ def test_events_tail_and_page_order(tmp_path):
         assert [e["id"] for e in s.events(limit=2, task_id="a/g/0/t", oldest_first=True)] == [ids[1], ids[3]]
     finally:
         s.close()
+
+
+def test_iter_tasks_pages_through_every_row_while_the_caller_writes_and_commits(tmp_path):
+    s = Store(tmp_path)
+    try:
+        ids = [f"j{i:03d}/g/0/t" for i in range(150)]  # more than two pages of 64
+        for tid in ids:
+            s.put_task(_row(tid))
+        s.commit()
+        seen = []
+        for row in s.iter_tasks():
+            seen.append(row["task_id"])
+            s.add_event("recovered", "re-adopted", row["task_id"])  # what recovery does between rows
+            if len(seen) % 50 == 0:
+                s.commit()
+        assert seen == sorted(ids)
+        assert len(s.events(limit=1000)) == 150
+        s.put_manifest("/m/a.hcl", "h", "applied", ["a"], [], [], None, None, 1.0)
+        assert [m["path"] for m in s.iter_manifests()] == ["/m/a.hcl"]
+    finally:
+        s.close()
