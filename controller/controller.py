@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -774,11 +775,9 @@ class Controller:
             desired, observed, gone = self.desired, self.observed(), self.gone_times()
         else:
             touched, self._touched = self._touched, set()
-            room = MAX_STARTS_IN_FLIGHT - self._starting
-            while room > 0 and self._deferred:
-                touched.add(next(iter(self._deferred)))
-                del self._deferred[next(iter(self._deferred))]
-                room -= 1
+            for alloc in list(itertools.islice(self._deferred, max(0, MAX_STARTS_IN_FLIGHT - self._starting))):
+                del self._deferred[alloc]  # oldest first; planned again now that a slot is free
+                touched.add(alloc)
             if not touched:
                 return
             desired = self.desired.in_allocs(touched)
@@ -887,10 +886,9 @@ class Controller:
         def work():
             try:
                 handle = driver.start(ctx)
-                # Encoded here, on the worker: in a converge the loop takes the results in only after it has
-                # submitted every start, and 1000 exec environments held as dicts (~30 small objects each) were
-                # 2.7 MB that lived just long enough to leave CPython's pools fragmented for good. One string each
-                # is one malloc block, given back whole once it is stored.
+                # Encoded here, on the worker: the store takes JSON anyway, and one string is one malloc block,
+                # given back whole once stored. As a dict (~30 small objects) it waited in the queue and then for
+                # the next commit: garbage that lived just long enough to leave CPython's pools fragmented.
                 env = json.dumps(handle.exec_env) if handle.exec_env else None
                 handle = handle.without_exec_env()
                 self.queue.put(("done", lambda: self._started(tid, key, handle, env)))

@@ -87,6 +87,9 @@ def compile_plan(spec: LaunchSpec, fds: dict, enter: dict | None, born_in: str |
     of a running task (exec into it), whose pid namespace the caller enters around the clone; `born_in`: the one
     cgroup.procs of spec.cgroup_procs the child is cloned into (CLONE_INTO_CGROUP), which it need not join;
     `may_be_born_in`: one the C launcher may clone it into (its join is flagged F_BORN_IN, dropped if so)."""
+    for k, _ in spec.env:  # execve would pass it on as another variable (or none): refused for both launchers
+        if not k or "=" in k:
+            raise ValueError(f"illegal environment variable name {k!r}")
     ops = _Ops()
     ns = spec.namespaces
     flags = 0
@@ -259,9 +262,6 @@ def spawn(spec: LaunchSpec, fds: dict, enter: dict | None, fd_limit: int = 0,
     its cgroup v2 directory) to clone the child straight into that cgroup; OSError ENOSYS or E2BIG when this
     build or kernel cannot (then the caller spawns without it)."""
     plan = compile_plan(spec, fds, enter, born_in[0] if born_in else None)
-    for k, _ in spec.env:
-        if not k or "=" in k:
-            raise ValueError(f"illegal environment variable name {k!r}")
     env = [os.fsencode(f"{k}={v}") for k, v in spec.env]
     ops = [(code, flags, step.encode(), i0, i1, i2, *(None if x is None else os.fsencode(x) for x in strs))
            for code, flags, step, i0, i1, i2, *strs in plan.ops]
@@ -286,9 +286,6 @@ def c_launcher_request(op: str, spec: LaunchSpec, slots: dict, v2_prefix: str | 
     (its ping says which), so the launcher itself never reads a LaunchSpec. clone_into: the task's cgroup v2
     directory, which the launcher may clone the child into; fresh: that cgroup was made for this start (never
     killed, see launcher.py on CLONE_INTO_CGROUP). enter (exec): the task's namespaces to join."""
-    for k, _ in spec.env:
-        if not k or "=" in k:
-            raise ValueError(f"illegal environment variable name {k!r}")
     fds = {k: slots[k] for k in ("stdin", "stdout", "stderr", "errpipe")}
     enter_fds = None
     if enter is not None:

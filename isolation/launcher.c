@@ -10,7 +10,7 @@
  * stays as the fallback where this is not built (no C compiler), selected the way isolation._spawn is.
  *
  * Protocol: JSON lines on a unix stream socket, as the Python launcher's, with the spawn and exec requests in their
- * compiled form (see isolation/launcher_client.py, compiled_request). Ops: ping, list, unsubscribe, ack, signal,
+ * compiled form (see isolation/childplan.py, c_launcher_request). Ops: ping, list, unsubscribe, ack, signal,
  * shutdown, spawn, exec. Descriptors for exec come as SCM_RIGHTS on the request's message. Strings are bytes here:
  * the daemon sends file names as os.fsdecode makes them, so "\udcXX" stands for the byte XX, and the same escape
  * goes back out for bytes that are not UTF-8.
@@ -35,6 +35,8 @@
 #define MAX_OPEN_LOG_FILES 256      /* as the Python launcher: quiet tasks' files are closed, reopened at output */
 #define PUMP_READS_PER_WAKEUP 16    /* x 64 KiB per pipe per turn of the loop: one flooding task cannot starve */
 #define SETUP_DEADLINE_S 5
+#define STR(x) #x
+#define XSTR(x) STR(x) /* a macro's value as a string literal */
 #define MAX_PASSED_FDS 16
 
 /* Descriptor slots (see LowSlots in launcher.py): fds 3..14 always exist, on /dev/null between spawns. What one
@@ -1092,7 +1094,8 @@ static const char *check_setup_deadline(pid_t pid, int *status, int *reaped) {
         if (r > 0) {
             *reaped = 1;
             if (WIFSIGNALED(*status) && WTERMSIG(*status) == SIGKILL)
-                report = "{\"step\":\"setup\",\"errno\":110,\"message\":\"the child did not reach execve within 5 s "
+                report = "{\"step\":\"setup\",\"errno\":110,\"message\":\"the child did not reach execve within "
+                         XSTR(SETUP_DEADLINE_S) " s "
                          "(stopped or stuck; killed)\"}";
             break;
         }

@@ -287,11 +287,8 @@ def limit_malloc_arenas(n: int) -> bool:
     glibc gives each new thread its own arena (up to 8 per core) and a freed block goes back to the arena that
     made it, so a daemon whose pool threads take turns parsing and encoding keeps many half-empty arenas: at 1000
     tasks they held 10-20 MB of the daemon's private memory here. False where the libc has no mallopt (musl)."""
-    mallopt = getattr(_libc, "mallopt", None)
-    if mallopt is None:
-        return False
     M_ARENA_MAX = -8
-    return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(n)))
+    return _mallopt(M_ARENA_MAX, n)
 
 
 def fix_mmap_threshold(size: int = 128 * 1024) -> bool:
@@ -299,11 +296,13 @@ def fix_mmap_threshold(size: int = 128 * 1024) -> bool:
     (mallopt M_MMAP_THRESHOLD). glibc's default starts there but raises the threshold to the size of each mapped
     block that is freed, so after one large response buffer the next ones come from the heap, where their pages
     stay after the free. Setting it fixes it. False where the libc has no mallopt (musl)."""
-    mallopt = getattr(_libc, "mallopt", None)
-    if mallopt is None:
-        return False
     M_MMAP_THRESHOLD = -3
-    return bool(mallopt(ctypes.c_int(M_MMAP_THRESHOLD), ctypes.c_int(size)))
+    return _mallopt(M_MMAP_THRESHOLD, size)
+
+
+def _mallopt(param: int, value: int) -> bool:
+    mallopt = getattr(_libc, "mallopt", None)
+    return mallopt is not None and bool(mallopt(ctypes.c_int(param), ctypes.c_int(value)))
 
 
 def malloc_trim() -> bool:

@@ -14,3 +14,13 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+class Clock:
+    """A controller's clock that moves only when a test moves it (`clock.now += 5`)."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -11,17 +11,10 @@ from controller import scan
 from controller.controller import REMOVAL_GRACE, Controller
 from controller.store import Store
 from manifests.agent_config import AgentConfig
+from tests.helpers import Clock
 
 JOB = ('job "web" {\n group "g" {\n task "t" {\n driver = "raw_exec"\n config {\n command = "/bin/sleep"\n'
        ' args = ["1"]\n }\n }\n }\n}\n')
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def controller(tmp):

@@ -12,14 +12,7 @@ import pytest
 from controller.controller import SPARE_QUIET, SPARE_RETRY, SPARE_RETRY_MAX, Controller
 from controller.store import Store
 from manifests.agent_config import AgentConfig
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock
 
 
 class Pool:

@@ -14,6 +14,7 @@ from controller.store import Store
 from isolation.drivers.base import TaskHandle
 from manifests.agent_config import AgentConfig
 from reconcilers.states import TaskState
+from tests.helpers import Clock
 
 N = MAX_STARTS_IN_FLIGHT + 8
 
@@ -21,14 +22,6 @@ N = MAX_STARTS_IN_FLIGHT + 8
 def job(name: str) -> str:
     return (f'job "{name}" {{\n group "g" {{\n task "t" {{\n driver = "raw_exec"\n config {{\n'
             f' command = "/bin/sleep"\n args = ["1"]\n }}\n }}\n }}\n}}\n')
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class GateDriver:
