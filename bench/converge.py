@@ -5,8 +5,9 @@ re-adoption time after `kill -9` of tasksd.
     python bench/converge.py [--n 100,1000] [--idle 30] [--drops 20]
 
 Run as root. Everything lives in a temp dir and a cgroup parent below our own cgroup; the daemon is drained at the
-end (tasks stopped, launcher gone). Latencies are taken from the daemon's own event stream (timestamps of
-`started` events), not from polling.
+end (tasks stopped, launcher gone). Latencies are taken from the daemon's own event stream, not from polling: a
+drop-one until the daemon recorded the `started` event; a restart until the new process had exec'd (the event's
+started_at, see running_again), and also until the daemon recorded it.
 """
 from __future__ import annotations
 
@@ -163,6 +164,13 @@ class Bench:
         cgroups.CgroupManager(cgroups.detect(), self.cgroup_parent).remove_parent()
 
 
+def running_again(ev: dict) -> float:
+    """When the process of a `started` event had exec'd: its started_at, stamped by whoever started it (the
+    launcher, for a restart it made itself; else the driver, on the spawn's reply). The event's own ts is when the
+    daemon recorded it, later by a hand-over to its loop and a store write."""
+    return (ev.get("details") or {}).get("started_at") or ev["ts"]
+
+
 def write_all(b: Bench, n: int) -> None:
     for i in range(n):
         tmp = b.tasks_dir / f".j{i}.tmp"
@@ -197,15 +205,17 @@ def run(n: int, idle: float, drops: int) -> dict:
         out["drop_one_median_ms"] = statistics.median(lat)
         out["drop_one_p95_ms"] = sorted(lat)[max(0, int(len(lat) * 0.95) - 1)]
 
-        rl = []
+        rl, rd = [], []
         tasks = {t["id"]: t for t in b.client.get("/v1/tasks")["tasks"]}
         for i in range(min(drops, n)):
             tid = f"j{i}/g/0/t"
             t = time.time()
             os.kill(tasks[tid]["pid"], 9)
             ev = b.wait_event("started", tid, t)
-            rl.append((ev["ts"] - t) * 1000)
+            rl.append((running_again(ev) - t) * 1000)
+            rd.append((ev["ts"] - t) * 1000)
         out["restart_median_ms"] = statistics.median(rl)
+        out["restart_recorded_median_ms"] = statistics.median(rd)
 
         # The same after 0.2 s of quiet before each kill. The first cgroup migration after a quiet spell waits
         # for an RCU grace period in the kernel (cgroup_threadgroup_rwsem; see the README), which back-to-back
@@ -218,7 +228,7 @@ def run(n: int, idle: float, drops: int) -> dict:
             t = time.time()
             os.kill(pid, 9)
             ev = b.wait_event("started", tid, t)
-            rl.append((ev["ts"] - t) * 1000)
+            rl.append((running_again(ev) - t) * 1000)
         out["restart_idle_median_ms"] = statistics.median(rl)
 
         time.sleep(2)  # let the restarts above settle before sampling idle cost
@@ -261,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run(int(n), args.idle, args.drops) for n in args.n.split(",")]
     cpu_after = cpu_reference()
     print("| N | all running (s) | drop-one median (ms) | drop-one p95 (ms) | restart after SIGKILL, delay 0 (ms) "
-          "| same after 0.2 s quiet (ms) | RSS daemon+launcher (MB) | PSS (MB) | idle CPU (%) "
-          "| re-adoption after kill -9 (s) | restarted |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| same, recorded by tasksd (ms) | same after 0.2 s quiet (ms) | RSS daemon+launcher (MB) | PSS (MB) "
+          "| idle CPU (%) | re-adoption after kill -9 (s) | restarted |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['n']} | {r['all_running_s']:.2f} | {r['drop_one_median_ms']:.1f} | {r['drop_one_p95_ms']:.1f} "
-              f"| {r['restart_median_ms']:.1f} | {r['restart_idle_median_ms']:.1f} | {r['rss_mb']:.1f} "
+              f"| {r['restart_median_ms']:.1f} | {r['restart_recorded_median_ms']:.1f} "
+              f"| {r['restart_idle_median_ms']:.1f} | {r['rss_mb']:.1f} "
               f"| {r['pss_mb']:.1f} | {r['idle_cpu_pct']:.2f} "
               f"| {r['readopt_s']:.2f} | {r['readopt_restarted']} |")
     print(f"\nMachine speed in this run (a fixed pure-Python loop, before and after; the shared VM's speed varies "

@@ -202,6 +202,10 @@ class Controller:
         self._dirty_tasks: set[str] = set()
         self._dirty_specs: set[str] = set()  # records whose task_obj the store has not taken yet
         self._pending_exec_envs: dict[str, tuple[str, str]] = {}  # task id -> (handle key, exec_env JSON) to store
+        # task id -> (stored key, new key): a respawned run has its predecessor's exec environment (same request).
+        self._exec_env_moves: dict[str, tuple[str, str]] = {}
+        # task id -> the state a stop ends in, when not STOPPED (a respawn the restart policy did not allow).
+        self._state_after_stop: dict[str, TaskState] = {}
         # Side effects that may only follow what is now written: run by the next flush_store that commits.
         self._after_flush: list[Callable[[], None]] = []
         self._missing_since: dict[str, float] = {}
@@ -302,10 +306,12 @@ class Controller:
         is marked written before its commit succeeded), so nothing is lost once the disk takes writes again (a
         restart after that re-adopts instead of starting duplicates)."""
         envs, tasks, specs = dict(self._pending_exec_envs), set(self._dirty_tasks), set(self._dirty_specs)
-        manifests, allocs = set(self._dirty_manifests), set(self._dirty_allocs)
+        manifests, allocs, moves = set(self._dirty_manifests), set(self._dirty_allocs), dict(self._exec_env_moves)
         try:
             # Before the task rows: a row naming a handle whose exec environment is not stored yet would make a
             # crash in between lose it; the other way round the next start simply overwrites it.
+            for tid, (old, new) in sorted(moves.items()):
+                self.store.move_exec_env(tid, old, new)
             for tid, (key, env) in sorted(envs.items()):
                 self.store.put_exec_env(tid, key, env)
             for tid in sorted(tasks):
@@ -340,6 +346,9 @@ class Controller:
         for tid, entry in envs.items():
             if self._pending_exec_envs.get(tid) is entry:
                 del self._pending_exec_envs[tid]
+        for tid, move in moves.items():
+            if self._exec_env_moves.get(tid) is move:
+                del self._exec_env_moves[tid]
         self._dirty_tasks -= tasks
         self._dirty_specs -= specs
         self._dirty_allocs -= allocs
@@ -879,7 +888,7 @@ class Controller:
         self.persist(rec)  # the key is on disk before the process exists: a crash now cannot duplicate it
         ctx = TaskContext(job=job, group=group, task=task, index=d.index, alloc_id=alloc["alloc_id"],
                           config=self.config, cpuset=cpuset, netns=alloc.get("netns"), key=key,
-                          cgroup_empty=rec.cgroup_empty)
+                          cgroup_empty=rec.cgroup_empty, arm=self._may_arm(rec))
         rec.cgroup_empty = False  # once: a start that fails after its fork may leave something there
         driver = self.drivers[d.driver]
 
@@ -912,7 +921,7 @@ class Controller:
         rec.pending_key, rec.busy = None, False
         rec.state, rec.started_at, rec.last_error = TaskState.RUNNING, handle.started_at, None
         self.persist(rec)
-        self.event("started", f"started (pid {handle.pid})", tid, pid=handle.pid)
+        self.event("started", f"started (pid {handle.pid})", tid, pid=handle.pid, started_at=handle.started_at)
         result = early[1] if early is not None else self.runtime.result(handle.key)
         if result is not None:  # it already exited while the start reply travelled
             self.on_exit(handle, result)
@@ -921,6 +930,7 @@ class Controller:
         early = self._early_exits.pop(key, None)
         if early is not None:
             # It ran and exited, yet the start failed afterwards (e.g. recording its handle): the exit is moot.
+            self._kill_orphan_successor(early[1], None)
             self.runtime.ack(early[0])
         rec = self.records.get(tid)
         if rec is None or rec.pending_key != key:
@@ -943,6 +953,7 @@ class Controller:
                 # _start_error, which acks it).
                 self._early_exits[handle.key] = (handle, result)
                 return
+            self._kill_orphan_successor(result, rec)
             self.runtime.ack(handle)
             return
         if rec.state == TaskState.STOPPING or rec.busy:
@@ -960,6 +971,11 @@ class Controller:
             what = result.error
         self.event("exited", what, rec.task_id, exit_code=result.exit_code, signal=result.signal,
                    oom_killed=result.oom_killed)
+        if result.respawned is not None:
+            self._respawned(rec, handle, result)
+            return
+        if result.respawn_error:
+            log.info("%s: the launcher did not restart it: %s", rec.task_id, result.respawn_error)
         rec.busy = True
         self.persist(rec)
         driver = self.drivers[rec.driver]
@@ -1002,13 +1018,13 @@ class Controller:
         self.cores_in_use.pop(tid, None)
         self._apply_decision(rec, result)
 
-    def _apply_decision(self, rec: TaskRecord, result: ExitResult | None, start_failure: bool = False,
-                        recoverable: bool = True) -> None:
+    def _decide(self, rec: TaskRecord, result: ExitResult | None, start_failure: bool = False,
+                recoverable: bool = True) -> restart_policy.Decision | None:
+        """The restart policy's decision on this exit (or failed start), its tracker kept in `rec`; None when the
+        task is no longer desired."""
         spec = self.specs.get(rec.task_id)
-        if spec is None:  # no longer desired: nothing to restart
-            rec.state = TaskState.STOPPED
-            self.persist(rec)
-            return
+        if spec is None:
+            return None
         job, _, task = spec
         now = self.clock()
         d = self.desired[rec.task_id]
@@ -1022,6 +1038,92 @@ class Controller:
                 signal=result.signal or 0, oom_killed=result.oom_killed, now=now, rand=self._rand.random(),
                 hook=d.hook, sidecar=d.sidecar)
         rec.restart_state = tracker
+        return decision
+
+    # ---- respawns by the launcher (see isolation/launcher.c) ------------------------------------------------
+    def _may_arm(self, rec: TaskRecord) -> bool:
+        """Whether the launcher may restart this task's run itself when it exits: only where that restart is
+        exactly what the daemon would do. The restart policy must restart it at once whatever the exit; and the
+        start must be the same spawn request again: no artifacts or templates (rendered at each start), no
+        reserved cores (given back at each exit), no lifecycle hook (the reconciler orders those)."""
+        spec = self.specs.get(rec.task_id)
+        d = self.desired.get(rec.task_id)
+        if spec is None or d is None or self.draining or d.hook is not None or d.departing:
+            return False
+        job, _, task = spec
+        if task.artifacts or task.templates or task.resources.cores:
+            return False
+        tracker = rec.restart_state or restart_policy.RestartTracker.begin(self.clock())
+        return restart_policy.restarts_at_once(tracker, task.restart, job.type, d.hook, d.sidecar)
+
+    def _respawned(self, rec: TaskRecord, handle: TaskHandle, result: ExitResult) -> None:
+        """Run `handle` exited and the launcher started its successor at once (it was armed). Count the restart
+        as the policy does, adopt the new run, and let the launcher do it again when the policy still allows."""
+        nxt = result.respawned
+        assert nxt is not None
+        tid = rec.task_id
+        decision = self._decide(rec, result)
+        rec.handle = self.runtime.registered(nxt.key) or nxt
+        rec.state, rec.started_at, rec.last_error, rec.cgroup_empty = TaskState.RUNNING, nxt.started_at, None, False
+        restart = decision is not None and decision.kind == restart_policy.DecisionKind.RESTART
+        if restart:
+            rec.restarts += 1
+            self.event("restarting", "restarted at once by the launcher (restart within policy)", tid, delay=0.0)
+        self.persist(rec)
+        self.event("started", f"started (pid {nxt.pid})", tid, pid=nxt.pid, started_at=nxt.started_at)
+        pending = self._pending_exec_envs.get(tid)
+        if pending is not None and pending[0] == handle.key:
+            self._pending_exec_envs[tid] = (nxt.key, pending[1])
+        else:
+            old = self._exec_env_moves.get(tid, (handle.key, handle.key))[0]
+            self._exec_env_moves[tid] = (old, nxt.key)
+        if decision is not None and not restart:
+            # Cannot happen while restarts_at_once holds (it was true when this run was armed, and neither time
+            # nor anything but this run's exits changes the tracker); should it, the policy's word stands.
+            log.warning("%s: the launcher restarted it, but the restart policy says %s", tid, decision.kind)
+            self._state_after_stop[tid] = (TaskState.COMPLETE if decision.kind == restart_policy.DecisionKind.COMPLETE
+                                           else TaskState.FAILED)
+            self._after_flush.append(lambda: self.runtime.ack(handle))
+            self.stop(tid, decision.reason)
+            return
+        # The exit is acked, and the new run armed, once both runs' keys are on disk: the new run's handle names
+        # the key its own successor would get (respawn_key), which recovery looks for.
+        if self.store_error:
+            self.runtime.ack(handle)  # as in on_exit: acks must not pile up behind a full disk; nor is it re-armed
+            return
+
+        def after() -> None:
+            self.runtime.ack(handle)
+            cur = self.records.get(tid)
+            if cur is not None and cur.handle is not None and cur.handle.key == nxt.key and not cur.busy \
+                    and cur.state == TaskState.RUNNING and self._may_arm(cur):
+                try:
+                    self.runtime.arm(nxt.key)
+                except Exception as e:  # noqa: BLE001 - not armed: the daemon restarts it, as any other task
+                    log.debug("arm %s: %s", tid, e)
+
+        self._after_flush.append(after)
+
+    def _kill_orphan_successor(self, result: ExitResult, rec: TaskRecord | None) -> None:
+        """An exit nobody owns any more carried a respawn: the new run must not outlive its owner's record. Killed
+        by its launcher key alone (never its cgroup: a later run of the task may be in it)."""
+        nxt = result.respawned
+        if nxt is None or (rec is not None and rec.handle is not None and rec.handle.key == nxt.key):
+            return  # none, or the record's run (an exit delivered twice, as in recovery)
+        log.warning("%s: killing run %s the launcher started for an exit nobody owns", nxt.task_id, nxt.key)
+        try:
+            self.runtime.send_signal(nxt, 9)
+        except Exception as e:  # noqa: BLE001
+            log.warning("%s: %s", nxt.task_id, e)
+
+    def _apply_decision(self, rec: TaskRecord, result: ExitResult | None, start_failure: bool = False,
+                        recoverable: bool = True) -> None:
+        decision = self._decide(rec, result, start_failure, recoverable)
+        if decision is None:  # no longer desired: nothing to restart
+            rec.state = TaskState.STOPPED
+            self.persist(rec)
+            return
+        now = self.clock()
         if decision.kind == restart_policy.DecisionKind.RESTART:
             rec.restarts += 1
             rec.state = TaskState.RESTARTING
@@ -1081,7 +1183,7 @@ class Controller:
         if rec is None:
             return
         rec.busy, rec.handle, rec.exit = False, None, result.to_dict()
-        rec.state, rec.next_start_at = TaskState.STOPPED, None
+        rec.state, rec.next_start_at = self._state_after_stop.pop(tid, TaskState.STOPPED), None
         self.cores_in_use.pop(tid, None)
         self.persist(rec)
         self.event("killed", f"stopped (exit {result.exit_code}, signal {result.signal})", tid)
@@ -1205,6 +1307,9 @@ class Controller:
     def _kill_unowned(self, rec: TaskRecord) -> None:
         name = task_cgroup(taskdir.alloc_id_for(rec.job, rec.grp, rec.idx), rec.task)
         try:
+            if rec.pending_key:
+                # Not respawned when the kill below ends it; a successor started already is in the same cgroup.
+                self.runtime.disarm(rec.pending_key)
             cg = self.runtime.cgroups.open(name)
             if cg is not None and cg.pids():
                 log.warning("%s: killing the processes of a start whose handle was lost in a crash", rec.task_id)

@@ -224,6 +224,10 @@ class Store:
         """`env_json`: the handle's exec_env as JSON (the controller holds it encoded until it is written)."""
         self._write("INSERT OR REPLACE INTO exec_envs VALUES (?,?,?)", (task_id, key, env_json))
 
+    def move_exec_env(self, task_id: str, old_key: str, new_key: str) -> None:
+        """A respawned run has the exec environment of the run it replaced (the launcher spawned the same request)."""
+        self._write("UPDATE exec_envs SET key=? WHERE task_id=? AND key=?", (new_key, task_id, old_key))
+
     def exec_env(self, task_id: str, key: str) -> dict | None:
         """The exec environment of the handle `key`; None when none was stored for it (e.g. the write failed)."""
         row = self.db.execute("SELECT env FROM exec_envs WHERE task_id=? AND key=?", (task_id, key)).fetchone()

@@ -11,7 +11,7 @@
  *
  * Protocol: JSON lines on a unix stream socket, as the Python launcher's, with the spawn and exec requests in their
  * compiled form (see isolation/childplan.py, c_launcher_request). Ops: ping, list, unsubscribe, ack, signal,
- * shutdown, spawn, exec. Descriptors for exec come as SCM_RIGHTS on the request's message. Strings are bytes here:
+ * shutdown, spawn, exec, arm, disarm. Descriptors for exec come as SCM_RIGHTS on the request's message. Strings are bytes here:
  * the daemon sends file names as os.fsdecode makes them, so "\udcXX" stands for the byte XX, and the same escape
  * goes back out for bytes that are not UTF-8.
  */
@@ -38,6 +38,7 @@
 #define STR(x) #x
 #define XSTR(x) STR(x) /* a macro's value as a string literal */
 #define MAX_PASSED_FDS 16
+#define MAX_KEPT_REQUEST (1 << 20) /* a spawn request kept for respawns (see record_exit) */
 
 /* Descriptor slots (see LowSlots in launcher.py): fds 3..14 always exist, on /dev/null between spawns. What one
  * child needs is dup'ed into them before the clone, and the child keeps only the descriptors below FD_LIMIT
@@ -641,6 +642,10 @@ typedef struct {
     pid_t pid;
     long long start_time;
     int logs[2]; /* read ends of its pipes still open, -1 when none */
+    /* Respawn (see record_exit): its spawn request is kept in run/respawn/, and next_key, while set, is the key the
+     * daemon stored for the run that replaces this one if it exits. NULL: the daemon decides every restart. */
+    int respawnable;
+    char *next_key;
 } task_t;
 
 typedef struct {
@@ -670,7 +675,7 @@ typedef struct {
 enum { K_LISTEN = 1, K_SIGNAL, K_CONN, K_LOG };
 
 static struct {
-    char run_dir[3100], exits_dir[3200];
+    char run_dir[3100], exits_dir[3200], respawn_dir[3200];
     int ep, srv, sigfd, null_rw, null_ro, own_pidns;
     int running;
     char boot_id[64];
@@ -688,6 +693,9 @@ static struct {
     int killed_clone_ok;  /* -1: not probed yet */
     long joins_clone, joins_pid;
     jparser jp;
+    jparser rjp;          /* a kept spawn request being replayed: L.jp may hold the request being answered */
+    sbuf raw;             /* the request line as received, when it asks to be kept for respawns (see handle) */
+    long respawns;
     char pumpbuf[65536];
 } L;
 
@@ -715,7 +723,15 @@ static task_t *task_by_pid(pid_t pid) {
     for (size_t k = 0; k < L.ntasks; k++) if (L.tasks[k].pid == pid) return &L.tasks[k];
     return NULL;
 }
+static void respawn_path(char *out, size_t cap, const char *key);
+
 static void task_remove(task_t *t) {
+    if (t->respawnable) {
+        char path[8192];
+        respawn_path(path, sizeof(path), t->key);
+        unlink(path);
+    }
+    free(t->next_key);
     free(t->key);
     size_t k = (size_t)(t - L.tasks);
     L.tasks[k] = L.tasks[--L.ntasks];
@@ -945,6 +961,73 @@ static void exit_add(const char *key, char *file, char *rec) {
     L.exits[L.nexits++] = (exit_t){ xstrdup(key), file, rec };
 }
 
+/* ---- respawns ---------------------------------------------------------------------------------------------
+ * A restart the daemon decided ahead: when its restart policy would restart a task at once whatever its exit (delay 0,
+ * attempts left), the daemon stores the key of the next run and sends it with the spawn (respawn.next_key). If the
+ * task then exits while armed, we start that next run here, before the daemon has even heard of the exit: a restart
+ * costs one clone, not a round trip through the daemon (issue #8: restart latency against runit). Each arm is good
+ * for one respawn; the daemon re-arms the new run (op arm) once it has counted the restart, and disarms a task
+ * (op disarm) before it stops or kills it. The request is kept as a file, not in memory: a few KB per task. */
+
+static void respawn_path(char *out, size_t cap, const char *key) {
+    char safe[241];
+    safe_key(safe, sizeof(safe), key);
+    snprintf(out, cap, "%s/%s.json", L.respawn_dir, safe);
+}
+
+/* Requests kept by an earlier launcher: their tasks are not ours (a new launcher has no children yet). */
+static void clear_respawn_dir(void) {
+    mkdir(L.respawn_dir, 0700);
+    DIR *d = opendir(L.respawn_dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) if (e->d_name[0] != '.') unlinkat(dirfd(d), e->d_name, 0);
+    closedir(d);
+}
+
+/* Keep the request being answered (L.raw) for respawns of `key`. */
+static int keep_request(const char *key) {
+    if (!L.raw.len) return 0;
+    char path[8192];
+    respawn_path(path, sizeof(path), key);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return 0;
+    int ok = write(fd, L.raw.p, L.raw.len) == (ssize_t)L.raw.len;
+    ok = close(fd) == 0 && ok;
+    if (!ok) unlink(path); /* a full state dir: the daemon decides this task's restarts */
+    return ok;
+}
+
+/* The cgroup files the daemon named ([path, "events" | "procs"]) say no process is left in the task's cgroup:
+ * whatever the exited run forked and left behind must be killed first, and only the daemon does that. */
+static int vacant(const jv *list, sbuf *why) {
+    if (!list || list->type != J_ARR || !list->kid) {
+        sb_s(why, "respawn.vacant: no cgroup file to check");
+        return 0;
+    }
+    for (const jv *x = list->kid; x; x = x->next) {
+        const char *path = x->type == J_ARR && x->kid ? (x->kid->type == J_STR ? x->kid->str : NULL) : NULL;
+        const char *kind = path && x->kid->next && x->kid->next->type == J_STR ? x->kid->next->str : NULL;
+        char buf[4096];
+        int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+        ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+        if (fd >= 0) close(fd);
+        if (n < 0 || !kind) {
+            sb_s(why, "cannot read its cgroup's member list");
+            return 0;
+        }
+        buf[n] = 0;
+        int empty = !strcmp(kind, "events") ? strstr(buf, "populated 0") != NULL : !strcmp(kind, "procs") && n == 0;
+        if (!empty) {
+            sb_s(why, "processes it started are left in its cgroup");
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static task_t *respawn(const char *key, const char *next, sbuf *why, int *reaped, int *status);
+
 static void record_exit(task_t *t, int status) {
     int logs[2] = { t->logs[0], t->logs[1] };
     for (int j = 0; j < 2; j++) if (logs[j] >= 0) pump(logs[j], 0);
@@ -970,6 +1053,39 @@ static void record_exit(task_t *t, int status) {
         sb_i(&rec, WEXITSTATUS(status));
         sb_s(&rec, ",\"signal\":null");
     }
+    char *key = t->key, *next = t->next_key;
+    int respawnable = t->respawnable;
+    t->key = t->next_key = NULL;
+    t->respawnable = 0;
+    task_remove(t); /* t is gone: a respawn may move L.tasks */
+    int reaped = 0, status2 = 0;
+    pid_t pid2 = 0;
+    if (next && L.running) {
+        sbuf why = {0};
+        task_t *n = respawn(key, next, &why, &reaped, &status2);
+        if (n) {
+            L.respawns++;
+            pid2 = n->pid;
+            clock_gettime(CLOCK_REALTIME, &now);
+            sb_s(&rec, ",\"respawned\":{\"key\":");
+            sb_jcstr(&rec, n->key);
+            sb_s(&rec, ",\"pid\":");
+            sb_i(&rec, n->pid);
+            sb_s(&rec, ",\"start_time\":");
+            sb_i(&rec, n->start_time);
+            snprintf(fin, sizeof(fin), ",\"started_at\":%lld.%06ld}", (long long)now.tv_sec, now.tv_nsec / 1000);
+            sb_s(&rec, fin);
+        } else {
+            sb_s(&rec, ",\"respawn_error\":");
+            sb_jcstr(&rec, why.p ? why.p : "unknown");
+        }
+        sb_free(&why);
+    }
+    if (respawnable && !pid2) {
+        char path[8192];
+        respawn_path(path, sizeof(path), key);
+        unlink(path);
+    }
     sb_s(&rec, "}");
     /* the daemon hears of it first (a restart waits on this), then it goes to disk for a daemon that is down */
     sbuf ev = {0};
@@ -978,9 +1094,14 @@ static void record_exit(task_t *t, int status) {
     broadcast(&ev);
     sb_free(&ev);
     char *file = NULL;
-    persist_exit(t->key, rec.p, &file);
-    exit_add(t->key, file, rec.p); /* takes rec's buffer */
-    task_remove(t);
+    persist_exit(key, rec.p, &file);
+    exit_add(key, file, rec.p); /* takes rec's buffer */
+    free(key);
+    free(next);
+    if (reaped) { /* the new run already ran to completion: its exit follows this one */
+        task_t *n = task_by_pid(pid2);
+        if (n) record_exit(n, status2);
+    }
 }
 
 static void reap(void) {
@@ -1210,14 +1331,24 @@ static int cplan_read(cplan_t *c, const jv *req, const char **err) {
     return 0;
 }
 
+/* Why a start failed: for the spawn's reply, or for the exit event of the run a respawn was to replace. */
+typedef struct { sbuf msg; const char *step; int err; } failure_t;
+
+static void set_failure(failure_t *f, const char *step, int err, const char *msg) {
+    f->msg.len = 0;
+    sb_s(&f->msg, msg);
+    f->step = step;
+    f->err = err;
+}
+
 /* The failure message for a child's report (launcher.py's _c_child_message): strerror and the path. */
-static void child_failure(conn_t *c, const char *id, char *report, size_t len) {
+static void child_failure(failure_t *f, char *report, size_t len) {
     static jparser rp; /* not L.jp: that one holds the request being answered */
     jv *r = jparse(&rp, report, len, 1);
     const char *step = r ? jgets(r, "step") : NULL;
     long long err = 0;
     if (!step || jgeti(r, "errno", &err) < 0) {
-        reply_error(c, id, "spawn failed", "unknown", EIO);
+        set_failure(f, "unknown", EIO, "spawn failed");
         return;
     }
     const char *path = jgets(r, "path"), *message = jgets(r, "message");
@@ -1235,7 +1366,10 @@ static void child_failure(conn_t *c, const char *id, char *report, size_t len) {
         sb_s(&m, strerror((int)err));
         if (path) { sb_s(&m, ": "); sb_s(&m, path); }
     }
-    reply_error(c, id, m.p, step, (int)err);
+    /* step points into rp's buffer (report), which the caller frees: the steps a child reports are literals there */
+    static char stepbuf[64];
+    snprintf(stepbuf, sizeof(stepbuf), "%s", step);
+    set_failure(f, stepbuf, (int)err, m.p);
     sb_free(&m);
 }
 
@@ -1278,25 +1412,21 @@ static void reply_started(conn_t *c, const char *id, const task_t *t, int existi
     sb_s(&b, ",\"start_time\":");
     sb_i(&b, t->start_time);
     if (existing) sb_s(&b, ",\"existing\":true");
+    if (t->next_key) sb_s(&b, ",\"armed\":true");
     reply_end(c, &b);
 }
 
-/* spawn and exec: clone the child with its plan, answer once it has exec'd or failed. */
-static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int *passed, int npassed) {
-    const char *key = jgets(req, "key");
-    if (!key) { reply_error(c, id, "key: a string expected", "request", EINVAL); return; }
-    task_t *running = task_by_key(key);
-    if (running && !is_exec) {
-        reply_started(c, id, running, 1);
-        return;
-    }
-    if (running) { reply_error(c, id, "an exec with this key is running", "exec", EALREADY); return; }
+/* Clone the child of a spawn or exec request under `key`, once it has exec'd: the new task, or NULL and *f says
+ * why. *reaped: it already ran to completion (*status), to be recorded once the caller has reported the start. */
+static task_t *start_task(const jv *req, const char *key, int is_exec, int *passed, int npassed, failure_t *f,
+                          int *reaped, int *status) {
+    *reaped = 0;
     cplan_t cp;
     const char *err = NULL;
     if (cplan_read(&cp, req, &err) < 0) {
         cplan_free(&cp);
-        reply_error(c, id, err, "request", EINVAL);
-        return;
+        set_failure(f, "request", EINVAL, err);
+        return NULL;
     }
     const jv *logs = jget(req, "logs");
     const jv *targets[2] = { NULL, NULL };
@@ -1313,8 +1443,8 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
             char m[128];
             snprintf(m, sizeof(m), "the task's process %d has exited", (int)target_pid);
             cplan_free(&cp);
-            reply_error(c, id, m, "exec", ESRCH);
-            return;
+            set_failure(f, "exec", ESRCH, m);
+            return NULL;
         }
     }
     /* stdio: the caller's (exec) or /dev/null and the log pipes */
@@ -1417,20 +1547,20 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
     }
     close(errp[0]);
     errp[0] = -1;
-    int status = 0, reaped = 0;
     long long start_time = process_start_time((pid_t)pid, NULL); /* before anything here may reap it */
     long long elapsed_ms = (t1.tv_sec - t0.tv_sec) * 1000LL + (t1.tv_nsec - t0.tv_nsec) / 1000000;
     if (!report.len && elapsed_ms >= SETUP_DEADLINE_S * 1000LL) {
-        const char *late = check_setup_deadline((pid_t)pid, &status, &reaped);
+        const char *late = check_setup_deadline((pid_t)pid, status, reaped);
         if (late) sb_s(&report, late);
     }
     if (report.len) {
-        if (!reaped) while (waitpid((pid_t)pid, &status, 0) < 0 && errno == EINTR) {}
+        if (!*reaped) while (waitpid((pid_t)pid, status, 0) < 0 && errno == EINTR) {}
+        *reaped = 0;
         for (int j = 0; j < 2; j++) if (rd[j] >= 0) close(rd[j]);
-        child_failure(c, id, report.p, report.len);
+        child_failure(f, report.p, report.len);
         sb_free(&report);
         cplan_free(&cp);
-        return;
+        return NULL;
     }
     sb_free(&report);
     if (L.ntasks == L.cap_tasks) {
@@ -1438,13 +1568,11 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
         L.tasks = xrealloc(L.tasks, L.cap_tasks * sizeof(task_t));
     }
     task_t *t = &L.tasks[L.ntasks++];
-    *t = (task_t){ xstrdup(key), (pid_t)pid, start_time, { -1, -1 } };
-    /* replied only once the files exist: once the caller hears "running", tail -F and tasksctl logs find them */
+    *t = (task_t){ xstrdup(key), (pid_t)pid, start_time, { -1, -1 }, 0, NULL };
+    /* reported only once the files exist: once the caller hears "running", tail -F and tasksctl logs find them */
     for (int j = 0; j < 2; j++) if (rd[j] >= 0) log_attach(t, j, rd[j], targets[j]);
-    reply_started(c, id, t, 0);
     cplan_free(&cp);
-    if (reaped) record_exit(t, status); /* it already ran to completion */
-    return;
+    return t;
 failed:
     if (pidns >= 0) { setns(L.own_pidns, CLONE_NEWPID); close(pidns); }
     reset_slots();
@@ -1454,7 +1582,77 @@ failed:
     cplan_free(&cp);
     char m[512];
     snprintf(m, sizeof(m), "spawn failed at step %s: %s", step, strerror(-r));
-    reply_error(c, id, m, step, -r);
+    set_failure(f, step, -r, m);
+    return NULL;
+}
+
+/* Start the run `next` with the request kept for `key` (see record_exit), if the cgroup is vacant. */
+static task_t *respawn(const char *key, const char *next, sbuf *why, int *reaped, int *status) {
+    char path[8192], to[8192];
+    respawn_path(path, sizeof(path), key);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || st.st_size <= 0 || st.st_size > MAX_KEPT_REQUEST) {
+        if (fd >= 0) close(fd);
+        sb_s(why, "its kept spawn request is gone");
+        return NULL;
+    }
+    size_t len = (size_t)st.st_size, got = 0;
+    char *buf = xrealloc(NULL, len + 1);
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    close(fd);
+    jv *req = got == len ? jparse(&L.rjp, buf, len, 0) : NULL;
+    task_t *t = NULL;
+    if (!req) sb_s(why, "its kept spawn request is unreadable");
+    else if (vacant(jget(jget(req, "respawn"), "vacant"), why)) {
+        failure_t f = {0};
+        t = start_task(req, next, 0, NULL, 0, &f, reaped, status);
+        if (!t) sb_s(why, f.msg.p);
+        sb_free(&f.msg);
+        respawn_path(to, sizeof(to), next);
+        if (t && rename(path, to) == 0) t->respawnable = 1;
+    }
+    free(buf);
+    if (L.rjp.cap > 65536) { free(L.rjp.nodes); L.rjp.nodes = NULL; L.rjp.cap = 0; }
+    return t;
+}
+
+/* spawn and exec: start the child, answer once it has exec'd or failed. A spawn that names a "respawn" is kept
+ * for respawns (see record_exit) and armed with its next_key. */
+static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int *passed, int npassed) {
+    const char *key = jgets(req, "key");
+    if (!key) { reply_error(c, id, "key: a string expected", "request", EINVAL); return; }
+    task_t *running = task_by_key(key);
+    if (running && !is_exec) {
+        reply_started(c, id, running, 1);
+        return;
+    }
+    if (running) { reply_error(c, id, "an exec with this key is running", "exec", EALREADY); return; }
+    const jv *rs = is_exec ? NULL : jget(req, "respawn");
+    const char *next = rs ? jgets(rs, "next_key") : NULL;
+    if (rs && (!next || !strcmp(next, key))) {
+        reply_error(c, id, "respawn.next_key: a string other than key expected", "request", EINVAL);
+        return;
+    }
+    failure_t f = {0};
+    int reaped = 0, status = 0;
+    task_t *t = start_task(req, key, is_exec, passed, npassed, &f, &reaped, &status);
+    if (!t) {
+        reply_error(c, id, f.msg.p, f.step, f.err);
+        sb_free(&f.msg);
+        return;
+    }
+    if (next && keep_request(key)) {
+        t->respawnable = 1;
+        t->next_key = xstrdup(next);
+    }
+    reply_started(c, id, t, 0);
+    if (reaped) record_exit(t, status); /* it already ran to completion */
 }
 
 /* ---- requests ---------------------------------------------------------------------------------------------- */
@@ -1469,6 +1667,9 @@ static void handle(conn_t *c, char *line, size_t len) {
         while (6 + n < len && n < 20 && line[6 + n] >= '0' && line[6 + n] <= '9') n++;
         if (n) { memcpy(first_id, line + 6, n); first_id[n] = 0; }
     }
+    /* a spawn to keep for respawns is kept as sent: parsing decodes strings in place */
+    L.raw.len = 0;
+    if (len < MAX_KEPT_REQUEST && memmem(line, len, "\"respawn\":", 10)) sb_add(&L.raw, line, len);
     jv *req = jparse(&L.jp, line, len, 0);
     const char *op = req ? jgets(req, "op") : NULL;
     jv *idv = req ? jget(req, "id") : NULL;
@@ -1528,6 +1729,8 @@ static void handle(conn_t *c, char *line, size_t len) {
         sb_s(&b, slots);
         sb_s(&b, ",\"open_logs\":");
         sb_i(&b, (long long)L.open_logs);
+        sb_s(&b, ",\"respawns\":");
+        sb_i(&b, L.respawns);
         reply_end(c, &b);
     } else if (!strcmp(op, "list")) {
         reply_begin(&b, id);
@@ -1539,6 +1742,10 @@ static void handle(conn_t *c, char *line, size_t len) {
             sb_i(&b, L.tasks[k].pid);
             sb_s(&b, ",\"start_time\":");
             sb_i(&b, L.tasks[k].start_time);
+            if (L.tasks[k].next_key) {
+                sb_s(&b, ",\"next_key\":");
+                sb_jcstr(&b, L.tasks[k].next_key);
+            }
             sb_s(&b, "}");
         }
         sb_s(&b, "],\"exits\":[");
@@ -1575,6 +1782,42 @@ static void handle(conn_t *c, char *line, size_t len) {
             reply_begin(&b, id);
             reply_end(c, &b);
         }
+    } else if (!strcmp(op, "arm")) {
+        /* the daemon counted the last respawn: the run it made may be respawned once more, as `next_key` */
+        const char *key = jgets(req, "key"), *next = jgets(req, "next_key");
+        task_t *t = key ? task_by_key(key) : NULL;
+        char m[600];
+        if (!key || !next || !strcmp(key, next)) {
+            reply_error(c, id, "key and a different next_key expected", "request", EINVAL);
+        } else if (!t) {
+            snprintf(m, sizeof(m), "task %.500s is not running", key);
+            reply_error(c, id, m, "arm", ESRCH);
+        } else if (!t->respawnable) {
+            snprintf(m, sizeof(m), "task %.500s has no kept spawn request", key);
+            reply_error(c, id, m, "arm", ENOENT);
+        } else {
+            free(t->next_key);
+            t->next_key = xstrdup(next);
+            reply_begin(&b, id);
+            reply_end(c, &b);
+        }
+    } else if (!strcmp(op, "disarm")) {
+        /* before a stop: from here the task's exit is the daemon's to handle. If it exited already and was
+         * respawned, its exit record says as what (the exit event may still be on its way to the daemon). */
+        const char *key = jgets(req, "key");
+        task_t *t = key ? task_by_key(key) : NULL;
+        if (!key) { reply_error(c, id, "key: a string expected", "request", EINVAL); goto out; }
+        reply_begin(&b, id);
+        if (t) {
+            free(t->next_key);
+            t->next_key = NULL;
+            sb_s(&b, ",\"running\":true");
+        } else {
+            exit_t *x = exit_by_key(key);
+            sb_s(&b, ",\"running\":false");
+            if (x) { sb_s(&b, ",\"exit\":"); sb_s(&b, x->rec); }
+        }
+        reply_end(c, &b);
     } else if (!strcmp(op, "shutdown")) {
         L.running = 0;
         reply_begin(&b, id);
@@ -1632,6 +1875,7 @@ static void conn_read(conn_t *c) {
         c->in.cap = 1 << 17;
     }
     if (L.jp.cap > 65536) { free(L.jp.nodes); L.jp.nodes = NULL; L.jp.cap = 0; }
+    if (L.raw.cap > 65536) sb_free(&L.raw);
 }
 
 static void accept_conn(void) {
@@ -1716,6 +1960,7 @@ int main(int argc, char **argv) {
     if (strlen(state) > 3000) { fprintf(stderr, "launcher: state dir path too long\n"); return 2; }
     snprintf(L.run_dir, sizeof(L.run_dir), "%s/run", state);
     snprintf(L.exits_dir, sizeof(L.exits_dir), "%s/exits", L.run_dir);
+    snprintf(L.respawn_dir, sizeof(L.respawn_dir), "%s/respawn", L.run_dir);
     if (mkdirs(L.run_dir, 0700) < 0) { fprintf(stderr, "launcher: %s: %s\n", L.run_dir, strerror(errno)); return 1; }
     char lockp[8192];
     snprintf(lockp, sizeof(lockp), "%s/launcher.lock", L.run_dir);
@@ -1752,6 +1997,7 @@ int main(int argc, char **argv) {
     L.killed_clone_ok = -1;
     mkdir(L.exits_dir, 0700);
     load_exits();
+    clear_respawn_dir();
     L.ep = epoll_create1(EPOLL_CLOEXEC);
     L.srv = listen_socket();
     if (L.srv < 0 || L.ep < 0 || L.sigfd < 0) {

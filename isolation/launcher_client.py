@@ -39,6 +39,7 @@ class LauncherClient:
         # or "python" (isolation/launcher.py: they carry the LaunchSpec); slots: the C launcher's descriptor slots.
         self.launcher: str | None = None
         self.slots: dict[str, int] = {}
+        self.respawns = False
         # The call connection: requests whose caller reads the reply itself, without the reader thread. On this
         # VM a reply handed over by the reader thread took 110 us back to back and 350 us after 3 ms idle,
         # against 40 and 160 us read directly (a thread wake-up, the GIL, and a second wake-up). One caller at a
@@ -66,6 +67,9 @@ class LauncherClient:
         self.child = pong.get("child", "python")  # a launcher from before the C child answers without it
         self.launcher = pong.get("launcher", "python")
         self.slots = dict(pong.get("fds") or {})
+        # Keeps spawn requests and respawns armed runs (ops arm, disarm): the C launcher since it counts them. One
+        # started by an older tasksd, still serving after an upgrade, does not.
+        self.respawns = "respawns" in pong
 
     def _open(self) -> None:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

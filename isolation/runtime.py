@@ -20,7 +20,7 @@ from typing import Callable
 from isolation import cgroups, childplan
 from isolation import sys as ksys
 from isolation.cgroups.warm import MigrationWarmer, own_procs_file
-from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle
+from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, TaskHandle, respawn_key
 from isolation.launcher_proto import describe_status
 from isolation.launcher_client import CallPending, LauncherClient, LauncherError
 from isolation.launchspec import LaunchSpec, LogTarget
@@ -140,11 +140,13 @@ class Runtime:
         be collected, result() or discard(), on every path: it holds the launcher's call connection until then."""
         return CgroupTicket(self, name, limits)
 
-    def spawn_body(self, spec: "LaunchSpec", spec_dict: dict, fresh: bool) -> bytes:
-        """The spawn request for whichever launcher serves us. fresh: the task's cgroup was made for this start."""
+    def spawn_body(self, spec: "LaunchSpec", spec_dict: dict, fresh: bool, respawn: dict | None = None) -> bytes:
+        """The spawn request for whichever launcher serves us. fresh: the task's cgroup was made for this start.
+        respawn (C launcher): {"next_key", "vacant"}, to keep the request for a respawn (see TaskHandle.armed)."""
         if self.client.launcher == "c":
             v2 = f"{self.layout.v2_mount}/" if self.layout.v2_mount else None
-            req = childplan.c_launcher_request("spawn", spec, self.client.slots, v2, fresh)
+            extra = {"respawn": respawn} if respawn else {}
+            req = childplan.c_launcher_request("spawn", spec, self.client.slots, v2, fresh, **extra)
             return self.client.encode(req.pop("op"), **req)
         return self.client.encode("spawn", spec=spec_dict)
 
@@ -187,8 +189,12 @@ class Runtime:
         sig = raw.get("signal")
         code = raw.get("exit_code")
         error = raw.get("error")
-        result = ExitResult(exit_code=code, signal=sig, oom_killed=self._oom_rose(handle), error=error,
-                            finished_at=raw.get("finished_at", time.time()))
+        cg = self.cgroups.open(handle.cgroup)
+        ooms = cg.oom_kills() if cg is not None else 0
+        successor = self._successor(handle, raw.get("respawned"), ooms)
+        result = ExitResult(exit_code=code, signal=sig, oom_killed=ooms > handle.oom_baseline, error=error,
+                            finished_at=raw.get("finished_at", time.time()), respawned=successor,
+                            respawn_error=raw.get("respawn_error"))
         with self._cv:
             if handle.key in self._results:
                 return
@@ -196,10 +202,46 @@ class Runtime:
             self._cv.notify_all()
         if self.on_exit:
             self.on_exit(handle, result)
+        if successor is not None:
+            # After on_exit: should the new run have exited already, its exit must reach the caller after this one.
+            self.register(successor)
 
-    def _oom_rose(self, handle: TaskHandle) -> bool:
+    @staticmethod
+    def _successor(handle: TaskHandle, respawned: dict | None, ooms: int) -> TaskHandle | None:
+        """The handle of the run the launcher started in place of `handle` (its exit record's "respawned").
+        Its OOM baseline is the count read at the exit: an OOM kill of the new run in the moment between its
+        start and that read would go unreported (the launcher cannot read the count for every cgroup layout)."""
+        if not respawned:
+            return None
+        return dataclasses.replace(
+            handle, key=respawned["key"], pid=respawned["pid"], start_time=respawned["start_time"],
+            started_at=respawned["started_at"], oom_baseline=ooms, armed=False, exec_env={})
+
+    def disarm(self, key: str) -> TaskHandle | None:
+        """Make sure the launcher does not respawn run `key` (before it is stopped or killed). Returns the handle
+        of the run the launcher started in its place, should it have exited and been respawned before this."""
+        if not self.client.respawns:
+            return None
+        reply = self.client.request("disarm", key=key)
+        respawned = (reply.get("exit") or {}).get("respawned")
+        if not respawned:
+            return None
+        with self._cv:
+            handle = self._handles.get(key)
+        if handle is None:
+            return None  # a start lost in a crash: its caller kills the whole cgroup, the successor with it
+        known = self.registered(respawned["key"])
+        if known is not None:
+            return known
         cg = self.cgroups.open(handle.cgroup)
-        return bool(cg and cg.oom_kills() > handle.oom_baseline)
+        successor = self._successor(handle, respawned, cg.oom_kills() if cg is not None else 0)
+        self.register(successor)
+        return successor
+
+    def arm(self, key: str) -> None:
+        """Let the launcher respawn run `key` (a run it made itself) once more, as respawn_key(key)."""
+        if self.client.respawns:
+            self.client.notify("arm", key=key, next_key=respawn_key(key))
 
     def result(self, key: str) -> ExitResult | None:
         with self._cv:

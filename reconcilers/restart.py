@@ -121,6 +121,15 @@ def on_exit(
     return _within_policy(state, policy, now, rand)
 
 
+def restarts_at_once(state: RestartTracker, policy: RestartPolicyLike, job_type: str, hook: str | None = None,
+                     sidecar: bool = False) -> bool:
+    """Whatever the task's next exit is (any code, signal or OOM kill) and whenever it comes, on_exit will decide
+    RESTART with no delay. The launcher may then restart the task itself, before the daemon hears of the exit.
+    The interval is not counted on to end: a clock set back would keep it open, so one attempt must be left now."""
+    return (policy.attempts > 0 and policy.delay == 0 and restarts_on_success(job_type, hook, sidecar)
+            and state.count + 1 <= policy.attempts)
+
+
 def on_start_failure(
     state: RestartTracker,
     policy: RestartPolicyLike,

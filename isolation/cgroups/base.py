@@ -172,6 +172,12 @@ class TaskCgroup(ABC):
             return [f"{d}/cgroup.procs" for d in unique_dirs(self._dirs)]
         return [str(d / "cgroup.procs") for d in unique_dirs(self.paths)]
 
+    def vacancy_files(self) -> list[list[str]]:
+        """What `populated` and `pids` read, as [path, "events" | "procs"]: the launcher checks them itself before
+        it respawns a task (see isolation/launcher.c, vacant)."""
+        events = self.events_file()
+        return ([[events, "events"]] if events else []) + [[p, "procs"] for p in self.procs_files()]
+
     def pids(self) -> set[int]:
         """Live members (the kernel drops a process from cgroup.procs when it exits, before it is reaped)."""
         found: set[int] = set()

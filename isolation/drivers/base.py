@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from manifests.agent_config import AgentConfig
+from manifests.digest import sha256_hex
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class TaskContext:
     # The controller saw this task's cgroup empty after its last run exited, in this daemon's lifetime: nothing
     # can have entered it since (only a member can fork into it), so the start need not kill leftovers first.
     cgroup_empty: bool = False
+    # The controller's restart policy would restart this run at once whatever its exit: the launcher may do it
+    # itself (see TaskHandle.armed).
+    arm: bool = False
 
     @property
     def task_id(self) -> str:
@@ -61,6 +65,9 @@ class TaskHandle:
     netns: str | None = None
     pid_ns: bool = False  # PID 1 of its own pid namespace (signals it does not handle are dropped)
     cpuset: str | None = None  # reserved cores ("0,1")
+    # The launcher will start this run's successor (as respawn_key(key)) itself if it exits: see
+    # isolation/launcher.c on respawns. False once the daemon disarms it, and for a run the launcher made.
+    armed: bool = False
     # What `exec` into the task and re-rendering its templates need (launch spec: root, caps, Landlock, env...).
     # Several KB per task: the controller keeps it in its store and holds handles without it (see without_exec_env).
     exec_env: dict = field(default_factory=dict)
@@ -93,13 +100,29 @@ class ExitResult:
     oom_killed: bool = False
     error: str | None = None  # set when the task never started, or its exit status is unknown
     finished_at: float | None = None
+    # The launcher already started the next run (the exited one was armed): its handle, registered for its exit.
+    respawned: TaskHandle | None = field(default=None, compare=False)
+    respawn_error: str | None = None  # armed, but the launcher did not respawn it (why); the daemon decides
 
     @property
     def successful(self) -> bool:
         return self.exit_code == 0 and self.signal is None and not self.oom_killed and self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = {f: getattr(self, f) for f in _EXIT_FIELDS}
+        if self.respawn_error is not None:
+            d["respawn_error"] = self.respawn_error
+        return d
+
+
+_EXIT_FIELDS = ("exit_code", "signal", "oom_killed", "error", "finished_at")
+
+
+def respawn_key(key: str) -> str:
+    """The launcher key of the run that replaces run `key` if the launcher respawns it. Derived, not drawn: the
+    daemon stores a key before its process exists, and storing `key` stores its successor's too."""
+    base = key.rsplit(".", 1)[0]
+    return f"{base}.{sha256_hex(key.encode())[:8]}"
 
 
 UNKNOWN_EXIT = "unknown: exited while tasksd was down"

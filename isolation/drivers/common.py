@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from isolation import cgroups, netns, taskdir, taskenv
-from isolation.drivers.base import UNKNOWN_EXIT, Driver, ExitResult, Health, StartError, TaskContext, TaskHandle
+from isolation.drivers.base import (UNKNOWN_EXIT, Driver, ExitResult, Health, StartError, TaskContext, TaskHandle,
+                                    respawn_key)
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.runtime import CgroupTicket, Runtime
 from isolation.users import lookup_user
@@ -120,9 +121,12 @@ class CommonDriver(Driver):
             cg.kill()  # anything left in the cgroup from an earlier life of this task dies before we launch
         # A cgroup made just now counts from 0; only a reused one (an earlier life of this task) has a past to skip.
         baseline = cg.oom_kills() if cg.existed else 0
+        # Armed only where the launcher keeps requests for respawns (the C one, of this version or later).
+        respawn = ({"next_key": respawn_key(key), "vacant": cg.vacancy_files()}
+                   if ctx.arm and self.runtime.client.respawns else None)
         try:
             if body is None:  # the C launcher's request names the cgroup's freshness (known only now)
-                body = self.runtime.spawn_body(spec, spec_dict, fresh=not cg.existed)
+                body = self.runtime.spawn_body(spec, spec_dict, fresh=not cg.existed, respawn=respawn)
             reply = self.runtime.client.request("spawn", body=body)
         except Exception as e:
             # The request may have failed after the launcher forked (a reply that timed out): whatever runs in
@@ -137,7 +141,7 @@ class CommonDriver(Driver):
             boot_id=self.runtime.boot_id, cgroup=cg_name, alloc_id=ctx.alloc_id, alloc_dir=str(td.alloc_dir),
             task_dir=str(td.dir), started_at=time.time(), oom_baseline=baseline, uid=ident.uid,
             dynamic_uid=ident.dynamic, netns=ctx.netns, pid_ns=spec.namespaces.pid, cpuset=cpuset,
-            exec_env={"spec": {**spec_dict, "stdout": None, "stderr": None}},
+            armed=bool(reply.get("armed")), exec_env={"spec": {**spec_dict, "stdout": None, "stderr": None}},
         )
         self.runtime.register(handle)
         return handle
@@ -318,6 +322,14 @@ class CommonDriver(Driver):
 
     def stop(self, handle: TaskHandle, signal: str, timeout: float) -> ExitResult:
         timeout = min(timeout, self.config.max_kill_timeout)
+        # First of all: the launcher must not restart what we stop. If the run exited before the disarm, the
+        # launcher has started its successor already: that is the run to stop.
+        successor = self.runtime.disarm(handle.key)
+        if successor is not None:
+            try:
+                return self.stop(successor, signal, timeout)
+            finally:
+                self.runtime.ack(successor)
         result = self.runtime.result(handle.key)
         signum = signal_number(signal)
         if result is None and _dropped_by_pid1(handle, signum):

@@ -357,3 +357,68 @@ def test_an_idle_daemon_does_not_wake_up(daemon):
         after = _voluntary_switches(daemon.proc.pid)
     woke = {tid: after[tid] - n for tid, n in before.items() if tid in after and after[tid] != n}
     assert sum(woke.values()) <= 1, woke
+
+
+RESTART_AT_ONCE = 'restart {\n        attempts = 5\n        delay = "0s"\n        interval = "5m"\n        mode = "fail"\n      }'
+
+
+def _task_pids(daemon, tid=TID) -> set[int]:
+    """The processes in the task's cgroup, read from the kernel (the daemon may be stopped)."""
+    from isolation import cgroups
+    from isolation.drivers.common import task_cgroup
+    from isolation.taskdir import alloc_id_for
+
+    job, grp, idx, task = tid.split("/")
+    mgr = cgroups.CgroupManager(cgroups.detect(), daemon.cgroup_parent)
+    cg = mgr.open(task_cgroup(alloc_id_for(job, grp, int(idx)), task))
+    return cg.pids() if cg is not None else set()
+
+
+def test_a_restart_at_once_is_made_by_the_launcher_counted_by_the_daemon_and_re_armed(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web", task_extra=RESTART_AT_ONCE))
+    for n in (1, 2):
+        pid = pid_of(daemon)
+        os.kill(pid, signal.SIGKILL)
+        t = wait_for(lambda: (t := daemon.task(TID)) and t["restarts"] == n and t["state"] == "running" and t,
+                     timeout=30, what=f"restart {n}")
+        assert t["pid"] != pid and _task_pids(daemon) == {t["pid"]}
+    events = [e for e in daemon.client.get(f"/v1/events?task={TID}") if e["type"] == "restarting"]
+    assert [e["message"] for e in events] == ["restarted at once by the launcher (restart within policy)"] * 2
+
+
+def test_the_launcher_restarts_an_armed_task_while_the_daemon_is_stopped_and_the_daemon_adopts_it(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web", task_extra=RESTART_AT_ONCE))
+    pid = pid_of(daemon)
+    daemon.proc.send_signal(signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        new = wait_for(lambda: (p := _task_pids(daemon)) and pid not in p and p, timeout=30,
+                       what="a new run while tasksd is stopped")
+    finally:
+        daemon.proc.send_signal(signal.SIGCONT)
+    t = wait_for(lambda: (t := daemon.task(TID)) and t["restarts"] == 1 and t, timeout=30, what="the restart counted")
+    assert {t["pid"]} == new and t["state"] == "running"
+
+
+def test_a_run_respawned_while_the_daemon_was_dead_is_adopted_not_duplicated(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web", task_extra=RESTART_AT_ONCE))
+    pid = pid_of(daemon)
+    daemon.kill9()
+    os.kill(pid, signal.SIGKILL)
+    new = wait_for(lambda: (p := _task_pids(daemon)) and pid not in p and p, timeout=30, what="the respawned run")
+    daemon.start()
+    t = wait_for(lambda: (t := daemon.task(TID)) and t["restarts"] == 1 and t["state"] == "running" and t,
+                 timeout=30, what="the respawned run adopted")
+    assert {t["pid"]} == new and _task_pids(daemon) == new  # one run: the recovery started no second one
+
+
+def test_a_removed_armed_task_stops_for_good(daemon):
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web", task_extra=RESTART_AT_ONCE))
+    pid = pid_of(daemon)
+    (daemon.tasks_dir / "web.hcl").unlink()
+    wait_for(lambda: TID not in daemon.tasks(), timeout=30, what="the task stopped and forgotten")
+    assert not psutil_alive(pid) and not _task_pids(daemon)

@@ -25,6 +25,7 @@ from reconcilers.restart import (
     on_exit,
     on_restart_requested,
     on_start_failure,
+    restarts_at_once,
     restarts_on_success,
 )
 
@@ -287,3 +288,32 @@ def test_works_with_the_manifest_model_defaults() -> None:
             decisions.append(d.kind)
     assert decisions == [RESTART, RESTART, RESTART, FAIL]
     assert state.reason == "exceeded allowed attempts 3 in interval 24h"
+
+
+EXITS = [dict(exit_code=0), dict(exit_code=1), dict(exit_code=137, signal=9), dict(exit_code=137, signal=9, oom_killed=True)]
+
+
+@given(st.integers(0, 6), st.integers(1, 6), st.floats(0, 1e6), st.floats(-1e6, 1e6), st.sampled_from(EXITS),
+       st.sampled_from(["fail", "delay"]), st.floats(0, 0.999))
+def test_restarts_at_once_promises_what_on_exit_decides(count, attempts, interval, later, exit, mode, rand) -> None:
+    """When it says yes, every later exit (any code, signal or OOM kill; any time, the clock set back included)
+    gets RESTART with no delay: the launcher's respawn is then exactly the daemon's decision."""
+    policy = Policy(attempts=attempts, interval=interval, delay=0.0, mode=mode)
+    state = dataclasses.replace(RestartTracker.begin(1000.0), count=count)
+    if restarts_at_once(state, policy, "service"):
+        _, d = on_exit(state, policy, "service", now=1000.0 + later, rand=rand, **exit)
+        assert (d.kind, d.delay) == (RESTART, 0.0)
+    else:
+        assert count + 1 > attempts
+
+
+def test_restarts_at_once_only_for_no_delay_attempts_left_and_restart_on_success() -> None:
+    state = RestartTracker.begin(0.0)
+    assert restarts_at_once(state, Policy(attempts=1, delay=0.0), "service")
+    assert not restarts_at_once(state, Policy(attempts=1, delay=0.5), "service")  # the delay is the daemon's timer
+    assert not restarts_at_once(state, Policy(attempts=0, delay=0.0), "service")
+    assert not restarts_at_once(state, Policy(attempts=3, delay=0.0), "batch")  # exit 0 completes a batch task
+    assert not restarts_at_once(state, Policy(attempts=3, delay=0.0), "service", hook="prestart")
+    assert restarts_at_once(state, Policy(attempts=3, delay=0.0), "service", hook="prestart", sidecar=True)
+    used = dataclasses.replace(state, count=3)
+    assert not restarts_at_once(used, Policy(attempts=3, delay=0.0), "service")  # no attempt left right now

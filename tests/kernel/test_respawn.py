@@ -1,0 +1,153 @@
+"""Respawns on the real kernel: a run the daemon armed is restarted by the C launcher itself when it exits, into the
+same cgroup and logs, as the key the daemon derived and stored ahead (isolation/launcher.c, "respawns"). Only the C
+launcher keeps requests; the Python launcher ignores arming and the daemon restarts those tasks itself."""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+from pathlib import Path
+
+import pytest
+
+from isolation.drivers import make_drivers
+from isolation.drivers.base import respawn_key
+from isolation.runtime import Runtime
+from tests.helpers import wait_for
+from tests.kernel.conftest import make_ctx, raw_task, teardown_runtime
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def exits(runtime):
+    """Every exit the runtime reports, in order, as (handle, result)."""
+    q: queue.Queue = queue.Queue()
+    runtime.on_exit = lambda h, r: q.put((h, r))
+    return q
+
+
+def _next_exit(q: queue.Queue, key: str):
+    while True:
+        handle, result = q.get(timeout=30)
+        if handle.key == key:
+            return result
+
+
+def _log(handle) -> str:
+    name = handle.task_id.rsplit("/", 1)[1]
+    return (Path(handle.alloc_dir) / "alloc" / "logs" / f"{name}.stdout").read_text()
+
+
+def _listed(runtime: Runtime) -> dict[str, dict]:
+    return {t["key"]: t for t in runtime.client.request("list")["tasks"]}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_an_armed_run_is_respawned_by_the_launcher_as_its_derived_key_into_the_same_cgroup_and_logs(
+        runtime, exits, agent_config):
+    d = make_drivers(runtime, agent_config)["raw_exec"]
+    task = raw_task("/bin/sh", "-c", "echo run; exec sleep 1000")
+    h = d.start(make_ctx(agent_config, task, arm=True))
+    assert h.armed
+    assert _listed(runtime)[h.key]["next_key"] == respawn_key(h.key)
+    kept = runtime.state_dir / "run" / "respawn"
+    assert len(list(kept.iterdir())) == 1  # the request, kept as a file
+
+    os.kill(h.pid, signal.SIGKILL)
+    res = _next_exit(exits, h.key)
+    assert res.signal == signal.SIGKILL and res.respawn_error is None
+    nxt = res.respawned
+    assert nxt is not None and nxt.key == respawn_key(h.key) and nxt.pid != h.pid and not nxt.armed
+    assert (nxt.task_id, nxt.cgroup, nxt.alloc_dir) == (h.task_id, h.cgroup, h.alloc_dir)
+    assert _alive(nxt.pid) and nxt.pid in runtime.cgroups.open(h.cgroup).pids()
+    assert "next_key" not in _listed(runtime)[nxt.key]  # good for one respawn: the daemon re-arms
+    wait_for(lambda: _log(h) == "run\nrun\n", what="the second run's output in the same log")
+    assert runtime.registered(nxt.key) is not None  # its own exit will be matched
+
+    runtime.arm(nxt.key)  # once more, as the daemon does after counting the restart
+    wait_for(lambda: _listed(runtime)[nxt.key].get("next_key") == respawn_key(nxt.key), what="re-armed")
+    runtime.ack(h)
+    os.kill(nxt.pid, signal.SIGKILL)
+    third = _next_exit(exits, nxt.key).respawned
+    assert third is not None and third.key == respawn_key(nxt.key) and _alive(third.pid)
+    runtime.ack(nxt)
+    runtime.arm(third.key)
+    wait_for(lambda: _listed(runtime)[third.key].get("next_key"), what="re-armed")
+
+    # A stop disarms first: what the stop kills stays dead.
+    res = d.stop(third, "SIGTERM", 5)
+    assert res.signal == signal.SIGTERM and res.respawned is None
+    assert not _listed(runtime) and not _alive(third.pid)
+    assert not list(kept.iterdir())  # the kept request goes with its last run
+    d.destroy(third)
+
+
+def test_a_run_that_left_processes_in_its_cgroup_is_not_respawned(runtime, exits, agent_config):
+    d = make_drivers(runtime, agent_config)["raw_exec"]
+    task = raw_task("/bin/sh", "-c", "setsid sleep 1000 & echo $! > $NOMAD_TASK_DIR/gc; exec sleep 1000")
+    h = d.start(make_ctx(agent_config, task, arm=True))
+    gc_file = Path(h.task_dir) / "local" / "gc"
+    wait_for(lambda: gc_file.exists() and gc_file.read_text().strip(), what="the grandchild's pid")
+    gc = int(gc_file.read_text())
+    os.kill(h.pid, signal.SIGKILL)
+    res = _next_exit(exits, h.key)
+    # Whatever it left must die first, and only the daemon kills: the launcher leaves the restart to it.
+    assert res.respawned is None and "left in its cgroup" in res.respawn_error
+    assert _alive(gc) and not _listed(runtime)
+    d.destroy(h)
+    wait_for(lambda: not _alive(gc), what="the grandchild killed with the cgroup")
+
+
+def test_a_stop_racing_the_respawn_stops_the_new_run(runtime, exits, agent_config):
+    """The run exits and is respawned just before the daemon stops it: the stop's disarm learns of the new run
+    and stops that one instead, so nothing the daemon no longer wants keeps running."""
+    d = make_drivers(runtime, agent_config)["raw_exec"]
+    h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000"), arm=True))
+    os.kill(h.pid, signal.SIGKILL)
+    nxt = _next_exit(exits, h.key).respawned
+    assert nxt is not None and _alive(nxt.pid)
+    res = d.stop(h, "SIGTERM", 5)  # the old handle, as a stop decided before the exit was seen has it
+    assert res.signal == signal.SIGTERM
+    assert not _alive(nxt.pid) and not _listed(runtime)
+    d.destroy(h)
+
+
+def test_the_launchers_arm_and_spawn_refuse_bad_keys(runtime, agent_config):
+    d = make_drivers(runtime, agent_config)["raw_exec"]
+    h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000")))  # not armed
+    assert not h.armed and "next_key" not in _listed(runtime)[h.key]
+    with pytest.raises(Exception, match="no kept spawn request"):
+        runtime.client.request("arm", key=h.key, next_key="x.y.1")
+    with pytest.raises(Exception, match="not running"):
+        runtime.client.request("arm", key="nobody.t.1", next_key="x.y.1")
+    with pytest.raises(Exception, match="different next_key"):
+        runtime.client.request("arm", key=h.key, next_key=h.key)
+    assert runtime.client.request("disarm", key="nobody.t.1")["running"] is False
+    d.stop(h, "SIGKILL", 1)
+    d.destroy(h)
+
+
+def test_the_python_launcher_ignores_arming_and_the_daemon_restarts(tmp, cgroup_parent, agent_config, monkeypatch):
+    monkeypatch.setenv("TASKSD_LAUNCHER", "python")
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    rt.open()
+    try:
+        q: queue.Queue = queue.Queue()
+        rt.on_exit = lambda h, r: q.put((h, r))
+        d = make_drivers(rt, agent_config)["raw_exec"]
+        h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000"), arm=True))
+        assert not h.armed
+        os.kill(h.pid, signal.SIGKILL)
+        res = _next_exit(q, h.key)
+        assert res.respawned is None and res.respawn_error is None
+        d.destroy(h)
+    finally:
+        teardown_runtime(rt)
