@@ -1,0 +1,168 @@
+"""What the controller does around the launcher's respawns (isolation/launcher.c): which starts it arms, and how it
+takes in a run the launcher started on its own. The driver and runtime are stand-ins (the kernel side is
+tests/kernel/test_respawn.py and the daemon's e2e tests); the store is the real one, so the test can check that the
+launcher hears "arm" and "ack" only once the new run's handle is committed."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import time
+
+from controller.controller import Controller
+from controller.store import Store
+from isolation.drivers.base import ExitResult, TaskHandle, respawn_key
+from manifests.agent_config import AgentConfig
+from reconcilers.states import TaskState
+from tests.helpers import Clock
+
+TID = "web/g/0/t"
+
+
+def job(delay: str = "0s", attempts: int = 2, extra: str = "") -> str:
+    return (f'job "web" {{\n group "g" {{\n task "t" {{\n driver = "raw_exec"\n config {{\n'
+            f' command = "/bin/sleep"\n args = ["1000"]\n }}\n restart {{\n attempts = {attempts}\n'
+            f' delay = "{delay}"\n interval = "1h"\n mode = "fail"\n }}\n {extra}\n }}\n }}\n}}\n')
+
+
+class Driver:
+    def __init__(self):
+        self.contexts = []
+
+    def start(self, ctx) -> TaskHandle:
+        self.contexts.append(ctx)
+        return TaskHandle(key=ctx.key, task_id=ctx.task_id, driver="raw_exec", pid=100, start_time=1, boot_id="b",
+                          cgroup="c", alloc_id=ctx.alloc_id, alloc_dir="/nonexistent", task_dir="/nonexistent/t",
+                          started_at=1000.0, armed=ctx.arm, exec_env={"spec": {"path": "/bin/sleep"}})
+
+
+class Runtime:
+    """Records what the controller asks of the launcher, and what the store held at that moment."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.on_exit = None
+        self.calls: list[tuple[str, str, str | None]] = []  # (op, key, stored handle key of the task then)
+
+    def _stored_key(self) -> str | None:
+        reader = Store(self.state_dir, readonly=True)
+        try:
+            row = reader.tasks().get(TID)
+        finally:
+            reader.close()
+        return json.loads(row["handle"])["key"] if row and row["handle"] else None
+
+    def registered(self, key):
+        return None
+
+    def result(self, key):
+        return None
+
+    def ack(self, handle):
+        self.calls.append(("ack", handle.key, self._stored_key()))
+
+    def arm(self, key):
+        self.calls.append(("arm", key, self._stored_key()))
+
+
+def setup(tmp, text: str):
+    tasks = tmp / "tasks.d"
+    tasks.mkdir(mode=0o755)
+    os.chmod(tmp, 0o755)
+    (tasks / "web.hcl").write_text(text)
+    driver, runtime = Driver(), Runtime(tmp / "state")
+    ctl = Controller(AgentConfig(), str(tasks), Store(tmp / "state"), runtime, {"raw_exec": driver}, clock=Clock())
+    return ctl, driver, runtime
+
+
+def pump(ctl, done, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the controller did not get there in time"
+        try:
+            ev = ctl.queue.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        ctl.handle(ev)
+        ctl.reconcile()
+        ctl.flush_store()
+
+
+def start(ctl):
+    ctl.rescan()
+    ctl.reconcile(full=True)
+    ctl.flush_store()
+    pump(ctl, lambda: ctl.records[TID].state == TaskState.RUNNING and ctl._running == 0)
+    return ctl.records[TID].handle
+
+
+def respawn(ctl, handle: TaskHandle, pid: int) -> TaskHandle:
+    """The launcher's exit event of `handle`, with the run it started in its place."""
+    nxt = dataclasses.replace(handle, key=respawn_key(handle.key), pid=pid, started_at=2000.0, armed=False,
+                              exec_env={})
+    ctl.queue.put(("exit", handle.without_exec_env(), ExitResult(exit_code=137, signal=9, respawned=nxt)))
+    pump(ctl, lambda: ctl.records[TID].handle.key == nxt.key and ctl.queue.empty())
+    return nxt
+
+
+def close(ctl):
+    ctl.pool.shutdown(wait=True)
+    ctl.store.close()
+
+
+def test_a_respawned_run_is_counted_adopted_and_armed_again_once_its_handle_is_stored(tmp):
+    ctl, driver, runtime = setup(tmp, job("0s", attempts=2))
+    try:
+        h = start(ctl)
+        assert driver.contexts[0].arm and h.armed
+        nxt = respawn(ctl, h, pid=101)
+        rec = ctl.records[TID]
+        assert (rec.state, rec.handle.pid, rec.restarts, rec.started_at) == (TaskState.RUNNING, 101, 1, 2000.0)
+        assert len(driver.contexts) == 1  # the daemon started nothing itself
+        # The old exit is forgotten and the new run armed only after the commit that stores the new handle.
+        assert runtime.calls == [("ack", h.key, nxt.key), ("arm", nxt.key, nxt.key)]
+        assert ctl.store.exec_env(TID, nxt.key) == {"spec": {"path": "/bin/sleep"}}  # tasksctl exec still works
+        events = [e["type"] for e in ctl.store.events(task_id=TID)]
+        assert events[-3:] == ["exited", "restarting", "started"]
+
+        # Attempts: 2 per hour. The second respawn uses the last one, so that run is not armed again: its exit
+        # goes through the daemon (which fails the task).
+        runtime.calls.clear()
+        third = respawn(ctl, nxt, pid=102)
+        assert ctl.records[TID].restarts == 2
+        assert runtime.calls == [("ack", nxt.key, third.key)]
+        assert not ctl._may_arm(ctl.records[TID])
+    finally:
+        close(ctl)
+
+
+def test_only_restarts_at_once_of_the_same_request_are_armed(tmp):
+    for text, armed in ((job("0s"), True), (job("15s"), False), (job("0s", attempts=0), False),
+                        (job("0s", extra='template {\n data = "x"\n destination = "local/x"\n }'), False)):
+        sub = tmp / str(len(list(tmp.iterdir())))
+        sub.mkdir()
+        ctl, driver, _ = setup(sub, text)
+        try:
+            start(ctl)
+            assert driver.contexts[0].arm is armed, text
+        finally:
+            close(ctl)
+
+
+def test_a_respawn_of_a_task_no_longer_wanted_is_adopted_then_stopped_by_the_plan(tmp):
+    ctl, driver, runtime = setup(tmp, job("0s"))
+    try:
+        h = start(ctl)
+        stops = []
+        driver.stop = lambda handle, sig, timeout: stops.append(handle.key) or ExitResult(exit_code=0)
+        driver.destroy = lambda handle, keep_identity=False, known_empty=False: None
+        driver.forget = lambda tid: None
+        ctl.specs.pop(TID)  # as if its manifest went while the exit was on its way
+        ctl.desired.pop(TID)
+        nxt = dataclasses.replace(h, key=respawn_key(h.key), pid=101, armed=False, exec_env={})
+        ctl.queue.put(("exit", h.without_exec_env(), ExitResult(exit_code=137, signal=9, respawned=nxt)))
+        pump(ctl, lambda: stops == [nxt.key])
+        assert not [c for c in runtime.calls if c[0] == "arm"]
+    finally:
+        close(ctl)
