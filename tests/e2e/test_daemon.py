@@ -422,3 +422,17 @@ def test_a_removed_armed_task_stops_for_good(daemon):
     (daemon.tasks_dir / "web.hcl").unlink()
     wait_for(lambda: TID not in daemon.tasks(), timeout=30, what="the task stopped and forgotten")
     assert not psutil_alive(pid) and not _task_pids(daemon)
+
+
+def test_a_crash_loop_restarted_at_once_runs_no_more_often_than_its_policy_allows(daemon):
+    """Each arm is good for one respawn: however fast the task dies, the launcher's restarts stay the policy's."""
+    runs = daemon.root / "runs"
+    script = f'echo run >> {runs}; sleep 0.05; exit 1'
+    restart = 'restart {\n        attempts = 3\n        delay = "0s"\n        interval = "1h"\n        mode = "fail"\n      }'
+    daemon.start()
+    daemon.write("web.hcl", raw_job("web", command="/bin/sh", args=["-c", script], task_extra=restart))
+    t = daemon.wait_state(TID, "failed")
+    assert t["restarts"] == 3 and runs.read_text() == "run\n" * 4
+    assert not _task_pids(daemon)
+    events = [e["message"] for e in daemon.client.get(f"/v1/events?task={TID}") if e["type"] == "restarting"]
+    assert len(events) == 3 and "restarted at once by the launcher (restart within policy)" in events
