@@ -58,8 +58,9 @@ def test_an_armed_run_is_respawned_by_the_launcher_as_its_derived_key_into_the_s
     h = d.start(make_ctx(agent_config, task, arm=True))
     assert h.armed
     assert _listed(runtime)[h.key]["next_key"] == respawn_key(h.key)
-    kept = runtime.state_dir / "run" / "respawn"
-    assert len(list(kept.iterdir())) == 1  # the request, kept as a file
+    kept = runtime.state_dir / "run" / "respawn.dat"
+    assert kept.stat().st_size > 1000  # the request, kept in the launcher's file
+    wait_for(lambda: _log(h) == "run\n", what="the first run's output")
 
     os.kill(h.pid, signal.SIGKILL)
     res = _next_exit(exits, h.key)
@@ -86,7 +87,7 @@ def test_an_armed_run_is_respawned_by_the_launcher_as_its_derived_key_into_the_s
     res = d.stop(third, "SIGTERM", 5)
     assert res.signal == signal.SIGTERM and res.respawned is None
     assert not _listed(runtime) and not _alive(third.pid)
-    assert not list(kept.iterdir())  # the kept request goes with its last run
+    assert kept.stat().st_size == 0  # the kept request goes with its last run
     d.destroy(third)
 
 
@@ -151,3 +152,32 @@ def test_the_python_launcher_ignores_arming_and_the_daemon_restarts(tmp, cgroup_
         d.destroy(h)
     finally:
         teardown_runtime(rt)
+
+
+def test_an_isolated_task_is_respawned_with_the_same_identity_and_confinement(runtime, exits, tmp):
+    """exec2: the respawn replays the whole child plan: a new pid namespace, the same dynamic uid (kept across
+    restarts), Landlock as before."""
+    from isolation.drivers.exec2 import Exec2Driver
+    from manifests.agent_config import AgentConfig, Exec2Plugin
+    from manifests.model import Exec2Config, Task
+
+    os.chmod(tmp, 0o711)  # exec2's dynamic user reaches its task dir through the host path
+    cfg = AgentConfig(exec2=Exec2Plugin(unveil_paths=("r:/proc",)), max_kill_timeout=30.0)
+    d = Exec2Driver(runtime, cfg)
+    probe = ('echo "run uid=$(id -u) pid=$$ ns=$(readlink /proc/self/ns/pid) '
+             'passwd=$(cat /etc/passwd >/dev/null 2>&1 && echo read || echo denied)"; exec sleep 1000')
+    h = d.start(make_ctx(cfg, Task(name="t", driver="exec2", config=Exec2Config(command="/bin/sh",
+                                                                               args=("-c", probe))), arm=True))
+    assert h.armed
+    wait_for(lambda: _log(h).count("run ") == 1, what="the first run's line")
+    os.kill(h.pid, signal.SIGKILL)
+    nxt = _next_exit(exits, h.key).respawned
+    assert nxt is not None and _alive(nxt.pid)
+    wait_for(lambda: _log(h).count("run ") == 2, what="the second run's line")
+    first, second = (dict(kv.split("=", 1) for kv in line.split()[1:]) for line in _log(h).splitlines())
+    assert first["uid"] == second["uid"] and int(first["uid"]) >= 80000 and nxt.uid == h.uid
+    assert first["pid"] == second["pid"] == "1" and first["ns"] != second["ns"]
+    assert first["passwd"] == second["passwd"] == "denied"
+    runtime.ack(h)
+    d.stop(nxt, "SIGKILL", 1)
+    d.destroy(nxt)
