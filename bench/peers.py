@@ -4,7 +4,8 @@
                                          [--no-install]
 
 Per N and per supervisor: time until all N run (each supervisor is started with the N programs already
-configured), idle CPU, memory of the supervisor itself at rest (RSS and PSS read after the idle window, so a
+configured), idle CPU (over a window that opens 2 s after all run, for every supervisor), memory of the
+supervisor itself at rest (RSS and PSS read after the idle window, so a
 burst's garbage that an allocator gives back has been given back; per task = PSS / N), restart latency after
 SIGKILL of one program (median), latency to pick up a newly added program. Then the isolated start rows (tasksd
 exec/exec2 vs bwrap, unshare(1) and a plain spawn) from bench/spawn.py's measure(). One markdown table.
@@ -127,7 +128,15 @@ def cpu_seconds(procs: Iterable[psutil.Process]) -> float:
     return total
 
 
+SETTLE = 2.0  # seconds after "all running" before the idle window opens, for every supervisor alike
+
+
 def idle_cpu(procs_fn: Callable[[], list[psutil.Process]], seconds: float) -> float:
+    """CPU share over `seconds` of quiet, once the start burst has settled: what a supervisor does right after
+    starting N programs is part of the start, not of its idle cost: tasksd makes its two spare alloc dirs 0.1 s
+    after the burst and gives the burst's freed heap back (malloc_trim) 1 s after it, together under 10 ms, which
+    at N=100 showed as one clock tick (0.033 %) in a window that opened at once."""
+    time.sleep(SETTLE)  # a fixed pause by design: the window must open at the same point for every peer
     procs = procs_fn()
     c0, w0 = cpu_seconds(procs), time.perf_counter()
     time.sleep(seconds)  # the measurement window itself, not a wait for a condition
