@@ -31,7 +31,7 @@ from controller.store import Store, StoreError
 from isolation import netns as netns_mod
 from isolation import sys as ksys
 from isolation import taskdir
-from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, StartError, TaskContext, TaskHandle
+from isolation.drivers.base import UNKNOWN_EXIT, ExitResult, StartError, TaskContext, TaskHandle, respawn_key
 from isolation.drivers.common import new_key, task_cgroup
 from isolation.runtime import Runtime
 from manifests.agent_config import AgentConfig
@@ -932,6 +932,9 @@ class Controller:
             # It ran and exited, yet the start failed afterwards (e.g. recording its handle): the exit is moot.
             self._kill_orphan_successor(early[1], None)
             self.runtime.ack(early[0])
+        after = self._early_exits.pop(respawn_key(key), None)
+        if after is not None:  # and so did the run the launcher respawned in its place
+            self.runtime.ack(after[0])
         rec = self.records.get(tid)
         if rec is None or rec.pending_key != key:
             return
@@ -948,10 +951,17 @@ class Controller:
         # A launcher key belongs to one spawn of one task: look the task up, then check it is this spawn.
         rec = self.records.get(handle.task_id)
         if rec is None or rec.handle is None or rec.handle.key != handle.key:
-            if rec is not None and rec.pending_key == handle.key:
-                # It exited before its start reply was processed (a short task): keep it for _started (or for
-                # _start_error, which acks it).
+            if rec is not None and rec.pending_key is not None and handle.key in (
+                    rec.pending_key, respawn_key(rec.pending_key)):
+                # It exited before its start reply was processed (a short task), or so did the run the launcher
+                # respawned in its place: keep it for _started (or for _start_error, which acks it).
                 self._early_exits[handle.key] = (handle, result)
+                return
+            if (result.respawned is not None and rec is not None and rec.handle is not None
+                    and rec.handle.key == result.respawned.key and not self.store_error):
+                # This exit, delivered twice (recovery), was taken in already: its ack waits for the commit that
+                # stores the new run, as the first delivery's does.
+                self._after_flush.append(lambda: self.runtime.ack(handle))
                 return
             self._kill_orphan_successor(result, rec)
             self.runtime.ack(handle)
@@ -1071,6 +1081,7 @@ class Controller:
             self.event("restarting", "restarted at once by the launcher (restart within policy)", tid, delay=0.0)
         self.persist(rec)
         self.event("started", f"started (pid {nxt.pid})", tid, pid=nxt.pid, started_at=nxt.started_at)
+        parked = self._early_exits.pop(nxt.key, None)  # it exited too before its predecessor's start was taken in
         pending = self._pending_exec_envs.get(tid)
         if pending is not None and pending[0] == handle.key:
             self._pending_exec_envs[tid] = (nxt.key, pending[1])
@@ -1084,10 +1095,16 @@ class Controller:
             self._state_after_stop[tid] = (TaskState.COMPLETE if decision.kind == restart_policy.DecisionKind.COMPLETE
                                            else TaskState.FAILED)
             self._after_flush.append(lambda: self.runtime.ack(handle))
+            self.event("failed" if self._state_after_stop[tid] == TaskState.FAILED else "complete", decision.reason,
+                       tid)
             self.stop(tid, decision.reason)
             return
         # The exit is acked, and the new run armed, once both runs' keys are on disk: the new run's handle names
         # the key its own successor would get (respawn_key), which recovery looks for.
+        if parked is not None:
+            self._after_flush.append(lambda: self.runtime.ack(handle))
+            self.on_exit(*parked)
+            return
         if self.store_error:
             self.runtime.ack(handle)  # as in on_exit: acks must not pile up behind a full disk; nor is it re-armed
             return
@@ -1246,6 +1263,7 @@ class Controller:
             except Exception as e:  # noqa: BLE001
                 log.warning("forget %s: %s", tid, e)
         self.cores_in_use.pop(tid, None)
+        self._state_after_stop.pop(tid, None)
         self._dirty_tasks.add(tid)
 
     def _gc_grace(self) -> float:
@@ -1309,7 +1327,10 @@ class Controller:
         try:
             if rec.pending_key:
                 # Not respawned when the kill below ends it; a successor started already is in the same cgroup.
-                self.runtime.disarm(rec.pending_key)
+                try:
+                    self.runtime.disarm(rec.pending_key, timeout=5.0)
+                except Exception as e:  # noqa: BLE001 - the kill goes ahead; its own failure is reported below
+                    log.warning("%s: disarm of a lost start: %s", rec.task_id, e)
             cg = self.runtime.cgroups.open(name)
             if cg is not None and cg.pids():
                 log.warning("%s: killing the processes of a start whose handle was lost in a crash", rec.task_id)
@@ -1406,8 +1427,10 @@ class Controller:
         pending = self._pending_exec_envs.get(rec.task_id)
         if pending is not None and pending[0] == h.key:
             return dataclasses.replace(h, exec_env=json.loads(pending[1]))
+        move = self._exec_env_moves.get(rec.task_id)
+        key = move[0] if move is not None and move[1] == h.key else h.key  # a respawn's, until the commit
         try:
-            env = self.store.exec_env(rec.task_id, h.key)
+            env = self.store.exec_env(rec.task_id, key)
         except Exception as e:  # noqa: BLE001 - an unreadable store: exec says what is missing
             log.warning("exec environment of %s unreadable: %s", rec.task_id, e)
             env = None

@@ -648,6 +648,7 @@ typedef struct {
     long long kept_off;
     size_t kept_len;
     char *next_key;
+    int disarmed; /* for good: the daemon is stopping this run (an arm sent before, read after, must not undo it) */
 } task_t;
 
 typedef struct {
@@ -680,6 +681,7 @@ static struct {
     char run_dir[3100], exits_dir[3200], kept_path[3200];
     int kept_fd;                  /* run/respawn.dat: the spawn requests kept for respawns, one after the other */
     long long kept_end, kept_dead; /* its length, and how much of it no task refers to any more */
+    long long kept_retry;          /* a compaction failed (a full disk): not tried again before this much is dead */
     int ep, srv, sigfd, null_rw, null_ro, own_pidns;
     int running;
     char boot_id[64];
@@ -1015,10 +1017,11 @@ static void kept_compact(void) {
         L.kept_fd = fd;
         for (size_t k = 0; k < L.ntasks; k++) L.tasks[k].kept_off = offs[k];
         L.kept_end = pos;
-        L.kept_dead = 0;
+        L.kept_dead = L.kept_retry = 0;
     } else {
         close(fd);
         unlink(tmp);
+        L.kept_retry = L.kept_dead + (1 << 20);
     }
     free(offs);
 }
@@ -1027,8 +1030,8 @@ static void kept_compact(void) {
 static void kept_drop(size_t len) {
     L.kept_dead += (long long)len;
     if (L.kept_dead == L.kept_end) { /* nothing live: start over (a drain, a stop of the last armed task) */
-        if (L.kept_fd >= 0 && ftruncate(L.kept_fd, 0) == 0) L.kept_end = L.kept_dead = 0;
-    } else if (L.kept_dead > (1 << 20) && L.kept_dead > L.kept_end / 2) {
+        if (L.kept_fd >= 0 && ftruncate(L.kept_fd, 0) == 0) L.kept_end = L.kept_dead = L.kept_retry = 0;
+    } else if (L.kept_dead > (1 << 20) && L.kept_dead > L.kept_end / 2 && L.kept_dead >= L.kept_retry) {
         kept_compact();
     }
 }
@@ -1061,7 +1064,8 @@ static int vacant(const jv *list, sbuf *why) {
     return 1;
 }
 
-static task_t *respawn(long long off, size_t len, const char *next, sbuf *why, int *reaped, int *status);
+static task_t *respawn(long long off, size_t len, const char *next, const int logs[2], sbuf *why, int *reaped,
+                       int *status);
 
 static void record_exit(task_t *t, int status) {
     int logs[2] = { t->logs[0], t->logs[1] };
@@ -1098,7 +1102,7 @@ static void record_exit(task_t *t, int status) {
     pid_t pid2 = 0;
     if (next && L.running) {
         sbuf why = {0};
-        task_t *n = kept_len ? respawn(kept_off, kept_len, next, &why, &reaped, &status2) : NULL;
+        task_t *n = kept_len ? respawn(kept_off, kept_len, next, logs, &why, &reaped, &status2) : NULL;
         if (!kept_len) sb_s(&why, "no spawn request was kept for it");
         if (n) {
             n->kept_off = kept_off;
@@ -1173,6 +1177,13 @@ static void load_exits(void) {
         jv *root = jparse(&L.jp, buf, (size_t)len, 0);
         const char *key = root ? jgets(root, "key") : NULL;
         if (!key || root->type != J_OBJ) { unlink(path); continue; }
+        /* a run an earlier launcher respawned in this one's place is not our child: the daemon must watch it by
+         * pidfd, as any task that launcher left (see Runtime._successor) */
+        if (jget(root, "respawned") && m > 0 && copy[m - 1] == '}' && m + 20 < sizeof(copy)) {
+            memcpy(copy + m - 1, ",\"reloaded\":true}", 18);
+            m += 16;
+            copy[m] = 0;
+        }
         exit_add(key, xstrdup(path), xstrdup(copy)); /* the Python launcher's has spaces after separators */
     }
     closedir(d);
@@ -1455,7 +1466,7 @@ static void reply_started(conn_t *c, const char *id, const task_t *t, int existi
 /* Clone the child of a spawn or exec request under `key`, once it has exec'd: the new task, or NULL and *f says
  * why. *reaped: it already ran to completion (*status), to be recorded once the caller has reported the start. */
 static task_t *start_task(const jv *req, const char *key, int is_exec, int *passed, int npassed, failure_t *f,
-                          int *reaped, int *status) {
+                          int *reaped, int *status, int respawning) {
     *reaped = 0;
     cplan_t cp;
     const char *err = NULL;
@@ -1528,7 +1539,8 @@ static task_t *start_task(const jv *req, const char *key, int is_exec, int *pass
     const char *into = jgets(req, "clone_into");
     int cgfd = -1;
     if (into && L.clone_into) {
-        jv *fresh = jget(req, "fresh");
+        /* a respawn's cgroup is not the fresh one the request was made for: it may have been killed since */
+        jv *fresh = respawning ? NULL : jget(req, "fresh");
         if (L.killed_clone_ok < 0) {
             char parent[4096];
             snprintf(parent, sizeof(parent), "%s", into);
@@ -1604,7 +1616,7 @@ static task_t *start_task(const jv *req, const char *key, int is_exec, int *pass
         L.tasks = xrealloc(L.tasks, L.cap_tasks * sizeof(task_t));
     }
     task_t *t = &L.tasks[L.ntasks++];
-    *t = (task_t){ xstrdup(key), (pid_t)pid, start_time, { -1, -1 }, 0, 0, NULL };
+    *t = (task_t){ xstrdup(key), (pid_t)pid, start_time, { -1, -1 }, 0, 0, NULL, 0 };
     /* reported only once the files exist: once the caller hears "running", tail -F and tasksctl logs find them */
     for (int j = 0; j < 2; j++) if (rd[j] >= 0) log_attach(t, j, rd[j], targets[j]);
     cplan_free(&cp);
@@ -1622,15 +1634,19 @@ failed:
     return NULL;
 }
 
-/* Start the run `next` with the request kept at off (len bytes), if the cgroup is vacant. */
-static task_t *respawn(long long off, size_t len, const char *next, sbuf *why, int *reaped, int *status) {
+/* Start the run `next` with the request kept at off (len bytes), if the cgroup is vacant. logs: the exited run's
+ * pipes, closed after a last read first, so that all its output is in the files before the new run's. */
+static task_t *respawn(long long off, size_t len, const char *next, const int logs[2], sbuf *why, int *reaped,
+                       int *status) {
     char *buf = xrealloc(NULL, len + 1);
     jv *req = pread(L.kept_fd, buf, len, off) == (ssize_t)len ? jparse(&L.rjp, buf, len, 0) : NULL;
     task_t *t = NULL;
     if (!req) sb_s(why, "its kept spawn request is unreadable");
     else if (vacant(jget(jget(req, "respawn"), "vacant"), why)) {
+        /* vacant: nothing of the task is left to write to them (the cgroup held every writer) */
+        for (int j = 0; j < 2; j++) if (logs[j] >= 0) pump(logs[j], 1);
         failure_t f = {0};
-        t = start_task(req, next, 0, NULL, 0, &f, reaped, status);
+        t = start_task(req, next, 0, NULL, 0, &f, reaped, status, 1);
         if (!t) sb_s(why, f.msg.p);
         sb_free(&f.msg);
     }
@@ -1658,7 +1674,7 @@ static void op_start(conn_t *c, const char *id, const jv *req, int is_exec, int 
     }
     failure_t f = {0};
     int reaped = 0, status = 0;
-    task_t *t = start_task(req, key, is_exec, passed, npassed, &f, &reaped, &status);
+    task_t *t = start_task(req, key, is_exec, passed, npassed, &f, &reaped, &status, 0);
     if (!t) {
         reply_error(c, id, f.msg.p, f.step, f.err);
         sb_free(&f.msg);
@@ -1809,6 +1825,9 @@ static void handle(conn_t *c, char *line, size_t len) {
         } else if (!t->kept_len) {
             snprintf(m, sizeof(m), "task %.500s has no kept spawn request", key);
             reply_error(c, id, m, "arm", ENOENT);
+        } else if (t->disarmed) {
+            snprintf(m, sizeof(m), "task %.500s was disarmed", key);
+            reply_error(c, id, m, "arm", EPERM);
         } else {
             free(t->next_key);
             t->next_key = xstrdup(next);
@@ -1825,6 +1844,7 @@ static void handle(conn_t *c, char *line, size_t len) {
         if (t) {
             free(t->next_key);
             t->next_key = NULL;
+            t->disarmed = 1;
             sb_s(&b, ",\"running\":true");
         } else {
             exit_t *x = exit_by_key(key);

@@ -204,7 +204,16 @@ class Runtime:
             self.on_exit(handle, result)
         if successor is not None:
             # After on_exit: should the new run have exited already, its exit must reach the caller after this one.
+            self._watch(successor, bool(raw.get("reloaded")))
+
+    def _watch(self, successor: TaskHandle, reloaded: bool) -> None:
+        """Have the new run's exit reported: by the launcher that respawned it, or, when that launcher is gone
+        and this one read its exit record back (`reloaded`), by pidfd as any task an earlier launcher left."""
+        if not reloaded:
             self.register(successor)
+        elif not self.adopt(successor):
+            self.register(successor)
+            self._finish(successor, {"exit_code": None, "error": UNKNOWN_EXIT})
 
     @staticmethod
     def _successor(handle: TaskHandle, respawned: dict | None, ooms: int) -> TaskHandle | None:
@@ -217,12 +226,12 @@ class Runtime:
             handle, key=respawned["key"], pid=respawned["pid"], start_time=respawned["start_time"],
             started_at=respawned["started_at"], oom_baseline=ooms, armed=False, exec_env={})
 
-    def disarm(self, key: str) -> TaskHandle | None:
+    def disarm(self, key: str, timeout: float = 60.0) -> TaskHandle | None:
         """Make sure the launcher does not respawn run `key` (before it is stopped or killed). Returns the handle
         of the run the launcher started in its place, should it have exited and been respawned before this."""
         if not self.client.respawns:
             return None
-        reply = self.client.request("disarm", key=key)
+        reply = self.client.request("disarm", key=key, timeout=timeout)
         respawned = (reply.get("exit") or {}).get("respawned")
         if not respawned:
             return None
@@ -235,7 +244,8 @@ class Runtime:
             return known
         cg = self.cgroups.open(handle.cgroup)
         successor = self._successor(handle, respawned, cg.oom_kills() if cg is not None else 0)
-        self.register(successor)
+        assert successor is not None
+        self._watch(successor, bool(reply["exit"].get("reloaded")))
         return successor
 
     def arm(self, key: str) -> None:

@@ -65,8 +65,9 @@ class TaskHandle:
     netns: str | None = None
     pid_ns: bool = False  # PID 1 of its own pid namespace (signals it does not handle are dropped)
     cpuset: str | None = None  # reserved cores ("0,1")
-    # The launcher will start this run's successor (as respawn_key(key)) itself if it exits: see
-    # isolation/launcher.c on respawns. False once the daemon disarms it, and for a run the launcher made.
+    # Its spawn was armed: the launcher starts its successor (as respawn_key(key)) itself if it exits, unless
+    # disarmed since (see isolation/launcher.c on respawns). False for a run the launcher made itself; the daemon
+    # re-arms those without a new handle, so this is what the spawn asked, not the launcher's state now.
     armed: bool = False
     # What `exec` into the task and re-rendering its templates need (launch spec: root, caps, Landlock, env...).
     # Several KB per task: the controller keeps it in its store and holds handles without it (see without_exec_env).

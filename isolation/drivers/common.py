@@ -131,6 +131,13 @@ class CommonDriver(Driver):
         except Exception as e:
             # The request may have failed after the launcher forked (a reply that timed out): whatever runs in
             # the task's cgroup now has no handle, and the identity it runs as may be given back by the caller.
+            # Disarmed first, or the kill would have the launcher respawn it (a respawn made before lands in the
+            # same cgroup, and dies with it).
+            if respawn is not None:
+                try:
+                    self.runtime.disarm(key, timeout=5.0)
+                except Exception:  # noqa: BLE001 - a launcher that does not answer respawns nothing either
+                    pass
             try:
                 cg.kill()
             except OSError:

@@ -107,9 +107,9 @@ def test_a_run_that_left_processes_in_its_cgroup_is_not_respawned(runtime, exits
     wait_for(lambda: not _alive(gc), what="the grandchild killed with the cgroup")
 
 
-def test_a_stop_racing_the_respawn_stops_the_new_run(runtime, exits, agent_config):
-    """The run exits and is respawned just before the daemon stops it: the stop's disarm learns of the new run
-    and stops that one instead, so nothing the daemon no longer wants keeps running."""
+def test_a_stop_decided_before_the_exit_was_seen_stops_the_respawned_run(runtime, exits, agent_config):
+    """The run exits and is respawned before the daemon, about to stop it, took the exit in: the stop's disarm
+    learns of the new run and stops that one instead, so nothing the daemon no longer wants keeps running."""
     d = make_drivers(runtime, agent_config)["raw_exec"]
     h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000"), arm=True))
     os.kill(h.pid, signal.SIGKILL)
@@ -135,8 +135,17 @@ def test_the_launchers_arm_and_spawn_refuse_bad_keys(runtime, agent_config):
     d.stop(h, "SIGKILL", 1)
     d.destroy(h)
 
+    # Disarmed is for good: an arm read after the disarm (it came on another connection) cannot undo it.
+    h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000"), arm=True))
+    assert runtime.client.request("disarm", key=h.key)["running"] is True
+    assert "next_key" not in _listed(runtime)[h.key]
+    with pytest.raises(Exception, match="was disarmed"):
+        runtime.client.request("arm", key=h.key, next_key=respawn_key(h.key))
+    d.stop(h, "SIGKILL", 1)
+    d.destroy(h)
 
-def test_the_python_launcher_ignores_arming_and_the_daemon_restarts(tmp, cgroup_parent, agent_config, monkeypatch):
+
+def test_the_python_launcher_ignores_arming_and_reports_a_plain_exit(tmp, cgroup_parent, agent_config, monkeypatch):
     monkeypatch.setenv("TASKSD_LAUNCHER", "python")
     rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
     rt.open()
@@ -181,3 +190,46 @@ def test_an_isolated_task_is_respawned_with_the_same_identity_and_confinement(ru
     runtime.ack(h)
     d.stop(nxt, "SIGKILL", 1)
     d.destroy(nxt)
+
+
+def test_a_run_respawned_before_a_launcher_crash_is_watched_by_pidfd_after_it(tmp, cgroup_parent, agent_config):
+    """The launcher that respawned a run dies before the daemon took the exit in: the next launcher reads the exit
+    record back (marked "reloaded"), and the new run, not its child, is adopted through a pidfd, so its own exit is
+    still learned."""
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    rt.open()
+    d = make_drivers(rt, agent_config)["raw_exec"]
+    # One process, no children: a shell's loop would have its `sleep` outlive it for a moment, and the launcher
+    # rightly respawns nothing while the cgroup still holds a process.
+    task = raw_task("/usr/bin/python3", "-c", "import signal, sys, time\n"
+                    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\nprint('ready', flush=True)\n"
+                    "time.sleep(1000)")
+    h = d.start(make_ctx(agent_config, task, arm=True))
+    wait_for(lambda: _log(h) == "ready\n", what="the handler installed")
+    os.kill(h.pid, signal.SIGKILL)
+    wait_for(lambda: respawn_key(h.key) in _listed(rt), what="the respawn")
+    # Its output done before the crash: a task writing to a log pipe whose launcher is gone gets SIGPIPE.
+    wait_for(lambda: _log(h) == "ready\nready\n", what="the new run's handler installed")
+    old_launcher = rt.client.launcher_pid
+    rt.close()
+    os.kill(old_launcher, signal.SIGKILL)
+    os.waitpid(old_launcher, 0)  # it was our child (we started it)
+    rt2 = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    rt2.open()
+    try:
+        got: queue.Queue = queue.Queue()
+        rt2.on_exit = lambda hh, r: got.put((hh, r))
+        d2 = make_drivers(rt2, agent_config)["raw_exec"]
+        rt2.begin_recovery()
+        res = d2.recover(h)
+        rt2.end_recovery()
+        nxt = res.respawned
+        assert res.signal == signal.SIGKILL and nxt is not None and nxt.key == respawn_key(h.key)
+        assert _alive(nxt.pid) and nxt.key not in _listed(rt2)  # not the new launcher's child
+        os.kill(nxt.pid, signal.SIGTERM)
+        res2 = _next_exit(got, nxt.key)
+        assert res2.exit_code == 7 and res2.error is None
+        rt2.ack(h)
+        d2.destroy(nxt)
+    finally:
+        teardown_runtime(rt2)

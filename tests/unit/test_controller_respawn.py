@@ -36,6 +36,12 @@ class Driver:
                           cgroup="c", alloc_id=ctx.alloc_id, alloc_dir="/nonexistent", task_dir="/nonexistent/t",
                           started_at=1000.0, armed=ctx.arm, exec_env={"spec": {"path": "/bin/sleep"}})
 
+    def left_nothing(self, handle) -> bool:
+        return True  # the usual exit: nothing of the run left in its cgroup
+
+    def destroy(self, handle, keep_identity=False, known_empty=False) -> None:
+        self.runtime.ack(handle)  # as the real one's last step: the launcher may forget the exit
+
 
 class Runtime:
     """Records what the controller asks of the launcher, and what the store held at that moment."""
@@ -72,6 +78,7 @@ def setup(tmp, text: str):
     os.chmod(tmp, 0o755)
     (tasks / "web.hcl").write_text(text)
     driver, runtime = Driver(), Runtime(tmp / "state")
+    driver.runtime = runtime
     ctl = Controller(AgentConfig(), str(tasks), Store(tmp / "state"), runtime, {"raw_exec": driver}, clock=Clock())
     return ctl, driver, runtime
 
@@ -156,7 +163,6 @@ def test_a_respawn_of_a_task_no_longer_wanted_is_adopted_then_stopped_by_the_pla
         h = start(ctl)
         stops = []
         driver.stop = lambda handle, sig, timeout: stops.append(handle.key) or ExitResult(exit_code=0)
-        driver.destroy = lambda handle, keep_identity=False, known_empty=False: None
         driver.forget = lambda tid: None
         ctl.specs.pop(TID)  # as if its manifest went while the exit was on its way
         ctl.desired.pop(TID)
@@ -165,4 +171,50 @@ def test_a_respawn_of_a_task_no_longer_wanted_is_adopted_then_stopped_by_the_pla
         pump(ctl, lambda: stops == [nxt.key])
         assert not [c for c in runtime.calls if c[0] == "arm"]
     finally:
+        close(ctl)
+
+
+def test_a_run_and_its_respawn_both_exiting_before_the_start_reply_is_taken_in_are_both_counted(tmp):
+    """A task that dies at once: its first run exits, the launcher respawns it, and that run exits too, all before
+    the loop takes in the first start's reply. The second exit must not be dropped as nobody's (the task would show
+    running on a dead process): it waits for the first, and the daemon restarts the task by policy."""
+    import threading
+
+    ctl, driver, runtime = setup(tmp, job("0s", attempts=5))
+    gate, first = threading.Event(), []
+    plain_start = driver.start
+
+    def gated(ctx):
+        h = plain_start(ctx)
+        if not first:
+            first.append(h)
+            assert gate.wait(30)
+        return h
+
+    driver.start = gated
+    try:
+        ctl.rescan()
+        ctl.reconcile(full=True)
+        ctl.flush_store()
+        wait = time.monotonic() + 30
+        while not first:
+            assert time.monotonic() < wait
+            time.sleep(0.01)
+        h = first[0].without_exec_env()
+        nxt = dataclasses.replace(h, key=respawn_key(h.key), pid=101, armed=False)
+        ctl.queue.put(("exit", h, ExitResult(exit_code=1, respawned=nxt)))
+        ctl.queue.put(("exit", nxt, ExitResult(exit_code=1)))
+        for _ in range(2):  # both exits handled while the start reply is still out
+            ctl.handle(ctl.queue.get(timeout=5))
+            ctl.reconcile()
+            ctl.flush_store()
+        gate.set()
+        pump(ctl, lambda: len(driver.contexts) == 2 and ctl.records[TID].state == TaskState.RUNNING
+             and ctl._running == 0)
+        rec = ctl.records[TID]
+        assert rec.restarts == 2 and rec.handle.key == driver.contexts[1].key  # the daemon's own restart runs
+        acked = [c[1] for c in runtime.calls if c[0] == "ack"]
+        assert h.key in acked and nxt.key in acked and not ctl._early_exits
+    finally:
+        gate.set()
         close(ctl)
