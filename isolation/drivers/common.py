@@ -6,6 +6,7 @@ command and what the child's isolation looks like (`isolate`).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import signal as _signal
@@ -22,6 +23,8 @@ from isolation.runtime import CgroupTicket, Runtime
 from isolation.users import lookup_user
 from manifests.agent_config import AgentConfig
 from manifests.signals import signal_number
+
+log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 
@@ -331,7 +334,11 @@ class CommonDriver(Driver):
         timeout = min(timeout, self.config.max_kill_timeout)
         # First of all: the launcher must not restart what we stop. If the run exited before the disarm, the
         # launcher has started its successor already: that is the run to stop.
-        successor = self.runtime.disarm(handle.key)
+        try:
+            successor = self.runtime.disarm(handle.key)
+        except Exception as e:  # noqa: BLE001 - a lost launcher respawns nothing; the kill below must still happen
+            log.warning("disarm of %s: %s", handle.key, e)
+            successor = None
         if successor is not None:
             try:
                 return self.stop(successor, signal, timeout)

@@ -233,3 +233,22 @@ def test_a_run_respawned_before_a_launcher_crash_is_watched_by_pidfd_after_it(tm
         d2.destroy(nxt)
     finally:
         teardown_runtime(rt2)
+
+
+def test_a_stop_with_the_launcher_gone_still_kills_the_task(tmp, cgroup_parent, agent_config):
+    """The disarm a stop begins with cannot reach a launcher that died: the stop goes on and kills the cgroup."""
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    rt.open()
+    d = make_drivers(rt, agent_config)["raw_exec"]
+    h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000"), arm=True))
+    launcher = rt.client.launcher_pid
+    os.kill(launcher, signal.SIGKILL)
+    os.waitpid(launcher, 0)  # it was our child (we started it)
+    wait_for(lambda: rt.client._sock is None, what="the runtime to see the launcher gone")
+    res = d.stop(h, "SIGTERM", 0.2)
+    assert res.exit_code is None  # no launcher to report it
+    wait_for(lambda: not _alive(h.pid), what="the task killed with its cgroup")
+    rt.close()
+    rt2 = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
+    rt2.open()
+    teardown_runtime(rt2)
