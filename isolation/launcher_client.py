@@ -235,6 +235,10 @@ class LauncherClient:
         if s is not None:
             s.close()
 
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
     def notify(self, op: str, **kw) -> None:
         """Send a request without waiting for its reply (which the reader drops): for requests whose failure
         changes nothing for the caller, such as an ack."""

@@ -253,6 +253,13 @@ class Runtime:
         if self.client.respawns:
             self.client.notify("arm", key=key, next_key=respawn_key(key))
 
+    def reporting(self, key: str) -> bool:
+        """Whether an exit of run `key` can still be learned: the launcher is there, or a pidfd watches it."""
+        with self._cv:
+            if any(h.key == key for h in self._adopted.values()):
+                return True
+        return self.client.connected
+
     def result(self, key: str) -> ExitResult | None:
         with self._cv:
             return self._results.get(key)

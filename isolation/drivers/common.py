@@ -357,7 +357,8 @@ class CommonDriver(Driver):
         if result is None:
             if cg is not None:
                 cg.kill()  # SIGKILL for the main process and everything it forked, at once
-            result = self.runtime.wait(handle.key, 10.0)
+            # Not waited for when nobody can report it (the launcher is gone): the kill has waited for the cgroup.
+            result = self.runtime.wait(handle.key, 10.0 if self.runtime.reporting(handle.key) else 0.0)
         if cg is not None:
             cg.kill()  # the main process is gone; daemonised grandchildren in its cgroup go with it
         return result or ExitResult(exit_code=None, error="the task did not exit after SIGKILL")
