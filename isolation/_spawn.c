@@ -68,7 +68,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "fd_limit must be 0, or above errpipe");
         return NULL;
     }
-    if (clone_flags & ~(unsigned long)(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)) {
+    if (!clone_flags_ok(clone_flags)) {
         PyErr_SetString(PyExc_ValueError, "clone_flags: only namespace flags");
         return NULL;
     }
@@ -94,9 +94,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         }
         for (int j = 0; j < 4; j++)
             if (as_cstr(s[j], &op->s[j], op->step) < 0) goto out;
-        if ((op->code == OP_SETRESUID || op->code == OP_SETRESGID) &&
-            (op->i[0] < 0 || (unsigned long long)op->i[0] > ID_MAX)) {
-            /* the kernel would truncate it, or read -1 as "unchanged": either way the task could stay root */
+        if (!op_ids_ok(op)) {
             PyErr_Format(PyExc_ValueError, "%s: id %lld out of range", op->step, op->i[0]);
             goto out;
         }

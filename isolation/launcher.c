@@ -1334,9 +1334,8 @@ static int cplan_read(cplan_t *c, const jv *req, const char **err) {
             if (f[6 + j]->type == J_STR) op->s[j] = f[6 + j]->str;
             else if (f[6 + j]->type != J_NULL) { *err = "plan.ops: bad op"; return -1; }
         }
-        if ((op->code == OP_SETRESUID || op->code == OP_SETRESGID) &&
-            (op->i[0] < 0 || (unsigned long long)op->i[0] > ID_MAX)) {
-            *err = "plan.ops: id out of range"; /* the kernel would truncate it, or read -1 as "unchanged" */
+        if (!op_ids_ok(op)) {
+            *err = "plan.ops: id out of range";
             return -1;
         }
     }
@@ -1369,8 +1368,7 @@ static int cplan_read(cplan_t *c, const jv *req, const char **err) {
     c->pl.fd_limit = FD_LIMIT;
     long long flags = 0;
     jgeti(plan, "clone_flags", &flags);
-    if ((unsigned long long)flags & ~(unsigned long long)(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS |
-                                                        CLONE_NEWNET)) {
+    if (!clone_flags_ok((unsigned long long)flags)) {
         *err = "plan.clone_flags: only namespace flags";
         return -1;
     }

@@ -114,6 +114,7 @@ static long clone3_vm(struct t_clone_args *args, int (*fn)(void *), void *arg) {
 #define NR_setgroups SYS_setgroups
 #endif
 #define ID_MAX 0xFFFFFFFEULL /* (uid_t)-1 means "unchanged" to the kernel: never a valid id here */
+#define NS_CLONE_FLAGS (CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
 
 /* <linux/mount.h> clashes with glibc's <sys/mount.h>: the few definitions needed, from the uapi. */
 #define T_OPEN_TREE_CLONE 1
@@ -153,6 +154,15 @@ typedef struct {
     const char *s[4];
     const char *step;
 } op_t;
+
+/* What both callers (the extension, the C launcher) check of a plan before it runs, where the kernel would get it
+ * silently wrong. Groups are checked where each parses them: before they are narrowed to gid_t. */
+static inline int clone_flags_ok(unsigned long long flags) { return !(flags & ~(unsigned long long)NS_CLONE_FLAGS); }
+static inline int op_ids_ok(const op_t *op) {
+    /* the kernel would truncate an id, or read -1 as "unchanged": either way the task could stay root */
+    return !((op->code == OP_SETRESUID || op->code == OP_SETRESGID) &&
+             (op->i[0] < 0 || (unsigned long long)op->i[0] > ID_MAX));
+}
 
 typedef struct {
     op_t *ops;

@@ -20,7 +20,7 @@ from isolation.launcher_proto import socket_path
 from isolation.launchspec import LaunchSpec, LogTarget
 from isolation.runtime import Runtime
 from tests.helpers import wait_for
-from tests.kernel.conftest import spawn_spec, teardown_runtime
+from tests.kernel.conftest import spawn_line, spawn_spec, teardown_runtime
 
 pytestmark = pytest.mark.root
 
@@ -228,3 +228,23 @@ def test_a_log_file_at_the_file_size_limit_drops_output_and_the_launcher_lives(t
         _ack(rt, spec.key)
     finally:
         teardown_runtime(rt)
+
+
+@pytest.mark.parametrize("child_impl", ["c"], indirect=True)  # the Python launchers take LaunchSpecs, not plans
+def test_the_c_launcher_refuses_plans_the_kernel_would_get_wrong(child_impl, runtime):
+    """Checks shared with the extension (spawn_child.h): clone flags other than namespaces, and ids the kernel would
+    truncate or read as "unchanged", are refused before anything is cloned, whatever plan the request carries."""
+    from isolation import _spawn
+
+    assert runtime.client.launcher == "c"
+
+    spec = LaunchSpec(key="plan.t.1", path="/bin/true", argv=("true",), env=(), cwd="/")
+    good = json.loads(spawn_line(runtime, spec, 1))
+    vm = json.loads(json.dumps(good))
+    vm["plan"]["clone_flags"] = 0x100  # CLONE_VM
+    root = json.loads(json.dumps(good))
+    root["id"] = 2
+    root["plan"]["ops"].append([_spawn.OP_SETRESUID, 0, "credentials", -1, 0, 0, None, None, None, None])
+    replies = _raw_requests(runtime, [json.dumps(vm).encode(), json.dumps(root).encode()])
+    assert "only namespace flags" in replies[0]["error"] and "id out of range" in replies[1]["error"]
+    assert all(t["key"] != spec.key for t in runtime.client.request("list")["tasks"])
