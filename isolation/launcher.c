@@ -1553,14 +1553,9 @@ static task_t *start_task(const jv *req, const char *key, int is_exec, int *pass
     long pid = -ENOSYS;
     if (cgfd >= 0) {
         /* the ops that write the task into that cgroup are not needed when it is born there */
-        op_t *kept = xrealloc(NULL, ((size_t)cp.pl.nops + 1) * sizeof(op_t));
-        long n = 0;
-        for (long k = 0; k < cp.pl.nops; k++) if (!(cp.ops[k].flags & F_BORN_IN)) kept[n++] = cp.ops[k];
         plan_t pl2 = cp.pl;
-        pl2.ops = kept;
-        pl2.nops = n;
+        pl2.skip_flags = F_BORN_IN;
         pid = spawn_clone(&pl2, cp.clone_flags, cgfd);
-        free(kept);
         close(cgfd);
         if (pid >= 0) L.joins_clone++;
         else if (pid == -ENOSYS || pid == -E2BIG || pid == -EPERM || pid == -EINVAL) {

@@ -175,6 +175,7 @@ typedef struct {
     long ngroups;
     long deadline_s;
     int fd_limit; /* > 0: cloned with CLONE_FILES, and the child keeps a private copy of the fds below this only */
+    int skip_flags; /* ops with any of these flags are not run, as if absent (F_BORN_IN: cloned into that cgroup) */
 } plan_t;
 
 /* What the child itself keeps between ops: on its own stack, never in the plan (the launcher's memory). */
@@ -553,6 +554,7 @@ static int child_main(void *arg) {
         if (sig != SIGKILL && sig != SIGSTOP) syscall(SYS_rt_sigaction, sig, zero, NULL, 8);
     for (long k = 0; k < pl->nops; k++) {
         const op_t *op = &pl->ops[k];
+        if (op->flags & pl->skip_flags) continue;
         const char *where;
         int r = do_op(&c, op, &where);
         if (r == 0) {
