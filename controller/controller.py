@@ -957,14 +957,17 @@ class Controller:
                 # respawned in its place: keep it for _started (or for _start_error, which acks it).
                 self._early_exits[handle.key] = (handle, result)
                 return
-            if (result.respawned is not None and rec is not None and rec.handle is not None
-                    and rec.handle.key == result.respawned.key and not self.store_error):
-                # This exit, delivered twice (recovery), was taken in already: its ack waits for the commit that
-                # stores the new run, as the first delivery's does.
-                self._after_flush.append(lambda: self.runtime.ack(handle))
+            if (rec is not None and rec.handle is not None and handle.key == respawn_key(rec.handle.key)
+                    and (rec.state == TaskState.STOPPING or rec.busy)):
+                # The run a stop in flight found respawned (its disarm came too late) and stops itself: the stop
+                # collects this exit, and acks it.
                 return
             self._kill_orphan_successor(result, rec)
-            self.runtime.ack(handle)
+            # Not acked before the pass's commit: an exit delivered twice (recovery) may be one this pass took in.
+            if self.store_error:
+                self.runtime.ack(handle)
+            else:
+                self._after_flush.append(lambda: self.runtime.ack(handle))
             return
         if rec.state == TaskState.STOPPING or rec.busy:
             if rec.task_id in self._rerendering:
@@ -1102,7 +1105,10 @@ class Controller:
         # The exit is acked, and the new run armed, once both runs' keys are on disk: the new run's handle names
         # the key its own successor would get (respawn_key), which recovery looks for.
         if parked is not None:
-            self._after_flush.append(lambda: self.runtime.ack(handle))
+            if self.store_error:
+                self.runtime.ack(handle)
+            else:
+                self._after_flush.append(lambda: self.runtime.ack(handle))
             self.on_exit(*parked)
             return
         if self.store_error:
@@ -1125,8 +1131,9 @@ class Controller:
         """An exit nobody owns any more carried a respawn: the new run must not outlive its owner's record. Killed
         by its launcher key alone (never its cgroup: a later run of the task may be in it)."""
         nxt = result.respawned
-        if nxt is None or (rec is not None and rec.handle is not None and rec.handle.key == nxt.key):
-            return  # none, or the record's run (an exit delivered twice, as in recovery)
+        if nxt is None or (rec is not None and (
+                (rec.handle is not None and rec.handle.key == nxt.key) or (rec.exit or {}).get("key") == nxt.key)):
+            return  # none, or the record's run, or its last exit: an exit delivered twice, as in recovery
         log.warning("%s: killing run %s the launcher started for an exit nobody owns", nxt.task_id, nxt.key)
         try:
             self.runtime.send_signal(nxt, 9)

@@ -209,9 +209,17 @@ class Runtime:
     def _watch(self, successor: TaskHandle, reloaded: bool) -> None:
         """Have the new run's exit reported: by the launcher that respawned it, or, when that launcher is gone
         and this one read its exit record back (`reloaded`), by pidfd as any task an earlier launcher left."""
+        if self.registered(successor.key) is not None:
+            return  # the stop's disarm and the exit event both learned of it; the first one watches it
         if not reloaded:
             self.register(successor)
-        elif not self.adopt(successor):
+            return
+        try:
+            adopted = self.adopt(successor)
+        except OSError as e:  # e.g. EMFILE: it cannot be watched, so its exit is unknown (and handled as such)
+            log.warning("cannot watch %s: %s", successor.key, e)
+            adopted = False
+        if not adopted:
             self.register(successor)
             self._finish(successor, {"exit_code": None, "error": UNKNOWN_EXIT})
 

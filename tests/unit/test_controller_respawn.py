@@ -218,3 +218,22 @@ def test_a_run_and_its_respawn_both_exiting_before_the_start_reply_is_taken_in_a
     finally:
         gate.set()
         close(ctl)
+
+
+def test_the_exit_of_a_run_a_stop_is_stopping_is_left_to_the_stop_and_others_are_acked_after_the_commit(tmp):
+    """A stop whose disarm came too late stops the respawned run itself and waits for its exit: the loop must not
+    ack that exit away from under it. An exit nobody owns is acked, but only after the pass's commit."""
+    ctl, driver, runtime = setup(tmp, job("0s"))
+    try:
+        h = start(ctl)
+        rec = ctl.records[TID]
+        rec.state, rec.busy = TaskState.STOPPING, True  # as stop() leaves it while its worker runs
+        nxt = dataclasses.replace(h, key=respawn_key(h.key), pid=101, armed=False, exec_env={})
+        ctl.on_exit(nxt, ExitResult(exit_code=0, signal=15))
+        stranger = dataclasses.replace(h, key="somebody.t.00000000", pid=102, exec_env={})
+        ctl.on_exit(stranger, ExitResult(exit_code=0))
+        assert runtime.calls == []  # nothing acked inside the pass
+        ctl.flush_store()
+        assert [c[1] for c in runtime.calls if c[0] == "ack"] == [stranger.key]  # the stop's own run: not acked
+    finally:
+        close(ctl)
