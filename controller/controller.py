@@ -964,10 +964,7 @@ class Controller:
                 return
             self._kill_orphan_successor(result, rec)
             # Not acked before the pass's commit: an exit delivered twice (recovery) may be one this pass took in.
-            if self.store_error:
-                self.runtime.ack(handle)
-            else:
-                self._after_flush.append(lambda: self.runtime.ack(handle))
+            self._ack_after_commit(handle)
             return
         if rec.state == TaskState.STOPPING or rec.busy:
             if rec.task_id in self._rerendering:
@@ -1105,10 +1102,7 @@ class Controller:
         # The exit is acked, and the new run armed, once both runs' keys are on disk: the new run's handle names
         # the key its own successor would get (respawn_key), which recovery looks for.
         if parked is not None:
-            if self.store_error:
-                self.runtime.ack(handle)
-            else:
-                self._after_flush.append(lambda: self.runtime.ack(handle))
+            self._ack_after_commit(handle)
             self.on_exit(*parked)
             return
         if self.store_error:
@@ -1126,6 +1120,14 @@ class Controller:
                     log.debug("arm %s: %s", tid, e)
 
         self._after_flush.append(after)
+
+    def _ack_after_commit(self, handle: TaskHandle) -> None:
+        """Let the launcher forget `handle`'s exit once the pass's commit has made what was decided about it
+        durable; at once while the store fails, so that acks do not pile up behind a full disk."""
+        if self.store_error:
+            self.runtime.ack(handle)
+        else:
+            self._after_flush.append(lambda: self.runtime.ack(handle))
 
     def _kill_orphan_successor(self, result: ExitResult, rec: TaskRecord | None) -> None:
         """An exit nobody owns any more carried a respawn: the new run must not outlive its owner's record. Killed

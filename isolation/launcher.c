@@ -1067,21 +1067,32 @@ static int vacant(const jv *list, sbuf *why) {
 static task_t *respawn(long long off, size_t len, const char *next, const int logs[2], sbuf *why, int *reaped,
                        int *status);
 
+/* A run's identity as JSON members: "key":...,"pid":...,"start_time":... (the daemon's TaskHandle fields). */
+static void sb_run(sbuf *b, const task_t *t) {
+    sb_s(b, "\"key\":");
+    sb_jcstr(b, t->key);
+    sb_s(b, ",\"pid\":");
+    sb_i(b, t->pid);
+    sb_s(b, ",\"start_time\":");
+    sb_i(b, t->start_time);
+}
+
+/* ,"name":<wall-clock seconds now, microseconds as the fraction> */
+static void sb_now(sbuf *b, const char *name) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    char t[96];
+    snprintf(t, sizeof(t), ",\"%s\":%lld.%06ld", name, (long long)now.tv_sec, now.tv_nsec / 1000);
+    sb_s(b, t);
+}
+
 static void record_exit(task_t *t, int status) {
     int logs[2] = { t->logs[0], t->logs[1] };
     for (int j = 0; j < 2; j++) if (logs[j] >= 0) pump(logs[j], 0);
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
     sbuf rec = {0};
-    sb_s(&rec, "{\"key\":");
-    sb_jcstr(&rec, t->key);
-    sb_s(&rec, ",\"pid\":");
-    sb_i(&rec, t->pid);
-    sb_s(&rec, ",\"start_time\":");
-    sb_i(&rec, t->start_time);
-    char fin[64];
-    snprintf(fin, sizeof(fin), ",\"finished_at\":%lld.%06ld", (long long)now.tv_sec, now.tv_nsec / 1000);
-    sb_s(&rec, fin);
+    sb_s(&rec, "{");
+    sb_run(&rec, t);
+    sb_now(&rec, "finished_at");
     if (WIFSIGNALED(status)) {
         sb_s(&rec, ",\"exit_code\":");
         sb_i(&rec, 128 + WTERMSIG(status));
@@ -1102,23 +1113,19 @@ static void record_exit(task_t *t, int status) {
     pid_t pid2 = 0;
     if (next && L.running) {
         sbuf why = {0};
-        task_t *n = kept_len ? respawn(kept_off, kept_len, next, logs, &why, &reaped, &status2) : NULL;
-        if (!kept_len) sb_s(&why, "no spawn request was kept for it");
+        task_t *n = NULL;
+        if (kept_len) n = respawn(kept_off, kept_len, next, logs, &why, &reaped, &status2);
+        else sb_s(&why, "no spawn request was kept for it");
         if (n) {
             n->kept_off = kept_off;
             n->kept_len = kept_len;
             kept_len = 0;
             L.respawns++;
             pid2 = n->pid;
-            clock_gettime(CLOCK_REALTIME, &now);
-            sb_s(&rec, ",\"respawned\":{\"key\":");
-            sb_jcstr(&rec, n->key);
-            sb_s(&rec, ",\"pid\":");
-            sb_i(&rec, n->pid);
-            sb_s(&rec, ",\"start_time\":");
-            sb_i(&rec, n->start_time);
-            snprintf(fin, sizeof(fin), ",\"started_at\":%lld.%06ld}", (long long)now.tv_sec, now.tv_nsec / 1000);
-            sb_s(&rec, fin);
+            sb_s(&rec, ",\"respawned\":{");
+            sb_run(&rec, n);
+            sb_now(&rec, "started_at");
+            sb_s(&rec, "}");
         } else {
             sb_s(&rec, ",\"respawn_error\":");
             sb_jcstr(&rec, why.p ? why.p : "unknown");
@@ -1759,12 +1766,8 @@ static void handle(conn_t *c, char *line, size_t len) {
         reply_begin(&b, id);
         sb_s(&b, ",\"tasks\":[");
         for (size_t k = 0; k < L.ntasks; k++) {
-            sb_s(&b, k ? ",{\"key\":" : "{\"key\":");
-            sb_jcstr(&b, L.tasks[k].key);
-            sb_s(&b, ",\"pid\":");
-            sb_i(&b, L.tasks[k].pid);
-            sb_s(&b, ",\"start_time\":");
-            sb_i(&b, L.tasks[k].start_time);
+            sb_s(&b, k ? ",{" : "{");
+            sb_run(&b, &L.tasks[k]);
             if (L.tasks[k].next_key) {
                 sb_s(&b, ",\"next_key\":");
                 sb_jcstr(&b, L.tasks[k].next_key);

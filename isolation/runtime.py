@@ -189,8 +189,7 @@ class Runtime:
         sig = raw.get("signal")
         code = raw.get("exit_code")
         error = raw.get("error")
-        cg = self.cgroups.open(handle.cgroup)
-        ooms = cg.oom_kills() if cg is not None else 0
+        ooms = self._oom_count(handle)
         successor = self._successor(handle, raw.get("respawned"), ooms)
         result = ExitResult(exit_code=code, signal=sig, oom_killed=ooms > handle.oom_baseline, error=error,
                             finished_at=raw.get("finished_at", time.time()), respawned=successor,
@@ -223,6 +222,10 @@ class Runtime:
             self.register(successor)
             self._finish(successor, {"exit_code": None, "error": UNKNOWN_EXIT})
 
+    def _oom_count(self, handle: TaskHandle) -> int:
+        cg = self.cgroups.open(handle.cgroup)
+        return cg.oom_kills() if cg is not None else 0
+
     @staticmethod
     def _successor(handle: TaskHandle, respawned: dict | None, ooms: int) -> TaskHandle | None:
         """The handle of the run the launcher started in place of `handle` (its exit record's "respawned").
@@ -250,8 +253,7 @@ class Runtime:
         known = self.registered(respawned["key"])
         if known is not None:
             return known
-        cg = self.cgroups.open(handle.cgroup)
-        successor = self._successor(handle, respawned, cg.oom_kills() if cg is not None else 0)
+        successor = self._successor(handle, respawned, self._oom_count(handle))
         assert successor is not None
         self._watch(successor, bool(reply["exit"].get("reloaded")))
         return successor

@@ -1,6 +1,7 @@
 """Helpers shared by tests (import as `from tests.helpers import wait_for`)."""
 from __future__ import annotations
 
+import queue
 import time
 
 
@@ -14,6 +15,21 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def pump_until(ctl, done, timeout: float = 30.0) -> None:
+    """What the daemon's loop does with each event of controller `ctl`: handle it, plan what it touched, commit;
+    until `done()` holds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the controller did not get there in time"
+        try:
+            ev = ctl.queue.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        ctl.handle(ev)
+        ctl.reconcile()
+        ctl.flush_store()
 
 
 class Clock:

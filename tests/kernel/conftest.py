@@ -54,6 +54,27 @@ def teardown_runtime(rt: Runtime) -> None:
     rt.cgroups.remove_parent()
 
 
+def crash_launcher(rt: Runtime) -> int:
+    """SIGKILL the launcher `rt` started (a crash, not a shutdown) and reap it: it is the test's child. Returns
+    its pid."""
+    import os
+    import signal
+
+    pid = rt.client.launcher_pid
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def exit_queue(rt: Runtime):
+    """Every exit `rt` reports from now on, in order, as (handle, result)."""
+    import queue
+
+    q: queue.Queue = queue.Queue()
+    rt.on_exit = lambda h, r: q.put((h, r))
+    return q
+
+
 @pytest.fixture
 def drivers(runtime, agent_config):
     return make_drivers(runtime, agent_config)

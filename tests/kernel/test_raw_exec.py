@@ -13,7 +13,7 @@ from isolation.runtime import Runtime
 from manifests.agent_config import AgentConfig
 from manifests.model import Resources
 from tests.helpers import wait_for
-from tests.kernel.conftest import make_ctx, raw_task, spawn_spec
+from tests.kernel.conftest import crash_launcher, make_ctx, raw_task, spawn_spec
 
 pytestmark = pytest.mark.root
 
@@ -215,10 +215,8 @@ def test_task_survives_a_launcher_crash_and_its_exit_status_is_still_learned(tmp
     rt.open()
     d = make_drivers(rt, agent_config)["raw_exec"]
     h = d.start(make_ctx(agent_config, raw_task("/bin/sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done")))
-    old_launcher = rt.client.launcher_pid
     rt.close()
-    os.kill(old_launcher, signal.SIGKILL)
-    os.waitpid(old_launcher, 0)  # it was our child (we started it)
+    old_launcher = crash_launcher(rt)
     rt2 = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
     rt2.open()
     try:

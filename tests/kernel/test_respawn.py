@@ -14,17 +14,14 @@ from isolation.drivers import make_drivers
 from isolation.drivers.base import respawn_key
 from isolation.runtime import Runtime
 from tests.helpers import wait_for
-from tests.kernel.conftest import make_ctx, raw_task, teardown_runtime
+from tests.kernel.conftest import crash_launcher, exit_queue, make_ctx, raw_task, teardown_runtime
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture
 def exits(runtime):
-    """Every exit the runtime reports, in order, as (handle, result)."""
-    q: queue.Queue = queue.Queue()
-    runtime.on_exit = lambda h, r: q.put((h, r))
-    return q
+    return exit_queue(runtime)
 
 
 def _next_exit(q: queue.Queue, key: str):
@@ -150,8 +147,7 @@ def test_the_python_launcher_ignores_arming_and_reports_a_plain_exit(tmp, cgroup
     rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
     rt.open()
     try:
-        q: queue.Queue = queue.Queue()
-        rt.on_exit = lambda h, r: q.put((h, r))
+        q = exit_queue(rt)
         d = make_drivers(rt, agent_config)["raw_exec"]
         h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000"), arm=True))
         assert not h.armed
@@ -210,15 +206,12 @@ def test_a_run_respawned_before_a_launcher_crash_is_watched_by_pidfd_after_it(tm
     wait_for(lambda: respawn_key(h.key) in _listed(rt), what="the respawn")
     # Its output done before the crash: a task writing to a log pipe whose launcher is gone gets SIGPIPE.
     wait_for(lambda: _log(h) == "ready\nready\n", what="the new run's handler installed")
-    old_launcher = rt.client.launcher_pid
     rt.close()
-    os.kill(old_launcher, signal.SIGKILL)
-    os.waitpid(old_launcher, 0)  # it was our child (we started it)
+    crash_launcher(rt)
     rt2 = Runtime(tmp / "state", cgroup_parent=cgroup_parent)
     rt2.open()
     try:
-        got: queue.Queue = queue.Queue()
-        rt2.on_exit = lambda hh, r: got.put((hh, r))
+        got = exit_queue(rt2)
         d2 = make_drivers(rt2, agent_config)["raw_exec"]
         rt2.begin_recovery()
         res = d2.recover(h)
@@ -241,9 +234,7 @@ def test_a_stop_with_the_launcher_gone_still_kills_the_task(tmp, cgroup_parent, 
     rt.open()
     d = make_drivers(rt, agent_config)["raw_exec"]
     h = d.start(make_ctx(agent_config, raw_task("/bin/sleep", "1000"), arm=True))
-    launcher = rt.client.launcher_pid
-    os.kill(launcher, signal.SIGKILL)
-    os.waitpid(launcher, 0)  # it was our child (we started it)
+    crash_launcher(rt)
     wait_for(lambda: rt.client._sock is None, what="the runtime to see the launcher gone")
     res = d.stop(h, "SIGTERM", 0.2)
     assert res.exit_code is None  # no launcher to report it

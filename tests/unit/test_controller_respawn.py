@@ -7,15 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import queue
-import time
 
 from controller.controller import Controller
 from controller.store import Store
 from isolation.drivers.base import ExitResult, TaskHandle, respawn_key
 from manifests.agent_config import AgentConfig
 from reconcilers.states import TaskState
-from tests.helpers import Clock
+from tests.helpers import Clock, pump_until, wait_for
 
 TID = "web/g/0/t"
 
@@ -83,24 +81,11 @@ def setup(tmp, text: str):
     return ctl, driver, runtime
 
 
-def pump(ctl, done, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "the controller did not get there in time"
-        try:
-            ev = ctl.queue.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        ctl.handle(ev)
-        ctl.reconcile()
-        ctl.flush_store()
-
-
 def start(ctl):
     ctl.rescan()
     ctl.reconcile(full=True)
     ctl.flush_store()
-    pump(ctl, lambda: ctl.records[TID].state == TaskState.RUNNING and ctl._running == 0)
+    pump_until(ctl, lambda: ctl.records[TID].state == TaskState.RUNNING and ctl._running == 0)
     return ctl.records[TID].handle
 
 
@@ -109,7 +94,7 @@ def respawn(ctl, handle: TaskHandle, pid: int) -> TaskHandle:
     nxt = dataclasses.replace(handle, key=respawn_key(handle.key), pid=pid, started_at=2000.0, armed=False,
                               exec_env={})
     ctl.queue.put(("exit", handle.without_exec_env(), ExitResult(exit_code=137, signal=9, respawned=nxt)))
-    pump(ctl, lambda: ctl.records[TID].handle.key == nxt.key and ctl.queue.empty())
+    pump_until(ctl, lambda: ctl.records[TID].handle.key == nxt.key and ctl.queue.empty())
     return nxt
 
 
@@ -168,7 +153,7 @@ def test_a_respawn_of_a_task_no_longer_wanted_is_adopted_then_stopped_by_the_pla
         ctl.desired.pop(TID)
         nxt = dataclasses.replace(h, key=respawn_key(h.key), pid=101, armed=False, exec_env={})
         ctl.queue.put(("exit", h.without_exec_env(), ExitResult(exit_code=137, signal=9, respawned=nxt)))
-        pump(ctl, lambda: stops == [nxt.key])
+        pump_until(ctl, lambda: stops == [nxt.key])
         assert not [c for c in runtime.calls if c[0] == "arm"]
     finally:
         close(ctl)
@@ -196,10 +181,7 @@ def test_a_run_and_its_respawn_both_exiting_before_the_start_reply_is_taken_in_a
         ctl.rescan()
         ctl.reconcile(full=True)
         ctl.flush_store()
-        wait = time.monotonic() + 30
-        while not first:
-            assert time.monotonic() < wait
-            time.sleep(0.01)
+        wait_for(lambda: first, timeout=30, what="the first start at the driver")
         h = first[0].without_exec_env()
         nxt = dataclasses.replace(h, key=respawn_key(h.key), pid=101, armed=False)
         ctl.queue.put(("exit", h, ExitResult(exit_code=1, respawned=nxt)))
@@ -209,8 +191,8 @@ def test_a_run_and_its_respawn_both_exiting_before_the_start_reply_is_taken_in_a
             ctl.reconcile()
             ctl.flush_store()
         gate.set()
-        pump(ctl, lambda: len(driver.contexts) == 2 and ctl.records[TID].state == TaskState.RUNNING
-             and ctl._running == 0)
+        pump_until(ctl, lambda: len(driver.contexts) == 2 and ctl.records[TID].state == TaskState.RUNNING
+                   and ctl._running == 0)
         rec = ctl.records[TID]
         assert rec.restarts == 2 and rec.handle.key == driver.contexts[1].key  # the daemon's own restart runs
         acked = [c[1] for c in runtime.calls if c[0] == "ack"]

@@ -4,9 +4,7 @@ until the test lets it go (real spawns finish too fast to catch a converge half-
 from __future__ import annotations
 
 import os
-import queue
 import threading
-import time
 from types import SimpleNamespace
 
 from controller.controller import MAX_STARTS_IN_FLIGHT, REMOVAL_GRACE, Controller
@@ -14,7 +12,7 @@ from controller.store import Store
 from isolation.drivers.base import TaskHandle
 from manifests.agent_config import AgentConfig
 from reconcilers.states import TaskState
-from tests.helpers import Clock
+from tests.helpers import Clock, pump_until
 
 N = MAX_STARTS_IN_FLIGHT + 8
 
@@ -62,20 +60,6 @@ def setup(tmp):
     clock = Clock()
     ctl = Controller(AgentConfig(), str(tasks), Store(tmp / "state"), runtime, {"raw_exec": driver}, clock=clock)
     return ctl, tasks, driver, clock
-
-
-def pump_until(ctl, done, timeout=30.0):
-    """What the daemon's loop does with each event: handle it, plan what it touched, commit."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "the controller did not get there in time"
-        try:
-            ev = ctl.queue.get(timeout=0.1)
-        except queue.Empty:
-            continue
-        ctl.handle(ev)
-        ctl.reconcile()
-        ctl.flush_store()
 
 
 def running(ctl) -> set[str]:
