@@ -120,6 +120,7 @@ def test_kill9_and_restart_readopts_the_same_processes(daemon):
     daemon.write("other.hcl", raw_job("other"))
     pid = pid_of(daemon)
     other = pid_of(daemon, "other/g/0/t")
+    wait_for(lambda: _handle_stored(daemon) and _handle_stored(daemon, "other/g/0/t"), what="both handles committed")
     daemon.kill9()
     daemon.start()
     assert daemon.task(TID)["pid"] == pid and daemon.task(TID)["state"] == "running"
@@ -402,10 +403,25 @@ def test_the_launcher_restarts_an_armed_task_while_the_daemon_is_stopped_and_the
     assert {t["pid"]} == new and t["state"] == "running"
 
 
+def _handle_stored(daemon, tid=TID) -> bool:
+    """The task's handle is committed to the store. The API can answer "running" a moment before that (its call
+    may be handled in the same loop pass as the start's reply, whose commit ends the pass): killed in between, the
+    daemon would recover a lost start instead, killed and started afresh."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{daemon.state_dir / 'db' / 'tasksd.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT handle FROM tasks WHERE task_id=?", (tid,)).fetchone()
+    finally:
+        db.close()
+    return bool(row and row[0])
+
+
 def test_a_run_respawned_while_the_daemon_was_dead_is_adopted_not_duplicated(daemon):
     daemon.start()
     daemon.write("web.hcl", raw_job("web", task_extra=RESTART_AT_ONCE))
     pid = pid_of(daemon)
+    wait_for(lambda: _handle_stored(daemon), what="the running task's handle committed")
     daemon.kill9()
     os.kill(pid, signal.SIGKILL)
     new = wait_for(lambda: (p := _task_pids(daemon)) and pid not in p and p, timeout=30, what="the respawned run")
