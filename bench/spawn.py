@@ -196,18 +196,19 @@ class BenchRuntime:
         ctx = self.context(driver, config or DRIVER_CONFIGS[driver](command="/bin/true"), agent)
         rt = self.runtime
         spares = rt.spares
+        kind = d.spare_kind(ctx)  # the kind of spare this start takes (exec's holds its mount points)
         if spares is not None and spare:
             while spares.step():  # as the daemon does once it has been quiet for a moment
                 pass
         rt.spares = spares if spare else None
-        ready = spares.count() if spares is not None else 0
+        ready = spares.count(kind) if spares is not None else 0
         t0 = time.perf_counter_ns()
         try:
             handle = d.start(ctx)
         finally:
             rt.spares = spares
         t1 = time.perf_counter_ns()
-        if spares is not None and spare and spares.count() != ready - 1:
+        if spares is not None and spare and spares.count(kind) != ready - 1:
             raise RuntimeError(f"the {driver} start did not take a spare alloc dir: the row would measure none")
         result = d.wait(handle, 30)
         t2 = time.perf_counter_ns()

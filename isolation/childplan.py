@@ -173,6 +173,42 @@ def _root(ops: _Ops, rootfs: RootFS) -> None:
         ops.add("OP_MOVE_ROOT", "mounts", s=(root,))
 
 
+def root_mount_points(rootfs: RootFS) -> tuple[tuple[str, int | None], ...] | None:
+    """What the exec driver's child creates in the task dir itself, on its filesystem, before mounting on it: the
+    mount points of _root's binds and mounts, in the order it makes them, as (path relative to the root, mode of
+    a directory as mkdirat is given it, or None for an empty file). Paths below an earlier mount (/dev's nodes,
+    resolv.conf inside the /etc bind) are made on that mount, not on disk, and are left out. For spare alloc dirs
+    (isolation.spares) that carry them ahead of the start. None when _root would make something this cannot
+    describe as plain names below the root."""
+    if _spawn is None:
+        return None
+    ops = _Ops()
+    _root(ops, RootFS(root=rootfs.root, binds=rootfs.binds, pivot_root=rootfs.pivot_root,
+                      readonly_paths=rootfs.readonly_paths, masked_paths=rootfs.masked_paths))
+    made: dict[str, int | None] = {}
+    mounted: list[str] = []
+    for code, flags, _step, i0, i1, _i2, _s0, target, *_ in ops:
+        if code not in (_spawn.OP_BIND_BENEATH, _spawn.OP_MOUNT_BENEATH):
+            continue
+        parts = [c for c in target.split("/") if c]
+        if any(c in (".", "..") for c in parts):
+            return None
+        rel = "/".join(parts)
+        below = any(rel.startswith(m + "/") for m in mounted)
+        mounted.append(rel)
+        if below or flags & _spawn.F_NO_CREATE or not parts:
+            continue
+        want_dir = code == _spawn.OP_MOUNT_BENEATH or bool(flags & _spawn.F_WANT_DIR)
+        for k in range(1, len(parts) + 1):
+            path = "/".join(parts[:k])
+            if path in made:
+                continue
+            last = k == len(parts)
+            made[path] = (i1 if code == _spawn.OP_MOUNT_BENEATH else 0o755) if last and want_dir else \
+                (None if last else 0o755)
+    return tuple(made.items())
+
+
 def _resolv_conf(ops: _Ops) -> None:
     bind = resolv_conf_bind()
     if bind is not None:

@@ -14,6 +14,12 @@ two.
 Spares are always made new, never recycled from a collected alloc: a task may have changed what it owned (modes,
 ACLs, extended attributes), and nothing a task touched is handed to another.
 
+Kinds: a driver may define a kind of spare whose task dir also holds what its start would make there itself. The
+exec driver's child makes the chroot's mount points (bin/, etc/, usr/, dev/, proc/, sys/, ...) in the task dir
+before mounting on them: a dozen more creates on the start's path, 2 ms after heavy deletions on this project's
+VMs. Its kind carries them, and only its starts take that kind: a raw_exec task never finds them in its dir. The
+plain kind is "".
+
 Thread-safe: starts run on the controller's worker threads, the pool is refilled on its loop thread.
 """
 from __future__ import annotations
@@ -38,9 +44,12 @@ LOG_PLACEHOLDERS = (".stdout", ".stderr")
 class SparePool:
     def __init__(self, root: str | os.PathLike, target: int) -> None:
         self.root = str(root)
-        self.target = target
+        self.target = target  # per kind
         self._lock = threading.Lock()
-        self._names: list[str] = []
+        # kind -> what its task dir holds beyond the plain tree: (path below the task dir, directory mode or None
+        # for an empty file), made in this order. "" is the plain kind.
+        self._kinds: dict[str, tuple[tuple[str, int | None], ...]] = {"": ()}
+        self._names: dict[str, list[str]] = {"": []}
         self._next = 0
         self.disabled: str | None = None  # why spares are not used (the pool cannot work on this state dir)
 
@@ -68,25 +77,45 @@ class SparePool:
             log.warning("spare alloc dirs disabled: %s", why)
         self.disabled = why
 
-    def count(self) -> int:
+    def define(self, kind: str, extra: tuple[tuple[str, int | None], ...]) -> None:
+        """Have spares of `kind` (see the module docstring), their task dirs holding `extra` as well. A kind
+        defined anew with other contents drops the spares made for the old ones."""
+        if not kind:
+            raise ValueError("the plain kind cannot be redefined")
+        for path, _mode in extra:
+            parts = path.split("/")
+            if not path or any(c in ("", ".", "..") for c in parts):
+                raise ValueError(f"not a plain path below a task dir: {path!r}")
         with self._lock:
-            return len(self._names)
+            if self._kinds.get(kind) == extra:
+                return
+            self._kinds[kind] = extra
+            stale, self._names[kind] = self._names.get(kind, []), []
+        for name in stale:
+            remove_tree(f"{self.root}/{name}")
+
+    def count(self, kind: str = "") -> int:
+        with self._lock:
+            return len(self._names.get(kind, ()))
 
     def wanted(self) -> int:
-        """Spares to make (> 0) or to remove (< 0) to reach the target."""
+        """Spares to make (> 0) or to remove (< 0) to reach the target, for the first kind (the plain one
+        first) that is not at its target; 0 when every kind is."""
         if self.disabled is not None:
             return 0
         with self._lock:
-            return self.target - len(self._names)
+            return next((w for w in (self.target - len(n) for n in self._names.values()) if w), 0)
 
-    def take(self, alloc_dir: str, task: str, log_names: tuple[str, ...] = ()) -> bool:
-        """Move a spare to `alloc_dir` with its task dirs named `task` and its empty log files `log_names`
-        (stdout's, stderr's; a placeholder without a name is removed). False (nothing changed) when the pool is
-        empty or the alloc dir exists; the caller then makes the directories itself."""
+    def take(self, alloc_dir: str, task: str, log_names: tuple[str, ...] = (), kind: str = "") -> bool:
+        """Move a spare of `kind` to `alloc_dir` with its task dirs named `task` and its empty log files
+        `log_names` (stdout's, stderr's; a placeholder without a name is removed). False (nothing changed) when
+        the pool has none or the alloc dir exists; the caller then makes the directories itself."""
         with self._lock:
-            if not self._names or self.disabled is not None:
+            names = self._names.get(kind)
+            if not names or self.disabled is not None:
                 return False
-            name = self._names.pop()
+            name = names.pop()
+            extra = self._kinds[kind]
         src = f"{self.root}/{name}"
         logs = f"{src}/alloc/logs"
         renamed = [(f"{src}/{PLACEHOLDER}", f"{src}/{task}")]
@@ -102,10 +131,13 @@ class SparePool:
         try:
             ksys.rename_noreplace(src, alloc_dir)
         except OSError as e:
+            kept = False
             if len(log_names) >= len(LOG_PLACEHOLDERS) and self._undo(renamed):
                 with self._lock:
-                    self._names.append(name)
-            else:
+                    kept = self._kinds.get(kind) == extra  # else its kind was defined anew meanwhile
+                    if kept:
+                        self._names[kind].append(name)
+            if not kept:
                 remove_tree(src)
             if e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL):
                 # The alloc root is another filesystem (a mount of its own), or the kernel or filesystem has no
@@ -123,40 +155,52 @@ class SparePool:
             return False
         return True
 
-    def make_one(self) -> None:
-        """Add one spare. It is built under a temporary name and renamed when complete. OSError (a full or
-        read-only disk) leaves nothing behind."""
+    def make_one(self, kind: str = "") -> None:
+        """Add one spare of `kind`. It is built under a temporary name and renamed when complete. OSError (a
+        full or read-only disk) leaves nothing behind."""
         with self._lock:
             n = self._next
             self._next += 1
+            extra = self._kinds[kind]
         tmp = f"{self.root}/tmp-{n}"
         try:
-            taskdir.make_skeleton(tmp, PLACEHOLDER, LOG_PLACEHOLDERS, FILE_MODE)
+            taskdir.make_skeleton(tmp, PLACEHOLDER, LOG_PLACEHOLDERS, FILE_MODE, extra)
             os.rename(tmp, f"{self.root}/{n}")
         except (OSError, RuntimeError):
             remove_tree(tmp)
             raise
         with self._lock:
-            self._names.append(str(n))
-
-    def remove_one(self) -> None:
-        with self._lock:
-            if not self._names:
+            if self._kinds.get(kind) == extra:
+                self._names[kind].append(str(n))
                 return
-            name = self._names.pop(0)
+        remove_tree(f"{self.root}/{n}")  # its kind was defined anew meanwhile
+
+    def remove_one(self, kind: str = "") -> None:
+        with self._lock:
+            names = self._names.get(kind)
+            if not names:
+                return
+            name = names.pop(0)
         remove_tree(f"{self.root}/{name}")  # one cut short is removed by the next open(), never handed out
 
     def step(self) -> bool:
-        """Make or remove one spare towards the target. True while more is left to do."""
-        want = self.wanted()
-        if want > 0:
-            self.make_one()
-        elif want < 0:
-            self.remove_one()
-        return abs(want) > 1
+        """Make or remove one spare towards the target (the plain kind first). True while more is left to do."""
+        if self.disabled is not None:
+            return False
+        with self._lock:
+            gaps = [(kind, self.target - len(names)) for kind, names in self._names.items()]
+        for kind, want in gaps:
+            if want > 0:
+                self.make_one(kind)
+                break
+            if want < 0:
+                self.remove_one(kind)
+                break
+        return self.wanted() != 0
 
     def clear(self) -> None:
         """Remove every spare and the pool's directory (a drain leaves nothing of tasksd's behind)."""
         with self._lock:
-            self._names.clear()
+            for names in self._names.values():
+                names.clear()
         remove_tree(self.root)

@@ -146,12 +146,12 @@ TASK_DIRS = (("local", 0o755, True), ("tmp", 0o1777, False), ("secrets", 0o700, 
 
 def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secrets_mb: int = 1,
           logs_ready: Callable[[], None] | None = None, spares: "SparePool | None" = None,
-          log_names: tuple[str, ...] = ()) -> TaskDir:
+          log_names: tuple[str, ...] = (), spare_kind: str = "") -> TaskDir:
     """Create (idempotently) the alloc dir, the task's dirs and its tmpfs mounts. `logs_ready` is called as soon
     as alloc/logs exists, before the rest is made: a start has the launcher open the task's log files meanwhile.
     `spares`: a new alloc dir is taken from this pool when it has one (one rename instead of ten mkdirs); its
     empty log files are then named `log_names` (stdout's, stderr's), which the launcher opens as they are, and
-    `logs_ready` is not called for them."""
+    `logs_ready` is not called for them. `spare_kind`: the kind of spare to take (see isolation.spares)."""
     root = str(alloc_root)
     try:
         os.mkdir(root, 0o711)
@@ -161,7 +161,7 @@ def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secret
         alloc_root.mkdir(mode=0o711, parents=True, exist_ok=True)
     a = f"{root}/{alloc_id}"
     t = f"{a}/{task}"
-    if spares is not None and not os.path.lexists(a) and spares.take(a, task, log_names):
+    if spares is not None and not os.path.lexists(a) and spares.take(a, task, log_names, spare_kind):
         # The tree is ours, made fresh in a root-only pool and renamed into a root-only parent: only what differs
         # per task is left to do, the owner of the task's own dirs and (below) its mounts. Its log files exist,
         # so logs_ready is not called: the launcher opens existing files after its spawn reply, off the start's
@@ -191,10 +191,15 @@ def build(alloc_root: Path, alloc_id: str, task: str, uid: int, gid: int, secret
     return TaskDir(Path(a), task)
 
 
-def make_skeleton(path: str, placeholder: str, log_files: tuple[str, ...], log_mode: int) -> None:
+def make_skeleton(path: str, placeholder: str, log_files: tuple[str, ...], log_mode: int,
+                  extra: tuple[tuple[str, int | None], ...] = ()) -> None:
     """A new alloc dir at `path` (which must not exist), owned by us, holding one task's dirs under the name
     `placeholder` and empty files `log_files` in alloc/logs: the tree build() makes (and the files the launcher
-    opens for a task's output), before anything per task. For isolation.spares."""
+    opens for a task's output), before anything per task. For isolation.spares.
+
+    extra: more entries of the task dir, (relative path, directory mode or None for an empty file), made as a
+    driver's child would make them there: mkdir with that mode under the umask (the launcher's child inherits
+    ours), files 0644 likewise; one that exists already (a task dir of the plain tree) is left as it is."""
     um = _umask()
     _mkdir(path, 0o711, um)
     for name, mode in ALLOC_DIRS:
@@ -205,6 +210,15 @@ def make_skeleton(path: str, placeholder: str, log_files: tuple[str, ...], log_m
     _mkdir(f"{path}/{placeholder}", 0o755, um)
     for name, mode, _owned in TASK_DIRS:
         _mkdir(f"{path}/{placeholder}/{name}", mode, um)
+    for rel, mode in extra:
+        try:
+            if mode is None:
+                os.close(os.open(f"{path}/{placeholder}/{rel}",
+                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            else:
+                os.mkdir(f"{path}/{placeholder}/{rel}", mode)
+        except FileExistsError:
+            pass
 
 
 def unmount_task(td: TaskDir) -> None:

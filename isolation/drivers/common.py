@@ -93,6 +93,10 @@ class CommonDriver(Driver):
     def extra_env(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity) -> dict[str, str]:
         return {}
 
+    def spare_kind(self, ctx: TaskContext) -> str:
+        """The kind of spare alloc dir this task's start takes (isolation.spares): the plain one."""
+        return ""
+
     def release(self, handle: TaskHandle) -> None:
         """Give back per-task resources (a dynamic uid) once the task is destroyed."""
 
@@ -170,7 +174,8 @@ class CommonDriver(Driver):
         stderr = LogTarget(log_dir, f"{task.name}.stderr", logs.max_files, logs.max_file_size * MB)
         td = taskdir.build(self.runtime.alloc_root, ctx.alloc_id, task.name, ident.uid, ident.gid,
                            secrets_mb=res.secrets or 1, logs_ready=lambda: ticket.open_logs(key, (stdout, stderr)),
-                           spares=self.runtime.spares, log_names=(stdout.base, stderr.base))
+                           spares=self.runtime.spares, log_names=(stdout.base, stderr.base),
+                           spare_kind=self.spare_kind(ctx))
         paths = self.task_paths(td)
         cpuset = ctx.cpuset
         builtins = taskenv.builtin_env(

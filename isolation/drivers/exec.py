@@ -9,6 +9,8 @@ import os
 from dataclasses import replace
 
 from isolation import taskdir
+from isolation.childplan import available as childplan_available
+from isolation.childplan import root_mount_points
 from isolation.drivers.base import Health, StartError, TaskContext
 from isolation.drivers.common import CommonDriver, Identity, network_for
 from isolation.launchspec import BindMount, LaunchSpec, Namespaces, RootFS
@@ -23,6 +25,7 @@ class ExecDriver(CommonDriver):
     name = "exec"
     passes_host_env = True
     chroot = True
+    _mount_points: "tuple[tuple, tuple | None] | None" = None  # (chroot_env, root_mount_points of it)
 
     def plugin(self):
         return self.config.exec
@@ -59,6 +62,26 @@ class ExecDriver(CommonDriver):
             if host and os.path.isfile(host) and os.access(host, os.X_OK):
                 return inside
         raise StartError(f"file {command} not found under path {td.dir}")
+
+    def spare_kind(self, ctx: TaskContext) -> str:
+        """Spares whose task dir holds the chroot's mount points already (isolation.spares), for tasks whose root
+        is the driver's alone: a task's own `mounts` come before /dev, /proc and /sys in its plan, so its start
+        makes its mount points on the spot, in the plan's order. The kind is (re)defined from the current
+        chroot_env at each start, so a reload that changes it drops the spares made for the old one."""
+        pool = self.runtime.spares
+        if pool is None or getattr(ctx.task.config, "mounts", None) or not childplan_available():
+            return ""  # (the Python child makes its mount points its own way: they are the C child's)
+        env = self.config.chroot_env
+        if self._mount_points is None or self._mount_points[0] != env:
+            # "/" stands in for the alloc dir, the source of /alloc: a directory, as that is.
+            binds = (*(BindMount(src, dst, True) for src, dst in env), BindMount("/", "/alloc", False))
+            self._mount_points = (env, root_mount_points(RootFS(root="/", binds=binds, readonly_paths=READONLY_PROC,
+                                                                masked_paths=MASKED)))
+        points = self._mount_points[1]
+        if not points:
+            return ""
+        pool.define("chroot", points)
+        return "chroot"
 
     def work_dir(self, cfg, td: taskdir.TaskDir) -> str:
         return cfg.work_dir or "/"

@@ -222,3 +222,74 @@ def test_a_start_through_the_launcher_takes_a_spare_and_its_logs_work(tmp, cgrou
     finally:
         teardown_runtime(rt)
         rt.spares.clear()
+
+
+def _exec_tree(rt, d, ctx) -> dict[str, tuple]:
+    """Start `ctx`'s exec task (it exits at once), wait for it, and return its task dir's tree as the host sees it:
+    the chroot's mount points are plain directories here (the mounts were in the task's own namespace)."""
+    h = d.start(ctx)
+    try:
+        res = d.wait(h, 30)
+        assert res is not None and res.exit_code == 0, res
+        return _tree(h.task_dir)
+    finally:
+        d.destroy(h)
+
+
+def test_an_exec_start_from_a_chroot_spare_finds_its_mount_points_made_as_its_child_makes_them(
+        tmp, cgroup_parent, agent_config):
+    """The exec driver's kind of spare carries what its child would make in the task dir (bin/, etc/, ..., dev/,
+    proc/, sys/): a start that takes one leaves the same tree as a start that made them itself, and a raw_exec
+    start never takes that kind."""
+    from isolation.drivers import make_drivers
+    from tests.kernel.test_exec import exec_task
+
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent, spare_dirs=1)
+    rt.open()
+    try:
+        drivers = make_drivers(rt, agent_config)
+        d = drivers["exec"]
+        first = make_ctx(agent_config, exec_task("/bin/true"), job="first")
+        assert d.spare_kind(first) == "chroot"  # defines the kind, as a start does
+        while rt.spares.step():
+            pass
+        assert rt.spares.count("chroot") == 1 and rt.spares.count() == 1
+        (spare,) = [n for n in os.listdir(rt.spares.root)
+                    if os.path.isdir(os.path.join(rt.spares.root, n, PLACEHOLDER, "proc"))]
+        assert stat.S_IMODE(os.lstat(os.path.join(rt.spares.root, spare, PLACEHOLDER, "proc")).st_mode) == 0o555
+        # A raw_exec start takes the plain spare: no chroot mount points in its dir.
+        h = drivers["raw_exec"].start(make_ctx(agent_config, raw_task("/bin/true"), job="raw"))
+        assert drivers["raw_exec"].wait(h, 10) is not None
+        drivers["raw_exec"].destroy(h)
+        assert rt.spares.count() == 0 and rt.spares.count("chroot") == 1
+        assert not any(os.path.lexists(os.path.join(h.task_dir, n)) for n in ("bin", "usr", "proc", "dev"))
+        with_spare = _exec_tree(rt, d, first)
+        assert rt.spares.count("chroot") == 0, "the exec start did not take the chroot spare"
+        rt.spares.target = 0
+        fresh = _exec_tree(rt, d, make_ctx(agent_config, exec_task("/bin/true"), job="second"))
+        assert {"bin", "usr", "dev", "proc", "sys", "alloc"} <= set(fresh)
+        assert with_spare == fresh
+    finally:
+        teardown_runtime(rt)
+        for alloc in (tmp / "state" / "alloc").iterdir():
+            taskdir.remove_alloc(alloc)
+        rt.spares.clear()
+
+
+def test_a_kind_defined_anew_drops_its_old_spares_and_refuses_paths_out_of_the_task_dir(tmp, pool):
+    pool.define("chroot", (("bin", 0o755), ("run", 0o755), ("run/x", 0o755), ("f", None)))
+    while pool.step():
+        pass
+    assert pool.count() == 2 and pool.count("chroot") == 2
+    spares = [n for n in os.listdir(pool.root) if os.path.lexists(os.path.join(pool.root, n, PLACEHOLDER, "f"))]
+    assert len(spares) == 2 and all(os.path.isdir(os.path.join(pool.root, n, PLACEHOLDER, "run", "x")) for n in spares)
+    assert all(stat.S_ISREG(os.lstat(os.path.join(pool.root, n, PLACEHOLDER, "f")).st_mode) for n in spares)
+    pool.define("chroot", (("bin", 0o755), ("run", 0o755), ("run/x", 0o755), ("f", None)))  # the same: kept
+    assert pool.count("chroot") == 2
+    pool.define("chroot", (("usr", 0o755),))
+    assert pool.count("chroot") == 0 and not any(os.path.lexists(os.path.join(pool.root, n)) for n in spares)
+    for bad in ("../x", "a/../b", "/abs", "", "a//b"):
+        with pytest.raises(ValueError):
+            pool.define("other", ((bad, 0o755),))
+    with pytest.raises(ValueError):
+        pool.define("", ())

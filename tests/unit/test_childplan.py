@@ -123,3 +123,30 @@ def test_the_c_launchers_request_carries_the_plan_with_its_slots_and_the_v2_join
 def test_the_c_launchers_request_refuses_an_illegal_environment_name():
     with pytest.raises(ValueError, match="illegal environment variable name"):
         childplan.c_launcher_request("spawn", _spec(env=(("A=B", "1"),)), SLOTS)
+
+
+def test_root_mount_points_are_what_the_roots_ops_make_on_disk(tmp_path):
+    """What a chroot spare carries (isolation.spares): every bind and mount target the exec root's ops would
+    create in the task dir, intermediate directories first, each once, with the mode the op gives mkdirat; nothing
+    below an earlier mount (on /dev's tmpfs, inside the /etc bind), nothing an op never creates (the masks)."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "f").write_text("x")
+    binds = (BindMount(str(src / "d"), "/usr", True), BindMount(str(src / "d"), "/run/a/b", True),
+             BindMount(str(src / "f"), "/opt/file", True), BindMount(str(src / "d"), "/usr/inside", True),
+             BindMount(str(tmp_path / "missing"), "/lib32", True), BindMount(str(src / "d"), "/alloc", False))
+    points = dict(childplan.root_mount_points(RootFS(root=str(tmp_path), binds=binds,
+                                                     readonly_paths=("/proc/sys",), masked_paths=("/proc/kcore",))))
+    order = list(points)
+    assert order[:6] == ["usr", "run", "run/a", "run/a/b", "opt", "opt/file"]
+    assert points["run"] == points["run/a"] == points["run/a/b"] == 0o755 and points["opt/file"] is None
+    assert "usr/inside" not in points  # made inside the /usr bind, on the host's /usr
+    assert "lib32" not in points  # a chroot_env source this host lacks is skipped
+    assert points["alloc"] == 0o755 and points["dev"] == 0o755 and points["proc"] == 0o555 and points["sys"] == 0o555
+    assert not [p for p in points if p.startswith(("dev/", "proc/", "sys/"))]
+    assert order.index("alloc") < order.index("dev") < order.index("proc") < order.index("sys")
+
+
+def test_root_mount_points_refuse_a_target_that_climbs_out():
+    binds = (BindMount("/", "/a/../b", True),)
+    assert childplan.root_mount_points(RootFS(root="/", binds=binds)) is None
