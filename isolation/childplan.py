@@ -187,7 +187,7 @@ def root_mount_points(rootfs: RootFS) -> tuple[tuple[str, int | None], ...] | No
                       readonly_paths=rootfs.readonly_paths, masked_paths=rootfs.masked_paths))
     made: dict[str, int | None] = {}
     mounted: list[str] = []
-    for code, flags, _step, i0, i1, _i2, _s0, target, *_ in ops:
+    for code, flags, _step, _i0, i1, _i2, _s0, target, *_ in ops:
         if code not in (_spawn.OP_BIND_BENEATH, _spawn.OP_MOUNT_BENEATH):
             continue
         parts = [c for c in target.split("/") if c]
