@@ -33,6 +33,7 @@ ID_MAX = 0xFFFFFFFE  # (uid_t)-1 means "unchanged" to the kernel
 # The launcher is suspended while a child sets up (CLONE_VFORK); one stopped (SIGSTOP by the task it joins) or
 # stuck (a hung mount source) is killed by its own timer after this long. A setup takes milliseconds.
 SETUP_DEADLINE_S = 5
+ROOT_UMASK = 0o022  # while the exec root's mount points are made (the task's own umask is set after)
 
 
 def available() -> bool:
@@ -118,6 +119,9 @@ def compile_plan(spec: LaunchSpec, fds: dict, enter: dict | None, born_in: str |
             # Nothing we mount may propagate back to the host's mount namespace.
             ops.add("OP_MOUNT", "mounts", ksys.MS_REC | ksys.MS_PRIVATE, s=(None, "/", None, None))
             if spec.rootfs is not None:
+                # The root's mount points are made under a umask of our choosing, not the launcher's (which a
+                # launcher started by an earlier daemon keeps): spares make them ahead with the same modes.
+                ops.add("OP_UMASK", "mounts", ROOT_UMASK)
                 _root(ops, spec.rootfs)
             else:
                 # exec2: the host filesystem stays, but /proc shows only the task's pid namespace.
@@ -173,25 +177,26 @@ def _root(ops: _Ops, rootfs: RootFS) -> None:
         ops.add("OP_MOVE_ROOT", "mounts", s=(root,))
 
 
-def root_mount_points(rootfs: RootFS) -> tuple[tuple[str, int | None], ...] | None:
+def root_mount_points(rootfs: RootFS, premounted: tuple[str, ...] = ()) -> tuple[tuple[str, int | None], ...] | None:
     """What the exec driver's child creates in the task dir itself, on its filesystem, before mounting on it: the
-    mount points of _root's binds and mounts, in the order it makes them, as (path relative to the root, mode of
-    a directory as mkdirat is given it, or None for an empty file). Paths below an earlier mount (/dev's nodes,
-    resolv.conf inside the /etc bind) are made on that mount, not on disk, and are left out. For spare alloc dirs
-    (isolation.spares) that carry them ahead of the start. None when _root would make something this cannot
-    describe as plain names below the root."""
+    mount points of _root's binds and mounts, in the order it makes them, as (path relative to the root, the mode
+    it ends up with under ROOT_UMASK for a directory, or None for an empty file, 0644 under it). Paths below an
+    earlier mount (/dev's nodes, resolv.conf inside the /etc bind) or below `premounted` (the task dir's own tmpfs
+    mounts) are made on that mount, not on disk, and are left out. For spare alloc dirs (isolation.spares) that
+    carry them ahead of the start. It reads the host as _root does (which sources exist, files or directories):
+    call it at each start. None when _root would make something this cannot describe as plain names."""
     if _spawn is None:
         return None
     ops = _Ops()
     _root(ops, RootFS(root=rootfs.root, binds=rootfs.binds, pivot_root=rootfs.pivot_root,
                       readonly_paths=rootfs.readonly_paths, masked_paths=rootfs.masked_paths))
     made: dict[str, int | None] = {}
-    mounted: list[str] = []
+    mounted: list[str] = list(premounted)
     for code, flags, _step, _i0, i1, _i2, _s0, target, *_ in ops:
         if code not in (_spawn.OP_BIND_BENEATH, _spawn.OP_MOUNT_BENEATH):
             continue
         parts = [c for c in target.split("/") if c]
-        if any(c in (".", "..") for c in parts):
+        if any(c in (".", "..") or "\0" in c for c in parts):
             return None
         rel = "/".join(parts)
         below = any(rel.startswith(m + "/") for m in mounted)
@@ -204,8 +209,9 @@ def root_mount_points(rootfs: RootFS) -> tuple[tuple[str, int | None], ...] | No
             if path in made:
                 continue
             last = k == len(parts)
-            made[path] = (i1 if code == _spawn.OP_MOUNT_BENEATH else 0o755) if last and want_dir else \
+            mode = (i1 if code == _spawn.OP_MOUNT_BENEATH else 0o755) if last and want_dir else \
                 (None if last else 0o755)
+            made[path] = None if mode is None else mode & ~ROOT_UMASK
     return tuple(made.items())
 
 

@@ -84,7 +84,7 @@ class SparePool:
             raise ValueError("the plain kind cannot be redefined")
         for path, _mode in extra:
             parts = path.split("/")
-            if not path or any(c in ("", ".", "..") for c in parts):
+            if not path or "\0" in path or any(c in ("", ".", "..") for c in parts):
                 raise ValueError(f"not a plain path below a task dir: {path!r}")
         with self._lock:
             if self._kinds.get(kind) == extra:

@@ -198,8 +198,8 @@ def make_skeleton(path: str, placeholder: str, log_files: tuple[str, ...], log_m
     opens for a task's output), before anything per task. For isolation.spares.
 
     extra: more entries of the task dir, (relative path, directory mode or None for an empty file), made as a
-    driver's child would make them there: mkdir with that mode under the umask (the launcher's child inherits
-    ours), files 0644 likewise; one that exists already (a task dir of the plain tree) is left as it is."""
+    driver's child would make them there (isolation.childplan.root_mount_points): directories with exactly that
+    mode, files 0644, whatever our umask; one that exists already (a task dir of the plain tree) is left as it is."""
     um = _umask()
     _mkdir(path, 0o711, um)
     for name, mode in ALLOC_DIRS:
@@ -211,14 +211,18 @@ def make_skeleton(path: str, placeholder: str, log_files: tuple[str, ...], log_m
     for name, mode, _owned in TASK_DIRS:
         _mkdir(f"{path}/{placeholder}/{name}", mode, um)
     for rel, mode in extra:
+        target = f"{path}/{placeholder}/{rel}"
+        if mode is not None:
+            _mkdir(target, mode, um)
+            continue
         try:
-            if mode is None:
-                os.close(os.open(f"{path}/{placeholder}/{rel}",
-                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
-            else:
-                os.mkdir(f"{path}/{placeholder}/{rel}", mode)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except FileExistsError:
-            pass
+            continue
+        try:
+            os.fchmod(fd, 0o644)  # the umask may have taken bits: exactly what the child makes
+        finally:
+            os.close(fd)
 
 
 def unmount_task(td: TaskDir) -> None:

@@ -117,7 +117,7 @@ class _Builder:
             if name == "chroot_env":
                 if not isinstance(attr.value, dict) or not all(
                         isinstance(k, str) and isinstance(v, str) and k.startswith("/") and v.startswith("/")
-                        for k, v in attr.value.items()):
+                        and "\0" not in k + v for k, v in attr.value.items()):
                     self.err(where, 'must map absolute host paths to absolute task paths: { "/src" = "/dst" }', attr)
                 else:
                     kw["chroot_env"] = tuple(attr.value.items())

@@ -9,7 +9,6 @@ import os
 from dataclasses import replace
 
 from isolation import taskdir
-from isolation.childplan import available as childplan_available
 from isolation.childplan import root_mount_points
 from isolation.drivers.base import Health, StartError, TaskContext
 from isolation.drivers.common import CommonDriver, Identity, network_for
@@ -25,7 +24,6 @@ class ExecDriver(CommonDriver):
     name = "exec"
     passes_host_env = True
     chroot = True
-    _mount_points: "tuple[tuple, tuple | None] | None" = None  # (chroot_env, root_mount_points of it)
 
     def plugin(self):
         return self.config.exec
@@ -65,22 +63,27 @@ class ExecDriver(CommonDriver):
 
     def spare_kind(self, ctx: TaskContext) -> str:
         """Spares whose task dir holds the chroot's mount points already (isolation.spares), for tasks whose root
-        is the driver's alone: a task's own `mounts` come before /dev, /proc and /sys in its plan, so its start
-        makes its mount points on the spot, in the plan's order. The kind is (re)defined from the current
-        chroot_env at each start, so a reload that changes it drops the spares made for the old one."""
+        and task dir are the driver's alone. Not for a task with its own `mounts` (they come before /dev, /proc
+        and /sys in its plan), artifacts or templates (written into the task dir before the spawn, possibly
+        through a mount point's path), nor with the Python child, which makes its mount points its own way.
+        The list is made again at each start from the host as the plan will see it (a chroot_env source that
+        appeared, vanished or changed from file to directory) and the current chroot_env; a kind defined anew
+        drops the spares made for the old list."""
         pool = self.runtime.spares
-        if pool is None or getattr(ctx.task.config, "mounts", None) or not childplan_available():
-            return ""  # (the Python child makes its mount points its own way: they are the C child's)
-        env = self.config.chroot_env
-        if self._mount_points is None or self._mount_points[0] != env:
-            # "/" stands in for the alloc dir, the source of /alloc: a directory, as that is.
-            binds = (*(BindMount(src, dst, True) for src, dst in env), BindMount("/", "/alloc", False))
-            self._mount_points = (env, root_mount_points(RootFS(root="/", binds=binds, readonly_paths=READONLY_PROC,
-                                                                masked_paths=MASKED)))
-        points = self._mount_points[1]
+        task = ctx.task
+        if pool is None or getattr(task.config, "mounts", None) or task.artifacts or task.templates \
+                or self.runtime.client.child != "c":
+            return ""
+        # "/" stands in for the alloc dir, the source of /alloc: a directory, as that is.
+        binds = (*(BindMount(src, dst, True) for src, dst in self.config.chroot_env), BindMount("/", "/alloc", False))
+        points = root_mount_points(RootFS(root="/", binds=binds, readonly_paths=READONLY_PROC, masked_paths=MASKED),
+                                   premounted=("secrets", "private"))
         if not points:
             return ""
-        pool.define("chroot", points)
+        try:
+            pool.define("chroot", points)
+        except ValueError:  # nothing a spare can hold: the start makes them itself
+            return ""
         return "chroot"
 
     def work_dir(self, cfg, td: taskdir.TaskDir) -> str:

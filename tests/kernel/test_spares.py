@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -236,11 +237,13 @@ def _exec_tree(rt, d, ctx) -> dict[str, tuple]:
         d.destroy(h)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
 def test_an_exec_start_from_a_chroot_spare_finds_its_mount_points_made_as_its_child_makes_them(
-        tmp, cgroup_parent, agent_config):
+        tmp, cgroup_parent, agent_config, umask):
     """The exec driver's kind of spare carries what its child would make in the task dir (bin/, etc/, ..., dev/,
     proc/, sys/): a start that takes one leaves the same tree as a start that made them itself, and a raw_exec
-    start never takes that kind."""
+    start never takes that kind. A daemon whose umask differs from its launcher's (one started by an earlier
+    daemon) makes the same modes: the child builds the root under a umask of its own."""
     from isolation.drivers import make_drivers
     from tests.kernel.test_exec import exec_task
 
@@ -251,8 +254,12 @@ def test_an_exec_start_from_a_chroot_spare_finds_its_mount_points_made_as_its_ch
         d = drivers["exec"]
         first = make_ctx(agent_config, exec_task("/bin/true"), job="first")
         assert d.spare_kind(first) == "chroot"  # defines the kind, as a start does
-        while rt.spares.step():
-            pass
+        old = os.umask(umask)
+        try:
+            while rt.spares.step():
+                pass
+        finally:
+            os.umask(old)
         assert rt.spares.count("chroot") == 1 and rt.spares.count() == 1
         (spare,) = [n for n in os.listdir(rt.spares.root)
                     if os.path.isdir(os.path.join(rt.spares.root, n, PLACEHOLDER, "proc"))]
@@ -293,3 +300,65 @@ def test_a_kind_defined_anew_drops_its_old_spares_and_refuses_paths_out_of_the_t
             pool.define("other", ((bad, 0o755),))
     with pytest.raises(ValueError):
         pool.define("", ())
+
+
+def test_a_chroot_env_source_that_changed_since_the_spares_were_made_is_followed(tmp, cgroup_parent, agent_config):
+    """The mount points depend on the host (a chroot_env source a file or a directory, there or not): a spare made
+    before the source changed is never used for a start after it, which makes its mount point the new way."""
+    import dataclasses
+
+    from isolation.drivers import make_drivers
+    from tests.kernel.test_exec import exec_task
+
+    src = tmp / "conf-src"
+    src.write_text("x")
+    os.chmod(tmp, 0o755)
+    cfg = dataclasses.replace(agent_config, chroot_env=(*agent_config.chroot_env, (str(src), "/opt/conf")))
+    rt = Runtime(tmp / "state", cgroup_parent=cgroup_parent, spare_dirs=1)
+    rt.open()
+    try:
+        d = make_drivers(rt, cfg)["exec"]
+        probe = exec_task("/bin/sh", "-c", "test -d /opt/conf && echo dir || echo other")
+        assert d.spare_kind(make_ctx(cfg, probe, job="a")) == "chroot"
+        while rt.spares.step():
+            pass
+        (spare,) = [n for n in os.listdir(rt.spares.root)
+                    if os.path.lexists(os.path.join(rt.spares.root, n, PLACEHOLDER, "opt", "conf"))]
+        assert stat.S_ISREG(os.lstat(os.path.join(rt.spares.root, spare, PLACEHOLDER, "opt", "conf")).st_mode)
+        src.unlink()
+        src.mkdir()
+        h = d.start(make_ctx(cfg, probe, job="a"))
+        res = d.wait(h, 30)
+        out = (Path(h.alloc_dir) / "alloc" / "logs" / "t.stdout").read_text()
+        d.destroy(h)
+        assert res is not None and res.exit_code == 0 and out == "dir\n", (res, out)
+        assert os.path.isdir(os.path.join(h.task_dir, "opt", "conf"))
+        assert not os.path.lexists(os.path.join(rt.spares.root, spare)), "the stale spare was kept"
+    finally:
+        teardown_runtime(rt)
+        for alloc in (tmp / "state" / "alloc").iterdir():
+            taskdir.remove_alloc(alloc)
+        rt.spares.clear()
+
+
+def test_only_exec_tasks_without_mounts_artifacts_or_templates_take_a_chroot_spare(tmp, runtime, agent_config):
+    import dataclasses
+
+    from isolation.drivers import make_drivers
+    from manifests.model import Artifact, Mount, Template
+    from tests.kernel.test_exec import exec_task
+
+    runtime.spares = SparePool(tmp / "spare", 1)
+    runtime.spares.open()
+    try:
+        drivers = make_drivers(runtime, agent_config)
+        plain = exec_task("/bin/true")
+        assert drivers["exec"].spare_kind(make_ctx(agent_config, plain)) == "chroot"
+        for other in (exec_task("/bin/true", mounts=(Mount(source="/usr", target="/data", readonly=True),)),
+                      dataclasses.replace(plain, artifacts=(Artifact(source="http://x/y"),)),
+                      dataclasses.replace(plain, templates=(Template(data="x", destination="local/x"),))):
+            assert drivers["exec"].spare_kind(make_ctx(agent_config, other)) == ""
+        for name in ("raw_exec", "exec2"):
+            assert drivers[name].spare_kind(make_ctx(agent_config, raw_task("/bin/true"))) == ""
+    finally:
+        runtime.spares.clear()

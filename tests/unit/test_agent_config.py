@@ -26,3 +26,12 @@ def test_a_bad_spare_alloc_dirs_names_the_file_and_the_setting(value, message):
         parse_agent_config(f"client {{\n  spare_alloc_dirs = {value}\n}}\n", "/etc/tasksd/config.hcl")
     text = str(e.value)
     assert "/etc/tasksd/config.hcl" in text and "client.spare_alloc_dirs" in text and message in text
+
+
+def test_a_chroot_env_path_with_a_nul_byte_is_refused_naming_the_setting():
+    ok = parse_agent_config('client {\n  chroot_env = { "/bin" = "/bin" }\n}\n')
+    assert ok.chroot_env == (("/bin", "/bin"),)
+    for src, dst in (("/bin", "/bin\\u0000x"), ("/b\\u0000in", "/bin")):
+        with pytest.raises(ConfigError) as e:
+            parse_agent_config(f'client {{\n  chroot_env = {{ "{src}" = "{dst}" }}\n}}\n', "/etc/tasksd/config.hcl")
+        assert "/etc/tasksd/config.hcl" in str(e.value) and "client.chroot_env" in str(e.value)

@@ -150,3 +150,22 @@ def test_root_mount_points_are_what_the_roots_ops_make_on_disk(tmp_path):
 def test_root_mount_points_refuse_a_target_that_climbs_out():
     binds = (BindMount("/", "/a/../b", True),)
     assert childplan.root_mount_points(RootFS(root="/", binds=binds)) is None
+
+
+def test_root_mount_points_leave_out_what_lies_below_the_task_dirs_own_mounts_and_nul():
+    binds = (BindMount("/", "/secrets/x", True), BindMount("/", "/usr", True))
+    points = dict(childplan.root_mount_points(RootFS(root="/", binds=binds), premounted=("secrets", "private")))
+    assert "secrets" not in points and "secrets/x" not in points and "usr" in points
+    assert childplan.root_mount_points(RootFS(root="/", binds=(BindMount("/", "/a\0b", True),))) is None
+
+
+def test_the_exec_root_is_built_under_a_umask_of_its_own():
+    """Its mount points get the same modes whatever the launcher's umask (spares make them ahead that way)."""
+    spec = _spec(rootfs=RootFS(root="/tmp", binds=(BindMount("/usr", "/usr", True),)),
+                 namespaces=Namespaces(mount=True, pid=True), umask=0o077)
+    ops = childplan.compile_plan(spec, FDS, None).ops
+    codes = [op[0] for op in ops]
+    first_mount_point = codes.index(childplan._spawn.OP_BIND_BENEATH)
+    umasks = [i for i, op in enumerate(ops) if op[0] == childplan._spawn.OP_UMASK]
+    assert umasks[0] < first_mount_point and ops[umasks[0]][3] == childplan.ROOT_UMASK
+    assert ops[umasks[-1]][3] == 0o077 and umasks[-1] > first_mount_point  # the task's own, after the root
