@@ -188,8 +188,7 @@ def root_mount_points(rootfs: RootFS, premounted: tuple[str, ...] = ()) -> tuple
     if _spawn is None:
         return None
     ops = _Ops()
-    _root(ops, RootFS(root=rootfs.root, binds=rootfs.binds, pivot_root=rootfs.pivot_root,
-                      readonly_paths=rootfs.readonly_paths, masked_paths=rootfs.masked_paths))
+    _root(ops, rootfs)
     made: dict[str, int | None] = {}
     mounted: list[str] = list(premounted)
     for code, flags, _step, _i0, i1, _i2, _s0, target, *_ in ops:
@@ -208,10 +207,12 @@ def root_mount_points(rootfs: RootFS, premounted: tuple[str, ...] = ()) -> tuple
             path = "/".join(parts[:k])
             if path in made:
                 continue
-            last = k == len(parts)
-            mode = (i1 if code == _spawn.OP_MOUNT_BENEATH else 0o755) if last and want_dir else \
-                (None if last else 0o755)
-            made[path] = None if mode is None else mode & ~ROOT_UMASK
+            if k < len(parts):
+                made[path] = 0o755 & ~ROOT_UMASK  # a missing parent: open_beneath makes it 0755
+            elif want_dir:
+                made[path] = (i1 if code == _spawn.OP_MOUNT_BENEATH else 0o755) & ~ROOT_UMASK
+            else:
+                made[path] = None  # an empty file, for a bind of a file
     return tuple(made.items())
 
 

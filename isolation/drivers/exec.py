@@ -74,10 +74,8 @@ class ExecDriver(CommonDriver):
         if pool is None or getattr(task.config, "mounts", None) or task.artifacts or task.templates \
                 or self.runtime.client.child != "c":
             return ""
-        # "/" stands in for the alloc dir, the source of /alloc: a directory, as that is.
-        binds = (*(BindMount(src, dst, True) for src, dst in self.config.chroot_env), BindMount("/", "/alloc", False))
-        points = root_mount_points(RootFS(root="/", binds=binds, readonly_paths=READONLY_PROC, masked_paths=MASKED),
-                                   premounted=("secrets", "private"))
+        # "/" stands in for the task dir and the alloc dir (the source of /alloc): directories, as those are.
+        points = root_mount_points(self._rootfs("/", "/", ()), premounted=("secrets", "private"))
         if not points:
             return ""
         try:
@@ -99,16 +97,19 @@ class ExecDriver(CommonDriver):
         except ValueError as e:
             raise StartError(str(e)) from None
 
+    def _rootfs(self, task_dir: str, alloc_dir: str, mounts) -> RootFS:
+        """The chroot: chroot_env, the alloc dir as /alloc, then the task's own mounts (see spare_kind)."""
+        binds = [BindMount(src, dst, True) for src, dst in self.config.chroot_env]
+        binds.append(BindMount(alloc_dir, "/alloc", False))
+        binds += [BindMount(m.source, m.target, m.readonly) for m in mounts]
+        return RootFS(root=task_dir, binds=tuple(binds), pivot_root=not self.config.exec.no_pivot_root,
+                      readonly_paths=READONLY_PROC, masked_paths=MASKED)
+
     def isolate(self, ctx: TaskContext, td: taskdir.TaskDir, ident: Identity, spec: LaunchSpec) -> LaunchSpec:
         cfg, plugin = ctx.task.config, self.config.exec
         pid_mode = cfg.pid_mode or plugin.default_pid_mode
         ipc_mode = cfg.ipc_mode or plugin.default_ipc_mode
-        binds = [BindMount(src, dst, True) for src, dst in self.config.chroot_env]
-        binds.append(BindMount(str(td.shared), "/alloc", False))
-        for m in getattr(cfg, "mounts", ()) or ():
-            binds.append(BindMount(m.source, m.target, m.readonly))
-        rootfs = RootFS(root=str(td.dir), binds=tuple(binds), pivot_root=not plugin.no_pivot_root,
-                        readonly_paths=READONLY_PROC, masked_paths=MASKED)
+        rootfs = self._rootfs(str(td.dir), str(td.shared), getattr(cfg, "mounts", ()) or ())
         ns = Namespaces(mount=True, pid=pid_mode == "private", ipc=ipc_mode == "private", uts=True,
                         net=network_for(ctx))
         return replace(spec, rootfs=rootfs, namespaces=ns, no_new_privs=True,
